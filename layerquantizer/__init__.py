@@ -1,0 +1,7 @@
+"""LayerQuantizer: error-bounded lossy compression of gridded weather data for Zarr.
+
+Importing the package registers its numcodecs codecs; Zarr also finds them (and the Zarr v3
+serializer) through entry points, so readers need no import at all.
+"""
+
+__version__ = "1.0.0.dev0"
