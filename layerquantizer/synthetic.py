@@ -160,3 +160,136 @@ def era5_like_field(
             field = mean[:, None] + amplitude * waves[index]
         out[index] = field
     return out[0] if levels is None else out
+
+
+#: The 13 pressure levels (hPa) of the WeatherBench2 "wb13" stores.
+WB13_LEVELS: tuple[int, ...] = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+
+_UNITS = {
+    "geopotential": "m**2 s**-2",
+    "temperature": "K",
+    "u_component_of_wind": "m s**-1",
+    "v_component_of_wind": "m s**-1",
+    "specific_humidity": "kg kg**-1",
+    "vertical_velocity": "Pa s**-1",
+    "2m_temperature": "K",
+    "mean_sea_level_pressure": "Pa",
+    "10m_u_component_of_wind": "m s**-1",
+    "10m_v_component_of_wind": "m s**-1",
+}
+
+
+def sample_levels(count: int) -> tuple[int, ...]:
+    """``count`` pressure levels out of :data:`WB2_LEVELS`, spread from top to bottom.
+
+    37 gives all of them and 13 the WeatherBench2 "wb13" set; other counts take evenly
+    spaced indices, always including 1000 hPa.
+
+    >>> sample_levels(3)
+    (1, 350, 1000)
+    """
+    if not 1 <= count <= len(WB2_LEVELS):
+        raise ValueError(f"levels must be between 1 and {len(WB2_LEVELS)}, got {count}")
+    if count == len(WB13_LEVELS):
+        return WB13_LEVELS
+    if count == 1:
+        return (WB2_LEVELS[-1],)
+    indices = np.linspace(0, len(WB2_LEVELS) - 1, count).round().astype(int)
+    return tuple(WB2_LEVELS[i] for i in indices)
+
+
+def sample_dataset(
+    levels: int | Sequence[float] = 13,
+    grid: tuple[int, int] = (121, 240),
+    times: int = 4,
+    variables: Sequence[str] | None = None,
+    seed: int = 0,
+    lazy: bool = False,
+):
+    """A synthetic ERA5-like :class:`xarray.Dataset` with WeatherBench2 names and dims.
+
+    Pressure-level variables are ``(time, level, latitude, longitude)``, surface variables
+    ``(time, latitude, longitude)``, all float32; ``time`` is 6-hourly from 2020-01-01,
+    ``level`` in hPa, ``latitude`` from 90 to -90, ``longitude`` from 0 (exclusive of 360).
+    Each time step has its own random waves.
+
+    Parameters
+    ----------
+    levels : int or sequence of float
+        A number of levels (see :func:`sample_levels`) or the levels themselves, in hPa.
+    grid : (int, int)
+        Number of latitudes and longitudes.
+    times : int
+        Number of time steps.
+    variables : sequence of str, optional
+        Default: every name in :data:`PRESSURE_LEVEL_VARIABLES` and :data:`SURFACE_VARIABLES`.
+    seed : int
+        Base seed; the same arguments give the same dataset.
+    lazy : bool
+        Return dask arrays, one chunk per time step and variable, generated when computed
+        (needs dask); memory then stays at a few time steps even for full-size grids.
+
+    Examples
+    --------
+    >>> ds = sample_dataset(levels=3, grid=(19, 36), times=2, variables=["temperature"])
+    >>> dict(ds.sizes), ds.temperature.dtype.name
+    ({'time': 2, 'level': 3, 'latitude': 19, 'longitude': 36}, 'float32')
+    """
+    import xarray as xr  # optional dependency, imported only here
+
+    level_values = sample_levels(levels) if isinstance(levels, int) else tuple(levels)
+    if times < 1:
+        raise ValueError(f"times must be at least 1, got {times}")
+    if min(grid) < 2:
+        raise ValueError(f"grid must have at least 2 latitudes and 2 longitudes, got {grid}")
+    names = (
+        tuple(variables)
+        if variables is not None
+        else (PRESSURE_LEVEL_VARIABLES + SURFACE_VARIABLES)
+    )
+    known = PRESSURE_LEVEL_VARIABLES + SURFACE_VARIABLES
+    for name in names:
+        if name not in known:
+            raise ValueError(f"unknown variable {name!r}; known: {', '.join(known)}")
+
+    def one_step(name: str, step: int) -> np.ndarray:
+        # Distinct, reproducible seeds per (variable, time step).
+        index = known.index(name)
+        field_levels = level_values if name in PRESSURE_LEVEL_VARIABLES else None
+        return era5_like_field(name, field_levels, grid, seed=seed * 100_003 + step * 101 + index)
+
+    data_vars = {}
+    for name in names:
+        surface = name in SURFACE_VARIABLES
+        dims = (
+            ("time", "latitude", "longitude")
+            if surface
+            else ("time", "level", "latitude", "longitude")
+        )
+        step_shape = grid if surface else (len(level_values), *grid)
+        if lazy:
+            import dask
+            import dask.array as da
+
+            steps = [
+                da.from_delayed(
+                    dask.delayed(one_step, pure=True)(name, step), step_shape, np.float32
+                )
+                for step in range(times)
+            ]
+            data = da.stack(steps)
+        else:
+            data = np.stack([one_step(name, step) for step in range(times)])
+        data_vars[name] = xr.Variable(dims, data, attrs={"units": _UNITS[name]})
+
+    coords = {
+        "time": np.datetime64("2020-01-01T00", "ns") + np.arange(times) * np.timedelta64(6, "h"),
+        "level": ("level", np.asarray(level_values, np.int64), {"units": "hPa"}),
+        "latitude": ("latitude", latitudes(grid[0]), {"units": "degrees_north"}),
+        "longitude": ("longitude", longitudes(grid[1]), {"units": "degrees_east"}),
+    }
+    ds = xr.Dataset(data_vars, coords=coords)
+    if all(name in SURFACE_VARIABLES for name in names):
+        ds = ds.drop_vars("level")
+    ds.attrs["title"] = "Synthetic ERA5-like sample (layerquantizer.synthetic.sample_dataset)"
+    return ds

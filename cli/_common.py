@@ -1,0 +1,111 @@
+"""What the commands share: consoles, error handling, number formatting, JSON output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Show the traceback of an error.", show_default=False)
+]
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print a machine-readable JSON summary.", show_default=False),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", min=1, help="Parallel workers (default: one per core).", show_default=False
+    ),
+]
+
+
+def stdout_console() -> Console:
+    """Console for results; wide when not a terminal so tables never wrap in a pipe."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=200)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_error(message: str) -> None:
+    """One line on stderr."""
+    stderr_console().print(f"lq: error: {message}", markup=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+@contextlib.contextmanager
+def handle_errors(debug: bool) -> Iterator[None]:
+    """Turn library errors into one line on stderr and exit status 2 (usage) or 1.
+
+    With ``debug`` the exception propagates, with its traceback.
+    """
+    from layerquantizer.config import ConfigError
+    from layerquantizer.dataset import DatasetError, RequestError
+
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, RequestError | ConfigError):
+            print_error(str(exc))
+            raise typer.Exit(code=2) from None
+        if isinstance(exc, DatasetError):
+            print_error(str(exc))
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            print_error(f"{type(exc).__name__}: {first} (run with --debug for the traceback)")
+        raise typer.Exit(code=1) from None
+
+
+def usage_value(option: str, parse, text: str | None):
+    """``parse(text)`` with the option name put in front of an error; None passes."""
+    from layerquantizer.dataset import RequestError
+
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except RequestError as exc:
+        raise RequestError(f"{option}: {exc}") from exc
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"  # pragma: no cover
+
+
+def ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def error_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def settings_text(codec: str, settings: dict, bound: float | None) -> str:
+    """``nbits=16 level=1 (fs bound 7.6e-06)`` or the lossless codec's settings."""
+    text = " ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, dict | list))
+    if bound:
+        text += f" (fs bound {bound:.2g})"
+    return text or "-"

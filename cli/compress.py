@@ -1,0 +1,163 @@
+"""``lq compress``: copy a dataset, quantizing the chosen variables with LayerQuantizer.
+
+Example (public WeatherBench2 ERA5, read anonymously)::
+
+    SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
+    lq compress $SRC era5-lq.zarr --config configs/era5.yaml --time 2020-01-01:2020-01-31
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from cli._common import (
+    DebugOption,
+    JsonOption,
+    WorkersOption,
+    handle_errors,
+    human_bytes,
+    print_json,
+    ratio_text,
+    stderr_console,
+    stdout_console,
+    usage_value,
+)
+from cli.render import store_table
+
+
+class _MiBPerSecond(ProgressColumn):
+    """Logical MiB/s, from the bytes carried in the task's ``mib`` field."""
+
+    def render(self, task) -> Text:
+        speed = task.fields.get("speed")
+        return Text("" if not speed else f"{speed:.1f} MiB/s")
+
+
+@contextlib.contextmanager
+def progress_reporter(enabled: bool) -> Iterator:
+    """A ``progress(chunks_done, chunks_total, bytes_done, bytes_total)`` callback showing
+    a rich bar on a terminal, or None when not a terminal."""
+    console = stderr_console()
+    if not enabled or not console.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("writing"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+        _MiBPerSecond(), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("write", total=None, speed=0.0)
+
+        def update(chunks_done: int, chunks_total: int, bytes_done: int, bytes_total: int):
+            elapsed = bar.tasks[0].elapsed or 0.0
+            speed = bytes_done / 2**20 / elapsed if elapsed > 0 else 0.0
+            bar.update(task, completed=chunks_done, total=chunks_total, speed=speed)
+
+        yield update
+
+
+def compress(
+    src: Annotated[
+        str, typer.Argument(help="Source store: a path or URL (gs://, file://, memory://).")
+    ],
+    dst: Annotated[str, typer.Argument(help="Destination store: a path or URL; must not exist.")],
+    vars: Annotated[
+        str | None,
+        typer.Option(
+            "--vars", help="Variables to quantize, comma-separated (overrides the config)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML config (see configs/era5.yaml).")
+    ] = None,
+    nbits: Annotated[
+        int | None,
+        typer.Option("--nbits", help="Bits per value for every quantized variable [default: 16]."),
+    ] = None,
+    time: Annotated[
+        str | None, typer.Option("--time", metavar="START:END", help="Time range, inclusive.")
+    ] = None,
+    levels: Annotated[
+        str | None, typer.Option("--levels", metavar="500,850,...", help="Levels to keep.")
+    ] = None,
+    chunks: Annotated[
+        str | None,
+        typer.Option(
+            "--chunks",
+            metavar="DIM=N,...",
+            help="Output chunks (-1: whole dim) [default: time=1, every other dim whole].",
+        ),
+    ] = None,
+    zarr_format: Annotated[
+        int | None, typer.Option("--zarr-format", metavar="2|3", help="Zarr format [default: 2].")
+    ] = None,
+    workers: WorkersOption = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing DST.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Complete an interrupted run (not available yet).")
+    ] = False,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Copy SRC to DST, quantizing the chosen variables; every other variable is copied
+    losslessly, coordinates and attributes are kept. Prints a report of sizes and ratios."""
+    with handle_errors(debug):
+        from layerquantizer import dataset
+        from layerquantizer.config import load_config
+
+        if overwrite and resume:
+            raise dataset.RequestError("--overwrite and --resume exclude each other")
+        cfg = load_config(config) if config is not None else None
+        with progress_reporter(enabled=True) as progress:
+            report = dataset.compress(
+                src,
+                dst,
+                variables=usage_value("--vars", dataset.parse_variables, vars),
+                config=cfg,
+                nbits=nbits,
+                time=usage_value("--time", dataset.parse_time_range, time),
+                levels=usage_value("--levels", dataset.parse_levels, levels),
+                chunks=usage_value("--chunks", dataset.parse_chunks, chunks),
+                zarr_format=zarr_format,
+                overwrite=overwrite,
+                resume=resume,
+                workers=workers,
+                progress=progress,
+            )
+    if json_output:
+        print_json(report.to_dict())
+        return
+    console = stdout_console()
+    store = report.store
+    console.print(
+        store_table(store, title=f"{dst} (zarr v{store.zarr_format}; * = quantized)",
+                    quantized=set(report.quantized))
+    )  # fmt: skip
+    notes = []
+    if report.skipped:
+        notes.append(f"not in the source, skipped: {', '.join(report.skipped)}")
+    if report.dropped:
+        notes.append(f"dropped: {', '.join(report.dropped)}")
+    for note in notes:
+        console.print(note)
+    console.print(
+        f"wrote {human_bytes(report.bytes_written)} of data as {human_bytes(store.stored_bytes)} "
+        f"({ratio_text(store.total_ratio)}) in {report.seconds:.1f} s, "
+        f"{report.mib_per_s:.1f} MiB/s"
+    )

@@ -1,0 +1,34 @@
+"""``lq inspect``: codecs, chunks and sizes of every variable of a Zarr store.
+
+Example::
+
+    lq inspect out.zarr --json
+
+Reads metadata and object sizes only; no chunk is decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli._common import DebugOption, JsonOption, handle_errors, print_json, stdout_console
+from cli.render import store_table
+
+
+def inspect(
+    store: Annotated[str, typer.Argument(help="A Zarr store: a path or URL.")],
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Per variable: dims, shape, chunks, dtype, codec and settings, logical and stored
+    bytes, ratio and number of objects; and totals."""
+    with handle_errors(debug):
+        from layerquantizer import dataset
+
+        report = dataset.inspect(store)
+    if json_output:
+        print_json(report.to_dict())
+        return
+    stdout_console().print(store_table(report, title=f"{store} (zarr v{report.zarr_format})"))

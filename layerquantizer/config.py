@@ -1,0 +1,234 @@
+"""YAML configuration of ``lq compress``: which variables to quantize, with how many bits.
+
+A config file is a YAML mapping; every key is optional and command-line options override it.
+
+.. code-block:: yaml
+
+    description: WeatherBench2 ERA5, 6-hourly, 0.25 degree   # free text, ignored
+    nbits: 16             # default bits for every quantized variable (1..32)
+    zarr_format: 2        # 2 (default) or 3
+    chunks: {time: 1}     # output chunk size per dimension; -1 = the whole dimension
+    time: "2020-01-01:2020-12-31"   # subset of the time coordinate, START:END (inclusive)
+    levels: [500, 850]    # subset of the level coordinate
+    on_missing: error     # error (default) or skip: what to do with a listed variable
+                          # that the source does not have
+    drop: [total_precipitation_24hr]   # data variables not written at all
+    variables:            # the variables to quantize; all other data variables are
+      temperature:        # copied losslessly
+      specific_humidity: {nbits: 20}
+
+Example
+-------
+>>> cfg = parse_config({"nbits": 12, "variables": {"temperature": None}}, source="inline")
+>>> cfg.nbits_for("temperature"), cfg.nbits_for("geopotential")
+(12, 12)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config", "ConfigError", "VariableConfig", "load_config", "parse_config"]
+
+_TOP_KEYS = (
+    "description",
+    "nbits",
+    "zarr_format",
+    "chunks",
+    "time",
+    "levels",
+    "on_missing",
+    "drop",
+    "variables",
+)
+_VARIABLE_KEYS = ("nbits",)
+_ON_MISSING = ("error", "skip")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or does not follow the schema; names file and key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableConfig:
+    """Settings of one quantized variable; ``None`` means the config's default."""
+
+    nbits: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A validated ``lq`` config. Every field is optional; see the module docstring."""
+
+    variables: Mapping[str, VariableConfig] = dataclasses.field(default_factory=dict)
+    nbits: int | None = None
+    zarr_format: int | None = None
+    chunks: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    time: str | None = None
+    levels: tuple[float, ...] | None = None
+    on_missing: str = "error"
+    drop: tuple[str, ...] = ()
+    description: str | None = None
+    source: str = "<config>"
+
+    def nbits_for(self, name: str) -> int | None:
+        """Bits for variable ``name``: its own setting, else the config default, else None."""
+        own = self.variables.get(name)
+        if own is not None and own.nbits is not None:
+            return own.nbits
+        return self.nbits
+
+
+def _fail(source: str, key: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {key!r} {message}")
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _check_keys(data: Mapping, allowed: tuple[str, ...], where: str, source: str) -> None:
+    for key in data:
+        if key not in allowed:
+            place = f" in {where!r}" if where else ""
+            raise ConfigError(
+                f"{source}: unknown key {key!r}{place} (expected one of: {', '.join(allowed)})"
+            )
+
+
+def _integer(value: Any, key: str, source: str, *, low: int, high: int | None = None) -> int:
+    # bool is an int subclass; YAML's `yes` must not pass for 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(source, key, f"must be an integer, got {_type_name(value)} {value!r}")
+    if value < low or (high is not None and value > high):
+        upper = f"..{high}" if high is not None else " or more"
+        raise _fail(source, key, f"must be in {low}{upper}, got {value}")
+    return value
+
+
+def _string_list(value: Any, key: str, source: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(source, key, f"must be a list of names, got {_type_name(value)} {value!r}")
+    return tuple(value)
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document against the schema and return a :class:`Config`.
+
+    Parameters
+    ----------
+    data : Any
+        The document, as ``yaml.safe_load`` returns it; ``None`` (an empty file) is allowed.
+    source : str
+        Name of the file, used in error messages.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown key or a value of the wrong type or range; the message names the
+        file and the key.
+    """
+    if data is None:
+        return Config(source=source)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: must be a mapping of keys to values, got {_type_name(data)}")
+    _check_keys(data, _TOP_KEYS, "", source)
+    fields: dict[str, Any] = {"source": source}
+
+    if "description" in data and data["description"] is not None:
+        if not isinstance(data["description"], str):
+            raise _fail(
+                source, "description", f"must be text, got {_type_name(data['description'])}"
+            )
+        fields["description"] = data["description"]
+    if data.get("nbits") is not None:
+        fields["nbits"] = _integer(data["nbits"], "nbits", source, low=1, high=32)
+    if data.get("zarr_format") is not None:
+        value = data["zarr_format"]
+        if isinstance(value, bool) or value not in (2, 3):
+            raise _fail(source, "zarr_format", f"must be 2 or 3, got {value!r}")
+        fields["zarr_format"] = value
+    if data.get("chunks") is not None:
+        chunks = data["chunks"]
+        if not isinstance(chunks, Mapping):
+            raise _fail(source, "chunks", f"must be a mapping of dimension to size, got {chunks!r}")
+        parsed = {}
+        for dim, size in chunks.items():
+            if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
+                raise _fail(
+                    source, f"chunks.{dim}", f"must be a positive integer or -1, got {size!r}"
+                )
+            parsed[str(dim)] = size
+        fields["chunks"] = parsed
+    if data.get("time") is not None:
+        if not isinstance(data["time"], str):
+            raise _fail(source, "time", f"must be text START:END, got {_type_name(data['time'])}")
+        fields["time"] = data["time"]
+    if data.get("levels") is not None:
+        levels = data["levels"]
+        if (
+            not isinstance(levels, list)
+            or not levels
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in levels)
+        ):
+            raise _fail(source, "levels", f"must be a non-empty list of numbers, got {levels!r}")
+        fields["levels"] = tuple(levels)
+    if data.get("on_missing") is not None:
+        if data["on_missing"] not in _ON_MISSING:
+            raise _fail(source, "on_missing", f"must be error or skip, got {data['on_missing']!r}")
+        fields["on_missing"] = data["on_missing"]
+    if data.get("drop") is not None:
+        fields["drop"] = _string_list(data["drop"], "drop", source)
+
+    variables = data.get("variables")
+    if variables is not None:
+        if not isinstance(variables, Mapping):
+            raise _fail(source, "variables", f"must be a mapping of names, got {variables!r}")
+        parsed_vars = {}
+        for name, settings in variables.items():
+            where = f"variables.{name}"
+            if settings is None:
+                parsed_vars[str(name)] = VariableConfig()
+                continue
+            if not isinstance(settings, Mapping):
+                raise _fail(
+                    source, where, f"must be a mapping such as {{nbits: 16}}, got {settings!r}"
+                )
+            _check_keys(settings, _VARIABLE_KEYS, where, source)
+            nbits = settings.get("nbits")
+            if nbits is not None:
+                nbits = _integer(nbits, f"{where}.nbits", source, low=1, high=32)
+            parsed_vars[str(name)] = VariableConfig(nbits=nbits)
+        fields["variables"] = parsed_vars
+        overlap = sorted(set(parsed_vars) & set(fields.get("drop", ())))
+        if overlap:
+            raise _fail(source, "drop", f"lists variables that 'variables' quantizes: {overlap}")
+    return Config(**fields)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> cfg = load_config(Path(__file__).parents[1] / "configs" / "era5.yaml")  # doctest: +SKIP
+    >>> cfg.nbits_for("temperature")  # doctest: +SKIP
+    16
+    """
+    import yaml  # only the CLI's config path needs PyYAML
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        detail = str(exc).replace("\n", " ")
+        raise ConfigError(f"{path}: not valid YAML: {detail}") from exc
+    return parse_config(data, source=str(path))

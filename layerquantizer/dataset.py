@@ -1,0 +1,1481 @@
+"""Compress, verify and inspect whole Zarr datasets: the Python API behind ``lq``.
+
+The same steps as the command line (``lq sample sample.zarr && lq compress sample.zarr
+out.zarr --vars temperature,geopotential && lq verify sample.zarr out.zarr``)::
+
+    from layerquantizer import dataset
+
+    dataset.write_sample("sample.zarr", levels=13, grid=(121, 240), times=4)
+    report = dataset.compress(
+        "sample.zarr", "out.zarr", variables=["temperature", "geopotential"], nbits=16
+    )
+    print(report.store.total_ratio)
+    assert dataset.verify("sample.zarr", "out.zarr").ok
+    print(dataset.inspect("out.zarr").to_dict()["total"])
+
+:func:`compress` runs in four steps that a later step (resuming, a distributed scheduler)
+can reuse one by one:
+
+1. :func:`open_dataset` opens the source lazily and read-only;
+2. :func:`plan_compress` selects and subsets the variables, chooses the output chunks,
+   builds the encodings and a lazy template, and lists the chunk regions to write;
+3. :func:`write_plan` writes the metadata from the template (``to_zarr(compute=False)``),
+4. then every chunk region through dask, one ``to_zarr(region=...)`` per Zarr chunk; a
+   failure is re-raised as :class:`ChunkWriteError` naming the variable and the chunk.
+
+This module imports xarray, dask, zarr and fsspec; ``import layerquantizer`` does not
+import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time as _time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from layerquantizer.config import Config
+
+__all__ = [
+    "ChunkTask",
+    "ChunkWriteError",
+    "CompressReport",
+    "DEFAULT_NBITS",
+    "DatasetError",
+    "DestinationExistsError",
+    "LevelStats",
+    "Plan",
+    "RequestError",
+    "SourceError",
+    "StoreReport",
+    "ArrayReport",
+    "VariableCheck",
+    "VerifyReport",
+    "compress",
+    "full_scale_bound",
+    "inspect",
+    "open_dataset",
+    "parse_chunks",
+    "parse_levels",
+    "parse_time_range",
+    "parse_variables",
+    "plan_compress",
+    "select_subset",
+    "verify",
+    "write_plan",
+    "write_sample",
+]
+
+#: Bits per value when neither the caller nor the config says.
+DEFAULT_NBITS = 16
+#: Attribute names written on every quantized variable.
+ATTR_CODEC = "layerquantizer_codec"
+ATTR_NBITS = "layerquantizer_nbits"
+ATTR_BOUND = "layerquantizer_error_bound"
+_ATTR_PREFIX = "layerquantizer_"
+#: Pairs of dimension names recognised as the horizontal grid, in (y, x) order.
+GRID_DIMS: tuple[tuple[str, str], ...] = (
+    ("latitude", "longitude"),
+    ("lat", "lon"),
+    ("y", "x"),
+    ("rlat", "rlon"),
+)
+_LQ_CODEC_IDS = ("layerquantizer1", "layerquantizer", "layerquantizer0.3b")
+# Codecs that give back every bit; anything else without a LayerQuantizer codec has an
+# unknown error bound.
+_LOSSLESS_CODECS = frozenset(
+    {"blosc", "zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "crc32c", "bytes", "transpose",
+     "shuffle", "delta", "vlen-utf8", "vlen-bytes", "vlen-array", "sharding_indexed", "lzf",
+     "zfpy-lossless", "categorize", "json2", "msgpack2", "pickle", "fletcher32", "adler32",
+     "crc32", "packbits", "pcodec"}
+)  # fmt: skip
+_CONSOLIDATED_WARNING = r"(?s).*[Cc]onsolidated metadata"
+
+
+class DatasetError(Exception):
+    """Base class of the errors a user of :mod:`layerquantizer.dataset` can act on."""
+
+
+class RequestError(DatasetError, ValueError):
+    """The request does not fit the data: unknown variable, unsupported dtype, bad subset."""
+
+
+class SourceError(DatasetError):
+    """A store cannot be opened or read."""
+
+
+class DestinationExistsError(DatasetError, FileExistsError):
+    """The destination exists and neither overwriting nor resuming was asked for."""
+
+
+class ChunkWriteError(DatasetError):
+    """Writing one chunk failed; the message names the variable and the chunk."""
+
+
+# --------------------------------------------------------------------------------------
+# Parsing of command-line style arguments (pure, tested on their own)
+
+
+def parse_variables(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; duplicates and empty names are errors.
+
+    >>> parse_variables("temperature,geopotential")
+    ['temperature', 'geopotential']
+    """
+    names = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not name for name in names):
+        raise RequestError(f"expected comma-separated variable names, got {text!r}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise RequestError(f"variable listed twice: {', '.join(duplicates)}")
+    return names
+
+
+def _parses_as_time(text: str) -> bool:
+    if not text:
+        return True
+    try:
+        np.datetime64(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_time_range(text: str) -> tuple[str | None, str | None]:
+    """``"START:END"`` -> ``(START, END)``, both inclusive and either one may be empty.
+
+    Dates may hold colons themselves (``2020-01-01T06:00``), so the split is the colon
+    that leaves a valid date on both sides; ``START..END`` is accepted as well.
+
+    >>> parse_time_range("2020-01-01T06:00:2020-01-02")
+    ('2020-01-01T06:00', '2020-01-02')
+    >>> parse_time_range("2020-01-03:")
+    ('2020-01-03', None)
+    """
+    text = text.strip()
+    if ".." in text:
+        candidates = [tuple(text.split("..", 1))]
+    else:
+        candidates = [(text[:i], text[i + 1 :]) for i, char in enumerate(text) if char == ":"]
+    for start, end in candidates:
+        start, end = start.strip(), end.strip()
+        if _parses_as_time(start) and _parses_as_time(end) and (start or end):
+            if start and end and np.datetime64(start) > np.datetime64(end):
+                raise RequestError(f"time range {text!r} ends before it starts")
+            return (start or None, end or None)
+    raise RequestError(
+        f"expected a time range START:END of ISO dates (either may be empty), got {text!r}"
+    )
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``"500,850"`` -> ``(500, 850)``; integers stay integers.
+
+    >>> parse_levels("500, 850")
+    (500, 850)
+    """
+    values: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(int(part))
+        except ValueError:
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise RequestError(
+                    f"expected comma-separated pressure levels such as 500,850, got {text!r}"
+                ) from None
+    return tuple(values)
+
+
+def parse_chunks(text: str) -> dict[str, int]:
+    """``"time=1,level=-1"`` -> ``{"time": 1, "level": -1}`` (-1: the whole dimension).
+
+    >>> parse_chunks("time=4, latitude=-1")
+    {'time': 4, 'latitude': -1}
+    """
+    chunks: dict[str, int] = {}
+    for part in text.split(","):
+        dim, sep, size = part.partition("=")
+        dim = dim.strip()
+        try:
+            value = int(size)
+        except ValueError:
+            value = 0
+        if not sep or not dim or value == 0 or value < -1:
+            raise RequestError(
+                f"expected DIM=SIZE pairs such as time=1,level=37 (SIZE a positive integer "
+                f"or -1 for the whole dimension), got {text!r}"
+            )
+        chunks[dim] = value
+    return chunks
+
+
+def full_scale_bound(nbits: int) -> float:
+    """Largest error over a layer's ``max - min`` that the codec allows, ulp aside.
+
+    >>> f"{full_scale_bound(16):.3g}"
+    '7.63e-06'
+    """
+    return 0.5 / (2**nbits - 1)
+
+
+# --------------------------------------------------------------------------------------
+# Stores
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location
+
+
+def _local_path(location: str) -> str | None:
+    """The local path of ``location`` (a plain path or a file:// URL), None for others."""
+    if location.startswith("file://"):
+        return location[len("file://") :]
+    return None if _is_url(location) else location
+
+
+def storage_options_for(location: str, storage_options: Mapping | None) -> dict | None:
+    """fsspec options for ``location``: public ``gs://`` buckets are read anonymously.
+
+    >>> storage_options_for("gs://bucket/x.zarr", None)
+    {'token': 'anon'}
+    """
+    if storage_options is not None:
+        return dict(storage_options)
+    if location.startswith(("gs://", "gcs://")):
+        return {"token": "anon"}
+    return None
+
+
+def open_store(location: str, *, read_only: bool, storage_options: Mapping | None = None):
+    """A zarr-python store for a path or fsspec URL."""
+    import zarr.storage
+
+    path = _local_path(location)
+    if path is not None:
+        return zarr.storage.LocalStore(os.path.abspath(path), read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(
+        location,
+        storage_options=storage_options_for(location, storage_options),
+        read_only=read_only,
+    )
+
+
+def _filesystem(location: str, storage_options: Mapping | None = None):
+    import fsspec.core
+
+    path = _local_path(location)
+    if path is not None:
+        return fsspec.filesystem("file"), os.path.abspath(path)
+    fs, root = fsspec.core.url_to_fs(
+        location, **(storage_options_for(location, storage_options) or {})
+    )
+    return fs, root.rstrip("/")
+
+
+def _same_or_nested(a: str, b: str) -> bool:
+    pa, pb = _local_path(a), _local_path(b)
+    if pa is not None and pb is not None:
+        a, b = os.path.realpath(pa), os.path.realpath(pb)
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+@contextlib.contextmanager
+def _quiet_consolidated():
+    # Consolidated metadata is what makes a store of hundreds of arrays open in one read;
+    # zarr warns that it is not in the v3 spec yet, which we know and accept.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=UserWarning)
+        warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=RuntimeWarning)
+        yield
+
+
+def open_dataset(
+    location: str, *, storage_options: Mapping | None = None, chunks: Any = None
+) -> xr.Dataset:
+    """Open a Zarr store (v2 or v3, consolidated or not) lazily and read-only.
+
+    Parameters
+    ----------
+    location : str
+        A path or fsspec URL; ``gs://`` is read anonymously unless ``storage_options``
+        say otherwise.
+    chunks : None or dict
+        ``None`` for lazily indexed arrays without dask, ``{}`` for dask arrays with the
+        store's chunks.
+
+    Raises
+    ------
+    SourceError
+        If there is no readable Zarr dataset at ``location``.
+    """
+    store = open_store(location, read_only=True, storage_options=storage_options)
+    try:
+        with _quiet_consolidated():
+            return xr.open_zarr(store, consolidated=None, chunks=chunks, decode_timedelta=True)
+    except Exception as exc:  # the zarr/fsspec/xarray error types differ by backend
+        raise SourceError(f"cannot open {location} as a Zarr dataset: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = text[0] if text else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+# --------------------------------------------------------------------------------------
+# Planning
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTask:
+    """One Zarr chunk of one variable to write: its index in the chunk grid and region."""
+
+    variable: str
+    index: tuple[int, ...]
+    region: Mapping[str, slice]
+    nbytes: int
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything :func:`write_plan` needs; built by :func:`plan_compress`, touches no store.
+
+    Attributes
+    ----------
+    source : xarray.Dataset
+        The selected, subset source: lazily indexed, not dask, coordinates loaded.
+    template : xarray.Dataset
+        The same with every data variable as a dask array chunked like the output.
+    encoding : dict
+        The explicit Zarr encoding of every data variable (source encodings are dropped).
+    quantized : dict
+        Variable -> nbits of the variables LayerQuantizer encodes.
+    copied, dropped, skipped : tuple of str
+        Data variables copied losslessly, left out on purpose, and named in the config
+        but missing from the source (with ``on_missing: skip``).
+    chunks : dict
+        Output chunk size per dimension.
+    """
+
+    source: xr.Dataset
+    template: xr.Dataset
+    encoding: dict[str, dict]
+    quantized: dict[str, int]
+    copied: tuple[str, ...]
+    dropped: tuple[str, ...]
+    skipped: tuple[str, ...]
+    chunks: dict[str, int]
+    zarr_format: int
+
+    def variable_chunks(self, name: str) -> tuple[int, ...]:
+        return tuple(self.chunks[dim] for dim in self.source[name].dims)
+
+    def tasks(self, variables: Sequence[str] | None = None) -> Iterator[ChunkTask]:
+        """Every chunk to write, variable by variable, in C order of the chunk grid."""
+        for name in variables if variables is not None else self.source.data_vars:
+            var = self.source[name]
+            chunks = self.variable_chunks(name)
+            counts = [math.ceil(n / c) for n, c in zip(var.shape, chunks, strict=True)]
+            itemsize = var.dtype.itemsize
+            for index in np.ndindex(*counts):
+                region = {
+                    dim: slice(i * c, min((i + 1) * c, n))
+                    for dim, i, c, n in zip(var.dims, index, chunks, var.shape, strict=True)
+                }
+                size = math.prod(s.stop - s.start for s in region.values()) * itemsize
+                yield ChunkTask(str(name), tuple(int(i) for i in index), region, size)
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(
+            math.prod(
+                math.ceil(n / c)
+                for n, c in zip(self.source[name].shape, self.variable_chunks(name), strict=True)
+            )
+            for name in self.source.data_vars
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(self.source[name].nbytes) for name in self.source.data_vars)
+
+
+def grid_dims(ds: xr.Dataset) -> tuple[str, str] | None:
+    """The (y, x) horizontal dimensions of ``ds``, if it uses one of :data:`GRID_DIMS`."""
+    for pair in GRID_DIMS:
+        if all(dim in ds.dims for dim in pair):
+            return pair
+    return None
+
+
+def select_subset(
+    ds: xr.Dataset,
+    time: tuple[str | None, str | None] | None = None,
+    levels: Sequence[float] | None = None,
+) -> xr.Dataset:
+    """Select a time range (inclusive labels) and a list of levels.
+
+    Raises
+    ------
+    RequestError
+        If the dataset has no such dimension or the selection is empty or incomplete.
+    """
+    if time is not None:
+        if "time" not in ds.dims:
+            raise RequestError("cannot select a time range: the source has no 'time' dimension")
+        start, end = time
+        try:
+            subset = ds.sel(time=slice(start, end))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RequestError(f"cannot select time {start}:{end}: {_one_line(exc)}") from exc
+        if subset.sizes["time"] == 0:
+            times = ds["time"].values
+            raise RequestError(
+                f"time range {start or ''}:{end or ''} selects no time step; the source has "
+                f"{times.size} from {times[0]} to {times[-1]}"
+                if times.size
+                else "the source has no time steps"
+            )
+        ds = subset
+    if levels is not None:
+        if "level" not in ds.dims:
+            raise RequestError("cannot select levels: the source has no 'level' dimension")
+        available = ds["level"].values
+        missing = [lev for lev in levels if not np.isin(lev, available)]
+        if missing:
+            raise RequestError(
+                f"level(s) {', '.join(map(str, missing))} not in the source; available: "
+                f"{', '.join(str(v) for v in available.tolist())}"
+            )
+        ds = ds.sel(level=list(levels))
+    return ds
+
+
+def _build_codec(nbits: int, zarr_format: int) -> dict[str, Any]:
+    """The xarray encoding entries that make Zarr write ``name`` with LayerQuantizer."""
+    if zarr_format == 2:
+        from layerquantizer.codec import LayerQuantizer
+
+        return {"compressors": (LayerQuantizer(nbits=nbits),), "filters": None}
+    from layerquantizer.zarr3 import LayerQuantizerCodec
+
+    return {"serializer": LayerQuantizerCodec(nbits=nbits), "compressors": None, "filters": None}
+
+
+def _codec_name(zarr_format: int) -> str:
+    return "layerquantizer1" if zarr_format == 2 else "layerquantizer"
+
+
+def plan_compress(
+    ds: xr.Dataset,
+    *,
+    variables: Sequence[str] | None = None,
+    config: Config | None = None,
+    nbits: int | None = None,
+    time: tuple[str | None, str | None] | None = None,
+    levels: Sequence[float] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    zarr_format: int | None = None,
+) -> Plan:
+    """Decide what :func:`write_plan` writes; arguments override the config.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The source, as :func:`open_dataset` returns it.
+    variables : sequence of str, optional
+        Variables to quantize; default: the config's ``variables``.
+    config : Config, optional
+        See :mod:`layerquantizer.config`.
+    nbits : int, optional
+        Bits for every quantized variable; default: per variable from the config, else 16.
+    time : (start, end), optional
+        Inclusive time labels; either may be None.
+    levels : sequence of float, optional
+        Levels to keep.
+    chunks : mapping, optional
+        Output chunk size per dimension (-1: whole). Default: 1 along ``time``, the whole
+        extent along every other dimension, so that each chunk-layer holds a full
+        level's grid and the error bound is relative to the whole level's range.
+    zarr_format : {2, 3}, optional
+        Default: the config's, else 2.
+
+    Raises
+    ------
+    RequestError
+        On an unknown variable, a variable the codec cannot take, a bad subset or chunks.
+    """
+    config = config if config is not None else Config()
+    from_config = variables is None
+    wanted = list(config.variables) if from_config else list(variables)
+    if not wanted:
+        candidates = [
+            str(name) for name, var in ds.data_vars.items()
+            if var.dtype == np.float32 and var.ndim >= 2
+        ]  # fmt: skip
+        raise RequestError(
+            "no variables to quantize: name them with --vars or in a config's 'variables'; "
+            f"float32 candidates: {', '.join(candidates) or 'none'}"
+        )
+    available = [str(name) for name in ds.data_vars]
+    quantize: list[str] = []
+    skipped: list[str] = []
+    for name in wanted:
+        if name in ds.data_vars:
+            quantize.append(name)
+        elif from_config and config.on_missing == "skip":
+            skipped.append(name)
+        else:
+            where = f" (from {config.source})" if from_config else ""
+            kind = " is a coordinate, not a data variable" if name in ds.coords else " not found"
+            raise RequestError(f"variable {name!r}{where}{kind}; available: {', '.join(available)}")
+
+    zarr_format = zarr_format if zarr_format is not None else (config.zarr_format or 2)
+    if zarr_format not in (2, 3):
+        raise RequestError(f"zarr format must be 2 or 3, got {zarr_format!r}")
+
+    time = (
+        time
+        if time is not None
+        else (parse_time_range(config.time) if config.time is not None else None)
+    )
+    levels = levels if levels is not None else config.levels
+    ds = select_subset(ds, time=time, levels=levels)
+
+    grid = grid_dims(ds)
+    quantized: dict[str, int] = {}
+    for name in quantize:
+        var = ds[name]
+        if var.dtype != np.float32:
+            raise RequestError(
+                f"cannot quantize {name!r}: its dtype is {var.dtype}, and the layerquantizer "
+                "codec encodes float32 only; leave it out to copy it losslessly"
+            )
+        if var.ndim < 2 or (grid is not None and var.dims[-2:] != grid):
+            expected = f"({', '.join(grid)})" if grid else "a 2-D grid"
+            raise RequestError(
+                f"cannot quantize {name!r} with dims ({', '.join(map(str, var.dims))}): the "
+                f"codec quantizes 2-D layers over the last two dims, which must be {expected}"
+            )
+        bits = nbits if nbits is not None else (config.nbits_for(name) or DEFAULT_NBITS)
+        try:
+            _build_codec(bits, zarr_format)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"{name}: {exc}") from exc
+        quantized[name] = bits
+
+    dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
+    copied = tuple(name for name in available if name not in quantized and name not in dropped)
+    ds = ds[[*quantized, *copied]]  # keeps the coordinates these variables use
+    # A source written by lq records its codec in attributes; they are ours to rewrite.
+    for name in ds.variables:
+        ds[name].attrs = {
+            k: v for k, v in ds[name].attrs.items() if not str(k).startswith(_ATTR_PREFIX)
+        }
+    ds = ds.drop_encoding()
+
+    sizes = dict(ds.sizes)
+    for dim, size in sizes.items():
+        if size == 0:
+            raise RequestError(f"dimension {dim!r} is empty after subsetting")
+    requested = {**config.chunks, **(chunks or {})}
+    unknown = sorted(set(requested) - set(sizes))
+    if unknown:
+        raise RequestError(
+            f"chunks name unknown dimension(s) {', '.join(unknown)}; dimensions: "
+            f"{', '.join(map(str, sizes))}"
+        )
+    chosen: dict[str, int] = {}
+    for dim, size in sizes.items():
+        default = 1 if dim == "time" else -1
+        value = requested.get(dim, default)
+        chosen[str(dim)] = size if value == -1 else min(int(value), size)
+
+    for name in ds.coords:  # small, and written once with the metadata
+        ds[name].variable.load()
+    encoding: dict[str, dict] = {}
+    data_vars = {}
+    for name in ds.data_vars:
+        var = ds[name].variable
+        var_chunks = tuple(chosen[dim] for dim in var.dims)
+        encoding[name] = {"chunks": var_chunks}
+        if name in quantized:
+            bits = quantized[name]
+            encoding[name].update(_build_codec(bits, zarr_format))
+            var.attrs.update(
+                {
+                    ATTR_CODEC: _codec_name(zarr_format),
+                    ATTR_NBITS: bits,
+                    ATTR_BOUND: full_scale_bound(bits),
+                }
+            )
+        # The template is never computed: its dask chunks equal the Zarr chunks, which is
+        # what lets xarray check the layout and write the metadata alone.
+        data_vars[name] = var.chunk(dict(zip(var.dims, var_chunks, strict=True)))
+    template = xr.Dataset(data_vars, coords=ds.coords, attrs=ds.attrs)
+    return Plan(
+        source=ds,
+        template=template,
+        encoding=encoding,
+        quantized=quantized,
+        copied=copied,
+        dropped=dropped,
+        skipped=tuple(skipped),
+        chunks=chosen,
+        zarr_format=zarr_format,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkDone:
+    variable: str
+    nbytes: int
+
+
+ProgressCallback = Callable[[int, int, int, int], None]
+"""``progress(chunks_done, chunks_total, bytes_done, bytes_total)``, called as chunks finish."""
+
+
+def _describe_region(region: Mapping[str, slice], labels: Mapping[str, np.ndarray]) -> str:
+    parts = []
+    for dim, where in region.items():
+        values = labels.get(dim)
+        if values is not None and where.stop - where.start < values.size:
+            first, last = values[where.start], values[where.stop - 1]
+            parts.append(f"{dim}={first}" if first == last else f"{dim}={first}..{last}")
+        elif values is None:
+            parts.append(f"{dim}[{where.start}:{where.stop}]")
+    return ", ".join(parts) or "the whole array"
+
+
+def _write_chunk(
+    source: xr.Variable,
+    task: ChunkTask,
+    store: Any,
+    zarr_format: int,
+    labels: Mapping[str, np.ndarray],
+) -> _ChunkDone:
+    """Read one region of the source and write it to the store as one Zarr chunk."""
+    try:
+        key = tuple(task.region[dim] for dim in source.dims)
+        data = np.asarray(source[key].values)
+        piece = xr.Dataset({task.variable: xr.Variable(source.dims, data)})
+        with _quiet_consolidated():
+            piece.to_zarr(
+                store, region=dict(task.region), mode="r+", consolidated=False,
+                zarr_format=zarr_format,
+            )  # fmt: skip
+    except Exception as exc:
+        raise ChunkWriteError(
+            f"{task.variable}: chunk {task.index} ({_describe_region(task.region, labels)}) "
+            f"failed: {_one_line(exc)}"
+        ) from exc
+    return _ChunkDone(task.variable, int(data.nbytes))
+
+
+@contextlib.contextmanager
+def _single_threaded_blosc():
+    # Dask already runs one task per core; Blosc's own thread pool would oversubscribe.
+    import numcodecs.blosc
+
+    previous = numcodecs.blosc.set_nthreads(1)
+    try:
+        yield
+    finally:
+        numcodecs.blosc.set_nthreads(previous)
+
+
+def _run_tasks(
+    tasks: list,
+    *,
+    scheduler: str | None,
+    workers: int | None,
+    on_done: Callable[[_ChunkDone], None],
+) -> None:
+    import dask
+    from dask.callbacks import Callback
+
+    if scheduler not in (None, "threads", "synchronous"):
+        raise RequestError(
+            f"scheduler {scheduler!r} is not available yet; use 'threads' or 'synchronous'"
+        )
+
+    def posttask(key, result, dsk, state, worker_id):
+        if isinstance(result, _ChunkDone):
+            on_done(result)
+
+    options: dict[str, Any] = {"scheduler": scheduler or "threads"}
+    if options["scheduler"] == "threads":
+        options["num_workers"] = workers or os.cpu_count() or 1
+    with _single_threaded_blosc(), Callback(posttask=posttask), _quiet_consolidated():
+        dask.compute(*tasks, **options)
+
+
+def _check_destination(
+    src: str | None, dst: str, storage_options: Mapping | None, overwrite: bool, resume: bool
+) -> None:
+    if resume:
+        raise RequestError("--resume is not available yet (it comes with the scale-out work)")
+    if src is not None and _same_or_nested(src, dst):
+        raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
+    fs, root = _filesystem(dst, storage_options)
+    if fs.exists(root):
+        if not overwrite:
+            raise DestinationExistsError(
+                f"destination {dst} already exists; pass --overwrite to replace it"
+            )
+        fs.rm(root, recursive=True)
+
+
+def write_plan(
+    plan: Plan,
+    dst: str,
+    *,
+    storage_options: Mapping | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> None:
+    """Write the metadata of ``plan`` to ``dst``, then every chunk through dask.
+
+    ``dst`` must not exist (see :func:`compress` for the checks). ``scheduler`` is
+    ``"threads"`` (default, ``workers`` threads) or ``"synchronous"``.
+    """
+    import dask
+
+    store = open_store(dst, read_only=False, storage_options=storage_options)
+    with _quiet_consolidated():
+        plan.template.to_zarr(
+            store,
+            mode="w-",
+            compute=False,
+            encoding=plan.encoding,
+            consolidated=True,
+            zarr_format=plan.zarr_format,
+        )
+    labels = {
+        str(dim): plan.source.indexes[dim].values
+        for dim in plan.source.dims
+        if dim in plan.source.indexes
+    }
+    total_chunks, total_bytes = plan.total_chunks, plan.total_bytes
+    state = {"chunks": 0, "bytes": 0}
+
+    def on_done(done: _ChunkDone) -> None:
+        state["chunks"] += 1
+        state["bytes"] += done.nbytes
+        if progress is not None:
+            progress(state["chunks"], total_chunks, state["bytes"], total_bytes)
+
+    if progress is not None:
+        progress(0, total_chunks, 0, total_bytes)
+    write = dask.delayed(_write_chunk, pure=False)
+    variables = {name: plan.source[name].variable for name in plan.source.data_vars}
+    tasks = [
+        write(
+            variables[task.variable], task, store, plan.zarr_format, labels,
+            dask_key_name=f"lq-write-{task.variable}-{'.'.join(map(str, task.index))}",
+        )
+        for task in plan.tasks()
+    ]  # fmt: skip
+    _run_tasks(tasks, scheduler=scheduler, workers=workers, on_done=on_done)
+
+
+@dataclasses.dataclass
+class CompressReport:
+    """What :func:`compress` wrote: the destination's :class:`StoreReport` plus timing."""
+
+    src: str
+    dst: str
+    store: StoreReport
+    quantized: dict[str, int]
+    copied: tuple[str, ...]
+    dropped: tuple[str, ...]
+    skipped: tuple[str, ...]
+    seconds: float
+    bytes_written: int
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes_written / 2**20 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.store.to_dict()
+        for name, entry in out["variables"].items():
+            entry["quantized"] = name in self.quantized
+        out.update(
+            {
+                "src": self.src,
+                "dst": self.dst,
+                "dropped": list(self.dropped),
+                "skipped": list(self.skipped),
+                "timing": {
+                    "seconds": round(self.seconds, 3),
+                    "logical_bytes": self.bytes_written,
+                    "mib_per_s": round(self.mib_per_s, 2),
+                },
+            }
+        )
+        return out
+
+
+def compress(
+    src: str,
+    dst: str,
+    *,
+    variables: Sequence[str] | None = None,
+    config: Config | None = None,
+    nbits: int | None = None,
+    time: tuple[str | None, str | None] | None = None,
+    levels: Sequence[float] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    zarr_format: int | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    storage_options: Mapping | None = None,
+    dst_storage_options: Mapping | None = None,
+    progress: ProgressCallback | None = None,
+) -> CompressReport:
+    """Copy the dataset at ``src`` to ``dst``, quantizing the chosen variables.
+
+    The chosen variables are written with LayerQuantizer (Zarr v2: the ``layerquantizer1``
+    compressor; v3: the ``layerquantizer`` serializer), every other data variable with
+    Zarr's default lossless compressor; coordinates and attributes are kept, and each
+    quantized variable records ``layerquantizer_codec``, ``layerquantizer_nbits`` and
+    ``layerquantizer_error_bound`` (full scale) in its attributes. Metadata is consolidated.
+    The source is only read. See :func:`plan_compress` for the selection arguments.
+
+    Parameters
+    ----------
+    overwrite : bool
+        Replace an existing ``dst``; otherwise an existing ``dst`` is an error.
+    resume : bool
+        Not available yet.
+    workers : int, optional
+        Threads writing chunks in parallel (default: one per core).
+    scheduler : str, optional
+        ``"threads"`` (default) or ``"synchronous"``.
+    storage_options, dst_storage_options : mapping, optional
+        fsspec options for the source and the destination.
+    progress : callable, optional
+        ``progress(chunks_done, chunks_total, bytes_done, bytes_total)``.
+
+    Examples
+    --------
+    >>> report = compress("in.zarr", "out.zarr", variables=["temperature"])  # doctest: +SKIP
+    >>> report.store.variables["temperature"].ratio  # doctest: +SKIP
+    3.2
+    """
+    _check_destination(src, dst, dst_storage_options, overwrite, resume)
+    ds = open_dataset(src, storage_options=storage_options)
+    plan = plan_compress(
+        ds, variables=variables, config=config, nbits=nbits, time=time, levels=levels,
+        chunks=chunks, zarr_format=zarr_format,
+    )  # fmt: skip
+    started = _time.perf_counter()
+    write_plan(
+        plan, dst, storage_options=dst_storage_options, workers=workers, scheduler=scheduler,
+        progress=progress,
+    )  # fmt: skip
+    seconds = _time.perf_counter() - started
+    return CompressReport(
+        src=src,
+        dst=dst,
+        store=inspect(dst, storage_options=dst_storage_options),
+        quantized=plan.quantized,
+        copied=plan.copied,
+        dropped=plan.dropped,
+        skipped=plan.skipped,
+        seconds=seconds,
+        bytes_written=plan.total_bytes,
+    )
+
+
+def write_sample(
+    dst: str,
+    *,
+    levels: int | Sequence[float] = 13,
+    grid: tuple[int, int] = (121, 240),
+    times: int = 4,
+    zarr_format: int = 2,
+    seed: int = 0,
+    overwrite: bool = False,
+    storage_options: Mapping | None = None,
+    workers: int | None = None,
+) -> xr.Dataset:
+    """Write :func:`layerquantizer.synthetic.sample_dataset` losslessly to ``dst``.
+
+    Chunks are one time step by the whole level x grid, as in WeatherBench2; the data are
+    generated chunk by chunk, so memory stays small on full-size grids. Returns the
+    (lazy) dataset written.
+
+    Examples
+    --------
+    >>> write_sample("sample.zarr", levels=13, grid=(121, 240), times=4)  # doctest: +SKIP
+    """
+    import dask
+
+    from layerquantizer.synthetic import sample_dataset
+
+    if zarr_format not in (2, 3):
+        raise RequestError(f"zarr format must be 2 or 3, got {zarr_format!r}")
+    _check_destination(None, dst, storage_options, overwrite, resume=False)
+    try:
+        ds = sample_dataset(levels=levels, grid=grid, times=times, seed=seed, lazy=True)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from exc
+    encoding = {name: {"chunks": (1, *var.shape[1:])} for name, var in ds.data_vars.items()}
+    store = open_store(dst, read_only=False, storage_options=storage_options)
+    with (
+        _single_threaded_blosc(),
+        _quiet_consolidated(),
+        dask.config.set(scheduler="threads", num_workers=workers or os.cpu_count() or 1),
+    ):
+        ds.to_zarr(store, mode="w-", encoding=encoding, consolidated=True, zarr_format=zarr_format)
+    return ds
+
+
+# --------------------------------------------------------------------------------------
+# Inspecting
+
+
+@dataclasses.dataclass
+class ArrayReport:
+    """One array of a store as its metadata and objects describe it."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    codec: str
+    settings: dict[str, Any]
+    codecs: list[dict[str, Any]]
+    logical_bytes: int
+    stored_bytes: int
+    objects: int
+    attrs: dict[str, Any]
+    is_coordinate: bool
+
+    @property
+    def ratio(self) -> float | None:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
+
+    @property
+    def nbits(self) -> int | None:
+        """Bits of LayerQuantizer, from the codec metadata, else from the attributes."""
+        if self.codec in _LQ_CODEC_IDS and "nbits" in self.settings:
+            return int(self.settings["nbits"])
+        value = self.attrs.get(ATTR_NBITS)
+        return int(value) if isinstance(value, int | float) else None
+
+    @property
+    def error_bound(self) -> float | None:
+        """Full-scale bound: LayerQuantizer's, 0.0 for lossless codecs, None if unknown."""
+        if self.nbits is not None:
+            return full_scale_bound(self.nbits)
+        names = {entry.get("id", entry.get("name")) for entry in self.codecs}
+        return 0.0 if names <= _LOSSLESS_CODECS else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dims": list(self.dims),
+            "shape": list(self.shape),
+            "chunks": list(self.chunks),
+            "dtype": self.dtype,
+            "codec": self.codec,
+            "settings": self.settings,
+            "codecs": self.codecs,
+            "error_bound": self.error_bound,
+            "logical_bytes": self.logical_bytes,
+            "stored_bytes": self.stored_bytes,
+            "ratio": None if self.ratio is None else round(self.ratio, 4),
+            "objects": self.objects,
+        }
+
+
+@dataclasses.dataclass
+class StoreReport:
+    """Sizes and codecs of every array in a store; ``variables`` holds the data variables."""
+
+    store: str
+    zarr_format: int
+    consolidated: bool
+    variables: dict[str, ArrayReport]
+    coordinates: dict[str, ArrayReport]
+    stored_bytes: int
+    objects: int
+
+    @property
+    def logical_bytes(self) -> int:
+        arrays = [*self.variables.values(), *self.coordinates.values()]
+        return sum(a.logical_bytes for a in arrays)
+
+    @property
+    def total_ratio(self) -> float | None:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "zarr_format": self.zarr_format,
+            "consolidated": self.consolidated,
+            "variables": {name: a.to_dict() for name, a in self.variables.items()},
+            "coordinates": {name: a.to_dict() for name, a in self.coordinates.items()},
+            "total": {
+                "variables": len(self.variables),
+                "logical_bytes": self.logical_bytes,
+                "stored_bytes": self.stored_bytes,
+                "ratio": None if self.total_ratio is None else round(self.total_ratio, 4),
+                "objects": self.objects,
+            },
+        }
+
+
+def _summarize_codecs(meta: Mapping, zarr_format: int) -> tuple[str, dict, list[dict]]:
+    """(short name, settings, full list) of an array's codecs from its raw metadata."""
+    if zarr_format == 2:
+        codecs = [dict(f) for f in meta.get("filters") or []]
+        if meta.get("compressor"):
+            codecs.append(dict(meta["compressor"]))
+        names = [c.get("id", "?") for c in codecs]
+        main = codecs[-1] if codecs else None
+        settings = {k: v for k, v in main.items() if k != "id"} if main else {}
+    else:
+        codecs = [dict(c) for c in meta.get("codecs", [])]
+        names = [c.get("name", "?") for c in codecs]
+        # "bytes" is the plain serializer every v3 array has unless another replaces it.
+        shown = [c for c in codecs if c.get("name") != "bytes"] or codecs
+        main = next(
+            (c for c in codecs if c.get("name") in _LQ_CODEC_IDS), shown[-1] if shown else None
+        )
+        settings = dict(main.get("configuration") or {}) if main else {}
+        names = [c.get("name", "?") for c in shown]
+    lq = next((n for n in names if n in _LQ_CODEC_IDS), None)
+    return (lq or "+".join(names) or "none"), settings, codecs
+
+
+def inspect(location: str, *, storage_options: Mapping | None = None) -> StoreReport:
+    """Describe every array of a Zarr store from its metadata and object sizes.
+
+    Reads only metadata documents and the object listing (no chunk is decoded, and no
+    codec needs to be installed). Logical bytes are ``prod(shape) * itemsize``; stored
+    bytes the summed sizes of the array's objects, metadata included.
+
+    Examples
+    --------
+    >>> inspect("out.zarr").to_dict()["total"]["ratio"]  # doctest: +SKIP
+    3.1
+    """
+    import json
+
+    fs, root = _filesystem(location, storage_options)
+    try:
+        listing = fs.find(root, detail=True)
+    except Exception as exc:
+        raise SourceError(f"cannot list {location}: {_one_line(exc)}") from exc
+    prefix = root + "/"
+    sizes = {
+        path[len(prefix) :]: int(info.get("size") or 0)
+        for path, info in listing.items()
+        if path.startswith(prefix)
+    }
+    if ".zgroup" in sizes:
+        zarr_format = 2
+    elif "zarr.json" in sizes:
+        zarr_format = 3
+    else:
+        raise SourceError(f"{location} is not a Zarr store (no .zgroup or zarr.json at its root)")
+
+    def read_json(key: str) -> dict:
+        try:
+            return json.loads(fs.cat_file(prefix + key))
+        except Exception as exc:
+            raise SourceError(f"cannot read {location}/{key}: {_one_line(exc)}") from exc
+
+    arrays: dict[str, tuple[dict, dict]] = {}
+    if zarr_format == 2:
+        consolidated = ".zmetadata" in sizes
+        for key in sizes:
+            if key.endswith(".zarray"):
+                name = key[: -len("/.zarray")]
+                attrs_key = f"{name}/.zattrs"
+                arrays[name] = (read_json(key), read_json(attrs_key) if attrs_key in sizes else {})
+    else:
+        consolidated = "consolidated_metadata" in read_json("zarr.json")
+        for key in sizes:
+            if key.endswith("/zarr.json"):
+                meta = read_json(key)
+                if meta.get("node_type") == "array":
+                    arrays[key[: -len("/zarr.json")]] = (meta, meta.get("attributes", {}))
+
+    coordinate_names: set[str] = set()
+    for _, attrs in arrays.values():
+        coordinate_names.update(str(attrs.get("coordinates", "")).split())
+    variables: dict[str, ArrayReport] = {}
+    coordinates: dict[str, ArrayReport] = {}
+    for name in sorted(arrays):
+        meta, attrs = arrays[name]
+        if zarr_format == 2:
+            dims = tuple(attrs.get("_ARRAY_DIMENSIONS", ()))
+            chunks = tuple(meta["chunks"])
+            dtype = np.dtype(meta["dtype"]) if isinstance(meta["dtype"], str) else None
+        else:
+            dims = tuple(d for d in meta.get("dimension_names") or () if d is not None)
+            chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+            try:
+                dtype = np.dtype(meta["data_type"])
+            except TypeError:
+                dtype = None
+        shape = tuple(meta["shape"])
+        codec, settings, codecs = _summarize_codecs(meta, zarr_format)
+        own = {k: v for k, v in sizes.items() if k.startswith(name + "/")}
+        report = ArrayReport(
+            name=name,
+            dims=dims,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype.name
+            if dtype is not None
+            else str(meta.get("dtype", meta.get("data_type"))),
+            codec=codec,
+            settings=settings,
+            codecs=codecs,
+            logical_bytes=math.prod(shape) * (dtype.itemsize if dtype is not None else 0),
+            stored_bytes=sum(own.values()),
+            objects=len(own),
+            attrs={k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"},
+            is_coordinate=name in coordinate_names or dims == (name,),
+        )
+        (coordinates if report.is_coordinate else variables)[name] = report
+    return StoreReport(
+        store=location,
+        zarr_format=zarr_format,
+        consolidated=consolidated,
+        variables=variables,
+        coordinates=coordinates,
+        stored_bytes=sum(sizes.values()),
+        objects=len(sizes),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Verifying
+
+# Columns of the per-layer statistics that _layer_stats returns.
+_LO, _HI, _MAX_ERR, _MAX_EXCESS, _SUM_SQ, _COUNT, _BAD = range(7)
+# Relative slack on the half step, for the float64 rounding of our own bound arithmetic.
+_BOUND_SLACK = 1e-12
+
+
+def _layer_stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per 2-D layer (last two axes) of one block: finite min/max of ``a``, max error,
+    max of error minus one ulp of ``a``, sum of squared errors, count of finite pairs and
+    count of non-finite values that differ; shape ``(..., 1, 1, 7)``, float64."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        if a.dtype == np.float32:
+            ulp = np.spacing(np.abs(a)).astype(np.float64)
+        elif a.dtype.kind == "f":
+            ulp = np.spacing(np.abs(a.astype(np.float64)))
+        else:
+            ulp = np.zeros(a.shape)
+        a64 = a.astype(np.float64)
+        b64 = b.astype(np.float64)
+        finite_a = np.isfinite(a64)
+        both = finite_a & np.isfinite(b64)
+        diff = np.where(both, np.abs(a64 - b64), 0.0)
+        same_nonfinite = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+        axes = (-2, -1)
+        stats = np.stack(
+            [
+                np.where(finite_a, a64, np.inf).min(axis=axes),
+                np.where(finite_a, a64, -np.inf).max(axis=axes),
+                diff.max(axis=axes),
+                np.where(both, diff - ulp, -np.inf).max(axis=axes),
+                np.square(diff).sum(axis=axes),
+                both.sum(axis=axes).astype(np.float64),
+                (~both & ~same_nonfinite).sum(axis=axes).astype(np.float64),
+            ],
+            axis=-1,
+        )
+    return stats[..., None, None, :]
+
+
+@dataclasses.dataclass
+class LevelStats:
+    """Errors at one level (or over a whole variable without a level dimension)."""
+
+    level: float | int | None
+    vmin: float
+    vmax: float
+    max_abs_error: float
+    max_fs_error: float
+    rmse: float
+    bound_abs: float | None
+    nonfinite_mismatches: int
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "min": _json_float(self.vmin),
+            "max": _json_float(self.vmax),
+            "max_abs_error": _json_float(self.max_abs_error),
+            "max_fs_error": _json_float(self.max_fs_error),
+            "rmse": _json_float(self.rmse),
+            "bound_abs": _json_float(self.bound_abs),
+            "nonfinite_mismatches": self.nonfinite_mismatches,
+            "ok": self.ok,
+        }
+
+
+@dataclasses.dataclass
+class VariableCheck:
+    """Verification of one variable; ``bound`` is the promised full-scale error."""
+
+    name: str
+    codec: str
+    nbits: int | None
+    bound: float | None
+    levels: list[LevelStats]
+
+    @property
+    def ok(self) -> bool:
+        return all(level.ok for level in self.levels)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max((lev.max_abs_error for lev in self.levels), default=0.0)
+
+    @property
+    def max_fs_error(self) -> float:
+        return max((lev.max_fs_error for lev in self.levels), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec,
+            "nbits": self.nbits,
+            "bound": _json_float(self.bound),
+            "max_fs_error": _json_float(self.max_fs_error),
+            "max_abs_error": _json_float(self.max_abs_error),
+            "ok": self.ok,
+            "levels": [lev.to_dict() for lev in self.levels],
+        }
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """The result of :func:`verify`; ``ok`` is False if any variable misses its bound."""
+
+    src: str
+    dst: str
+    variables: dict[str, VariableCheck]
+    skipped: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.variables.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "src": self.src,
+            "dst": self.dst,
+            "variables": {name: check.to_dict() for name, check in self.variables.items()},
+            "skipped": self.skipped,
+        }
+
+
+def _json_float(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(f"{value:.6g}")
+
+
+def _align_to(src_var: xr.DataArray, dst_var: xr.DataArray, name: str) -> xr.DataArray:
+    if src_var.dims != dst_var.dims:
+        raise RequestError(
+            f"{name}: dims differ: ({', '.join(map(str, src_var.dims))}) in the source, "
+            f"({', '.join(map(str, dst_var.dims))}) in the destination"
+        )
+    for dim in dst_var.dims:
+        if dim in src_var.indexes and dim in dst_var.indexes:
+            if not src_var.indexes[dim].equals(dst_var.indexes[dim]):
+                try:
+                    src_var = src_var.sel({dim: dst_var.indexes[dim]})
+                except (KeyError, ValueError) as exc:
+                    raise RequestError(
+                        f"{name}: the destination's {dim!r} values are not all in the source"
+                    ) from exc
+    if src_var.shape != dst_var.shape:
+        raise RequestError(
+            f"{name}: shapes differ: {src_var.shape} in the source, {dst_var.shape} in the "
+            "destination"
+        )
+    return src_var
+
+
+def _check_variable(
+    name: str,
+    src_var: xr.DataArray,
+    dst_var: xr.DataArray,
+    array: ArrayReport | None,
+    stats: np.ndarray,
+) -> VariableCheck:
+    """Turn per-layer statistics (leading dims x 7) into per-level results."""
+    bound = array.error_bound if array is not None else 0.0
+    codec = array.codec if array is not None else "?"
+    nbits = array.nbits if array is not None else None
+    dims = list(src_var.dims[:-2]) if src_var.ndim >= 2 else []
+    if "level" in dims:
+        axis = dims.index("level")
+        per_level = np.moveaxis(stats, axis, 0).reshape(stats.shape[axis], -1, 7)
+        level_values = [v.item() for v in src_var["level"].values]
+    else:
+        per_level = stats.reshape(1, -1, 7)
+        level_values = [None]
+    levels = []
+    for value, layers in zip(level_values, per_level, strict=True):
+        lo, hi = layers[:, _LO], layers[:, _HI]
+        has_range = np.isfinite(lo) & np.isfinite(hi)
+        span = np.where(has_range, hi - lo, 0.0)
+        max_err = layers[:, _MAX_ERR]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fs = np.where(span > 0, max_err / np.where(span > 0, span, 1.0), 0.0)
+        bad = int(layers[:, _BAD].sum())
+        if bound is None:
+            ok = bad == 0  # no promise to hold the values to
+        elif bound == 0.0:
+            ok = bad == 0 and bool((max_err == 0).all())
+        else:
+            allowed = bound * span * (1 + _BOUND_SLACK)
+            ok = bad == 0 and bool((layers[:, _MAX_EXCESS] <= allowed).all())
+        count = layers[:, _COUNT].sum()
+        levels.append(
+            LevelStats(
+                level=value,
+                vmin=float(lo[has_range].min()) if has_range.any() else math.nan,
+                vmax=float(hi[has_range].max()) if has_range.any() else math.nan,
+                max_abs_error=float(max_err.max(initial=0.0)),
+                max_fs_error=float(fs.max(initial=0.0)),
+                rmse=float(math.sqrt(layers[:, _SUM_SQ].sum() / count)) if count else 0.0,
+                bound_abs=None if bound is None else float(bound * span.max(initial=0.0)),
+                nonfinite_mismatches=bad,
+                ok=ok,
+            )
+        )
+    return VariableCheck(name=name, codec=codec, nbits=nbits, bound=bound, levels=levels)
+
+
+def _stats_graph(src_var: xr.DataArray, dst_var: xr.DataArray):
+    """A dask array (leading dims x 7) of per-layer statistics, one block pass over both."""
+    import dask.array as da
+
+    a, b = src_var.data, dst_var.data
+    if not isinstance(a, da.Array):
+        a = da.asarray(a)
+    if not isinstance(b, da.Array):
+        b = da.asarray(b)
+    while a.ndim < 2:  # a vector or scalar is one layer
+        a, b = a[None], b[None]
+    # Whole layers are not needed per block: every statistic combines across blocks.
+    b = b.rechunk(a.chunks)
+    lead = a.chunks[:-2]
+    blocks = da.map_blocks(
+        _layer_stats, a, b,
+        chunks=(*lead, (1,) * len(a.chunks[-2]), (1,) * len(a.chunks[-1]), (7,)),
+        new_axis=a.ndim, dtype=np.float64, meta=np.empty((0,) * (a.ndim + 1)),
+    )  # fmt: skip
+    axes = (a.ndim - 2, a.ndim - 1)
+    lo = blocks[..., _LO].min(axis=axes)
+    hi = blocks[..., _HI].max(axis=axes)
+    max_err = blocks[..., _MAX_ERR].max(axis=axes)
+    excess = blocks[..., _MAX_EXCESS].max(axis=axes)
+    sums = blocks[..., _SUM_SQ:].sum(axis=axes)
+    return da.concatenate(
+        [lo[..., None], hi[..., None], max_err[..., None], excess[..., None], sums],
+        axis=-1,
+    )
+
+
+def verify(
+    src: str,
+    dst: str,
+    *,
+    variables: Sequence[str] | None = None,
+    storage_options: Mapping | None = None,
+    dst_storage_options: Mapping | None = None,
+    workers: int | None = None,
+) -> VerifyReport:
+    """Compare ``dst`` with ``src`` per variable and level, in float64, through dask.
+
+    For each 2-D layer (one level at one time step) it finds the source's finite range
+    ``[min, max]`` and checks every value: ``|x - y| <= bound * (max - min) + ulp32(x)``
+    with ``bound`` the full-scale bound of the destination's codec (LayerQuantizer:
+    ``0.5 / (2**nbits - 1)``, from the codec metadata or, failing that, the
+    ``layerquantizer_nbits`` attribute; a lossless codec: exact equality). NaN and
+    infinities must match exactly. ``max_fs_error`` is the largest error over its layer's
+    range. Memory stays at a few chunks.
+
+    The destination may hold a subset (times, levels) of the source.
+
+    Examples
+    --------
+    >>> verify("in.zarr", "out.zarr").ok  # doctest: +SKIP
+    True
+    """
+    import dask
+
+    src_ds = open_dataset(src, storage_options=storage_options, chunks={})
+    dst_ds = open_dataset(dst, storage_options=dst_storage_options, chunks={})
+    store = inspect(dst, storage_options=dst_storage_options)
+    if variables is None:
+        names = [str(n) for n in dst_ds.data_vars if n in src_ds.data_vars]
+        if not names:
+            raise RequestError(f"{src} and {dst} have no data variable in common")
+    else:
+        names = list(variables)
+        for name in names:
+            for ds, where in ((src_ds, src), (dst_ds, dst)):
+                if name not in ds.data_vars:
+                    raise RequestError(
+                        f"variable {name!r} not found in {where}; available: "
+                        f"{', '.join(map(str, ds.data_vars))}"
+                    )
+    skipped: dict[str, str] = {}
+    pending = []
+    for name in names:
+        src_var, dst_var = src_ds[name], dst_ds[name]
+        if src_var.dtype.kind not in "fiub" or dst_var.dtype.kind not in "fiub":
+            skipped[name] = f"not numeric ({src_var.dtype}, {dst_var.dtype})"
+            continue
+        src_var = _align_to(src_var, dst_var, name)
+        pending.append((name, src_var, dst_var, _stats_graph(src_var, dst_var)))
+    with _single_threaded_blosc():
+        computed = dask.compute(
+            *[graph for *_, graph in pending],
+            scheduler="threads",
+            num_workers=workers or os.cpu_count() or 1,
+        )
+    checks = {
+        name: _check_variable(name, src_var, dst_var, store.variables.get(name), stats)
+        for (name, src_var, dst_var, _), stats in zip(pending, computed, strict=True)
+    }
+    return VerifyReport(src=src, dst=dst, variables=checks, skipped=skipped)
