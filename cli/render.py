@@ -41,7 +41,13 @@ def store_table(report, title: str | None = None, quantized: set[str] | None = N
 
 def verify_table(report) -> Table:
     """Per variable and level: range, errors, bound, verdict."""
-    table = Table(title=f"{report.dst} against {report.src}", title_justify="left")
+    table = Table(
+        title=f"{report.dst} against {report.src}",
+        caption="fs = full scale: error over the layer's max - min; the fs bound is the "
+        "codec's plus one float32 ulp of the largest value",
+        title_justify="left",
+        caption_justify="left",
+    )
     for column in ("variable", "level", "min", "max", "max abs err", "max fs err", "rmse",
                    "fs bound", "ok"):  # fmt: skip
         table.add_column(column, justify="left" if column == "variable" else "right")
@@ -55,7 +61,7 @@ def verify_table(report) -> Table:
                 error_text(level.max_abs_error),
                 error_text(level.max_fs_error),
                 error_text(level.rmse),
-                "lossless" if check.bound == 0 else error_text(check.bound),
+                "lossless" if check.codec_bound == 0 else error_text(level.bound),
                 "ok" if level.ok else "[bold red]FAIL[/]",
             )
         table.add_section()

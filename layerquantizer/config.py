@@ -5,7 +5,7 @@ A config file is a YAML mapping; every key is optional and command-line options 
 .. code-block:: yaml
 
     description: WeatherBench2 ERA5, 6-hourly, 0.25 degree   # free text, ignored
-    nbits: 16             # default bits for every quantized variable (1..32)
+    nbits: 16             # default bits for every quantized variable (1..24)
     zarr_format: 2        # 2 (default) or 3
     chunks: {time: 1}     # output chunk size per dimension; -1 = the whole dimension
     time: "2020-01-01:2020-12-31"   # subset of the time coordinate, START:END (inclusive)
@@ -145,7 +145,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             )
         fields["description"] = data["description"]
     if data.get("nbits") is not None:
-        fields["nbits"] = _integer(data["nbits"], "nbits", source, low=1, high=32)
+        fields["nbits"] = _integer(data["nbits"], "nbits", source, low=1, high=24)
     if data.get("zarr_format") is not None:
         value = data["zarr_format"]
         if isinstance(value, bool) or value not in (2, 3):
@@ -200,7 +200,7 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
             _check_keys(settings, _VARIABLE_KEYS, where, source)
             nbits = settings.get("nbits")
             if nbits is not None:
-                nbits = _integer(nbits, f"{where}.nbits", source, low=1, high=32)
+                nbits = _integer(nbits, f"{where}.nbits", source, low=1, high=24)
             parsed_vars[str(name)] = VariableConfig(nbits=nbits)
         fields["variables"] = parsed_vars
         overlap = sorted(set(parsed_vars) & set(fields.get("drop", ())))

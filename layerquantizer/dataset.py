@@ -577,13 +577,13 @@ def plan_compress(
 
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
     copied = tuple(name for name in available if name not in quantized and name not in dropped)
-    ds = ds[[*quantized, *copied]]  # keeps the coordinates these variables use
+    # A shallow copy has its own attribute dicts: the caller's dataset stays as it was.
+    ds = ds[[*quantized, *copied]].copy(deep=False).drop_encoding()
     # A source written by lq records its codec in attributes; they are ours to rewrite.
     for name in ds.variables:
         ds[name].attrs = {
             k: v for k, v in ds[name].attrs.items() if not str(k).startswith(_ATTR_PREFIX)
         }
-    ds = ds.drop_encoding()
 
     sizes = dict(ds.sizes)
     for dim, size in sizes.items():
@@ -1228,6 +1228,7 @@ class LevelStats:
     max_abs_error: float
     max_fs_error: float
     rmse: float
+    bound: float | None
     bound_abs: float | None
     nonfinite_mismatches: int
     ok: bool
@@ -1240,6 +1241,7 @@ class LevelStats:
             "max_abs_error": _json_float(self.max_abs_error),
             "max_fs_error": _json_float(self.max_fs_error),
             "rmse": _json_float(self.rmse),
+            "bound": _json_float(self.bound),
             "bound_abs": _json_float(self.bound_abs),
             "nonfinite_mismatches": self.nonfinite_mismatches,
             "ok": self.ok,
@@ -1248,13 +1250,24 @@ class LevelStats:
 
 @dataclasses.dataclass
 class VariableCheck:
-    """Verification of one variable; ``bound`` is the promised full-scale error."""
+    """Verification of one variable.
+
+    ``codec_bound`` is the codec's full-scale bound (``0.5 / (2**nbits - 1)``, 0 for a
+    lossless codec, None if unknown); :attr:`bound` adds the float32 ulp the codec also
+    allows, over each layer's range, so that ``max_fs_error <= bound`` whenever ``ok``.
+    """
 
     name: str
     codec: str
     nbits: int | None
-    bound: float | None
+    codec_bound: float | None
     levels: list[LevelStats]
+
+    @property
+    def bound(self) -> float | None:
+        if self.codec_bound is None:
+            return None
+        return max((lev.bound or 0.0 for lev in self.levels), default=self.codec_bound)
 
     @property
     def ok(self) -> bool:
@@ -1273,6 +1286,7 @@ class VariableCheck:
             "codec": self.codec,
             "nbits": self.nbits,
             "bound": _json_float(self.bound),
+            "codec_bound": _json_float(self.codec_bound),
             "max_fs_error": _json_float(self.max_fs_error),
             "max_abs_error": _json_float(self.max_abs_error),
             "ok": self.ok,
@@ -1368,6 +1382,16 @@ def _check_variable(
             allowed = bound * span * (1 + _BOUND_SLACK)
             ok = bad == 0 and bool((layers[:, _MAX_EXCESS] <= allowed).all())
         count = layers[:, _COUNT].sum()
+        if bound is None:
+            fs_bound = abs_bound = None
+        else:
+            # The codec also allows one float32 ulp of the value, largest at max |x|.
+            ulp = np.spacing(np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32))
+            ulp = np.where(has_range, ulp.astype(np.float64), 0.0) if bound else 0.0 * span
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_layer = np.where(span > 0, bound + ulp / np.where(span > 0, span, 1), bound)
+            fs_bound = float(per_layer.max(initial=bound))
+            abs_bound = float((bound * span + ulp).max(initial=0.0))
         levels.append(
             LevelStats(
                 level=value,
@@ -1376,12 +1400,13 @@ def _check_variable(
                 max_abs_error=float(max_err.max(initial=0.0)),
                 max_fs_error=float(fs.max(initial=0.0)),
                 rmse=float(math.sqrt(layers[:, _SUM_SQ].sum() / count)) if count else 0.0,
-                bound_abs=None if bound is None else float(bound * span.max(initial=0.0)),
+                bound=fs_bound,
+                bound_abs=abs_bound,
                 nonfinite_mismatches=bad,
                 ok=ok,
             )
         )
-    return VariableCheck(name=name, codec=codec, nbits=nbits, bound=bound, levels=levels)
+    return VariableCheck(name=name, codec=codec, nbits=nbits, codec_bound=bound, levels=levels)
 
 
 def _stats_graph(src_var: xr.DataArray, dst_var: xr.DataArray):

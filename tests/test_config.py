@@ -1,0 +1,108 @@
+"""The YAML config schema: the shipped ERA5 config, and errors that name the key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layerquantizer.config import Config, ConfigError, load_config, parse_config
+
+ERA5_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "era5.yaml"
+
+
+def test_era5_config_is_valid():
+    cfg = load_config(ERA5_CONFIG)
+    for name in (
+        "geopotential",
+        "temperature",
+        "specific_humidity",
+        "u_component_of_wind",
+        "v_component_of_wind",
+        "vertical_velocity",
+        "potential_vorticity",
+    ):
+        assert name in cfg.variables
+    assert cfg.nbits_for("temperature") == 16
+    assert cfg.nbits_for("specific_humidity") == 20
+    assert cfg.chunks == {"time": 1}
+    assert cfg.on_missing == "skip"
+    assert cfg.zarr_format == 2
+
+
+def test_empty_document_is_the_default_config():
+    assert parse_config(None, source="x.yaml") == Config(source="x.yaml")
+
+
+def test_nbits_precedence():
+    cfg = parse_config({"nbits": 12, "variables": {"a": None, "b": {"nbits": 20}}})
+    assert (cfg.nbits_for("a"), cfg.nbits_for("b"), cfg.nbits_for("other")) == (12, 20, 12)
+    assert parse_config({"variables": {"a": {}}}).nbits_for("a") is None
+
+
+def test_full_config_parses():
+    cfg = parse_config(
+        {
+            "description": "d",
+            "nbits": 14,
+            "zarr_format": 3,
+            "chunks": {"time": 2, "level": -1},
+            "time": "2020-01-01:2020-01-02",
+            "levels": [500, 850.0],
+            "on_missing": "skip",
+            "drop": ["x"],
+            "variables": {"t": {"nbits": 10}},
+        }
+    )
+    assert cfg.chunks == {"time": 2, "level": -1}
+    assert cfg.levels == (500, 850.0)
+    assert cfg.drop == ("x",)
+
+
+@pytest.mark.parametrize(
+    ("document", "match"),
+    [
+        pytest.param({"nbit": 16}, r"unknown key 'nbit' \(expected one of: description, nbits",
+                     id="unknown-top-key"),
+        pytest.param({"variables": {"t": {"bits": 3}}},
+                     r"unknown key 'bits' in 'variables.t' \(expected one of: nbits\)",
+                     id="unknown-variable-key"),
+        pytest.param({"nbits": "16"}, r"'nbits' must be an integer, got str '16'", id="nbits-str"),
+        pytest.param({"nbits": True}, r"'nbits' must be an integer, got bool", id="nbits-bool"),
+        pytest.param({"nbits": 25}, r"'nbits' must be in 1..24, got 25", id="nbits-range"),
+        pytest.param({"variables": {"t": {"nbits": 0}}}, r"'variables.t.nbits' must be in 1..24",
+                     id="variable-nbits"),
+        pytest.param({"variables": {"t": 16}}, r"'variables.t' must be a mapping", id="var-int"),
+        pytest.param({"variables": ["t"]}, r"'variables' must be a mapping", id="vars-list"),
+        pytest.param({"zarr_format": 4}, r"'zarr_format' must be 2 or 3, got 4", id="format"),
+        pytest.param({"chunks": {"time": 0}}, r"'chunks.time' must be a positive integer or -1",
+                     id="chunk-zero"),
+        pytest.param({"chunks": [1]}, r"'chunks' must be a mapping", id="chunks-list"),
+        pytest.param({"levels": "500"}, r"'levels' must be a non-empty list", id="levels-str"),
+        pytest.param({"time": 2020}, r"'time' must be text START:END", id="time-int"),
+        pytest.param({"on_missing": "warn"}, r"'on_missing' must be error or skip", id="missing"),
+        pytest.param({"drop": "x"}, r"'drop' must be a list of names", id="drop-str"),
+        pytest.param({"drop": ["t"], "variables": {"t": None}}, r"'drop' lists variables",
+                     id="drop-overlap"),
+        pytest.param([1, 2], r"must be a mapping of keys to values, got list", id="not-mapping"),
+    ],
+)  # fmt: skip
+def test_bad_config_names_file_and_key(document, match):
+    with pytest.raises(ConfigError, match=r"^my\.yaml: .*" + match):
+        parse_config(document, source="my.yaml")
+
+
+def test_bad_file_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("nbits: 16\nvariables:\n  temperature: {nbits: sixteen}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: 'variables.temperature.nbits' must be an"):
+        load_config(path)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("variables: [a\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_config(path)

@@ -1,0 +1,514 @@
+"""The Python API behind ``lq``: parsing helpers, planning, and whole-store round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from layerquantizer import dataset
+from layerquantizer.config import parse_config
+from layerquantizer.dataset import (
+    ChunkWriteError,
+    DestinationExistsError,
+    RequestError,
+    SourceError,
+    parse_chunks,
+    parse_levels,
+    parse_time_range,
+    parse_variables,
+    plan_compress,
+)
+from layerquantizer.synthetic import sample_dataset, sample_levels
+
+# --------------------------------------------------------------------------------------
+# Pure helpers
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2020-01-01:2020-01-31", ("2020-01-01", "2020-01-31")),
+        ("2020-01-01T06:00:2020-01-02T18:00", ("2020-01-01T06:00", "2020-01-02T18:00")),
+        ("2020-01-01T06:00:00:2020-01-02", ("2020-01-01T06:00:00", "2020-01-02")),
+        (":2020-02", (None, "2020-02")),
+        ("2020:", ("2020", None)),
+        ("2020-01-01..2020-01-02", ("2020-01-01", "2020-01-02")),
+    ],
+)
+def test_parse_time_range(text, expected):
+    assert parse_time_range(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("2020-01-01", "expected a time range START:END"),
+        ("yesterday:today", "expected a time range"),
+        (":", "expected a time range"),
+        ("2020-02-01:2020-01-01", "ends before it starts"),
+    ],
+)
+def test_parse_time_range_errors(text, match):
+    with pytest.raises(RequestError, match=match):
+        parse_time_range(text)
+
+
+def test_parse_levels_chunks_variables():
+    assert parse_levels("500,850, 1000") == (500, 850, 1000)
+    assert parse_levels("0.5") == (0.5,)
+    assert parse_chunks("time=1,level=-1") == {"time": 1, "level": -1}
+    assert parse_variables("a, b") == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "match"),
+    [
+        (parse_levels, "500,abc", "expected comma-separated pressure levels"),
+        (parse_levels, "", "expected comma-separated pressure levels"),
+        (parse_chunks, "time:1", "expected DIM=SIZE pairs"),
+        (parse_chunks, "time=0", "expected DIM=SIZE pairs"),
+        (parse_chunks, "time=-2", "expected DIM=SIZE pairs"),
+        (parse_chunks, "=3", "expected DIM=SIZE pairs"),
+        (parse_variables, "a,,b", "expected comma-separated variable names"),
+        (parse_variables, "a,a", "variable listed twice: a"),
+    ],
+)
+def test_parse_errors(parse, text, match):
+    with pytest.raises(RequestError, match=match):
+        parse(text)
+
+
+def test_full_scale_bound():
+    assert dataset.full_scale_bound(16) == pytest.approx(7.6295e-6, rel=1e-4)
+
+
+def test_storage_options_default_to_anonymous_gcs():
+    assert dataset.storage_options_for("gs://b/x.zarr", None) == {"token": "anon"}
+    assert dataset.storage_options_for("gs://b/x.zarr", {"token": "t"}) == {"token": "t"}
+    assert dataset.storage_options_for("memory://x.zarr", None) is None
+    assert dataset.storage_options_for("x.zarr", None) is None
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic sample
+
+
+def test_sample_dataset_layout():
+    ds = sample_dataset(levels=3, grid=(19, 36), times=2)
+    assert dict(ds.sizes) == {"time": 2, "level": 3, "latitude": 19, "longitude": 36}
+    assert ds["temperature"].dims == ("time", "level", "latitude", "longitude")
+    assert ds["2m_temperature"].dims == ("time", "latitude", "longitude")
+    assert all(var.dtype == np.float32 for var in ds.data_vars.values())
+    assert ds["level"].values.tolist() == list(sample_levels(3))
+    assert ds["latitude"].values[0] == 90 and ds["latitude"].values[-1] == -90
+    # Level-dependent ranges, as in ERA5.
+    z = ds["geopotential"].isel(time=0)
+    assert float(z.sel(level=1).min()) > float(z.sel(level=1000).max())
+    # Each time step differs, and the same seed gives the same data.
+    assert not np.array_equal(ds["temperature"][0], ds["temperature"][1])
+    xr.testing.assert_identical(ds, sample_dataset(levels=3, grid=(19, 36), times=2))
+
+
+def test_sample_dataset_lazy_equals_eager():
+    kwargs = {"levels": 2, "grid": (10, 20), "times": 2, "variables": ["temperature"]}
+    lazy = sample_dataset(lazy=True, **kwargs)
+    assert lazy["temperature"].chunks is not None
+    xr.testing.assert_identical(lazy.compute(), sample_dataset(**kwargs))
+
+
+def test_sample_levels():
+    assert len(sample_levels(37)) == 37
+    assert sample_levels(13)[-1] == 1000 and 500 in sample_levels(13)
+    assert sample_levels(1) == (1000,)
+    with pytest.raises(ValueError, match="levels must be between 1 and 37"):
+        sample_levels(40)
+
+
+# --------------------------------------------------------------------------------------
+# Planning
+
+
+@pytest.fixture(scope="module")
+def small() -> xr.Dataset:
+    ds = sample_dataset(levels=3, grid=(10, 20), times=4)
+    ds["temperature"].attrs["layerquantizer_nbits"] = 3  # stale, from an earlier run
+    ds["flag"] = ("time", np.arange(4, dtype=np.int16))
+    ds["t64"] = ds["temperature"].astype(np.float64)
+    ds["transposed"] = ds["temperature"].transpose("time", "latitude", "longitude", "level")
+    return ds
+
+
+def test_plan_defaults(small):
+    plan = plan_compress(small, variables=["temperature", "2m_temperature"])
+    assert plan.quantized == {"temperature": 16, "2m_temperature": 16}
+    assert "geopotential" in plan.copied and "flag" in plan.copied
+    assert plan.chunks == {"time": 1, "level": 3, "latitude": 10, "longitude": 20}
+    assert plan.encoding["temperature"]["chunks"] == (1, 3, 10, 20)
+    assert plan.encoding["temperature"]["compressors"][0].get_config()["nbits"] == 16
+    assert plan.encoding["geopotential"] == {"chunks": (1, 3, 10, 20)}
+    attrs = plan.source["temperature"].attrs
+    assert attrs["layerquantizer_codec"] == "layerquantizer1"
+    assert attrs["layerquantizer_nbits"] == 16
+    assert attrs["layerquantizer_error_bound"] == dataset.full_scale_bound(16)
+    assert attrs["units"] == "K"
+    # The caller's dataset is not modified.
+    assert small["temperature"].attrs["layerquantizer_nbits"] == 3
+    # The template's dask chunks are the Zarr chunks.
+    assert plan.template["temperature"].chunks == ((1, 1, 1, 1), (3,), (10,), (20,))
+    assert plan.total_chunks == sum(1 for _ in plan.tasks())
+    tasks = list(plan.tasks(["temperature"]))
+    assert [t.index for t in tasks] == [(i, 0, 0, 0) for i in range(4)]
+    assert tasks[1].region["time"] == slice(1, 2)
+
+
+def test_plan_zarr3_uses_the_serializer(small):
+    from layerquantizer.zarr3 import LayerQuantizerCodec
+
+    plan = plan_compress(small, variables=["temperature"], zarr_format=3, nbits=12)
+    encoding = plan.encoding["temperature"]
+    assert isinstance(encoding["serializer"], LayerQuantizerCodec)
+    assert encoding["serializer"].nbits == 12 and encoding["compressors"] is None
+    assert plan.source["temperature"].attrs["layerquantizer_codec"] == "layerquantizer"
+
+
+def test_plan_options_override_config(small):
+    cfg = parse_config(
+        {
+            "nbits": 12,
+            "zarr_format": 3,
+            "chunks": {"level": 1},
+            "drop": ["flag"],
+            "variables": {"temperature": {"nbits": 20}, "geopotential": None},
+        }
+    )
+    plan = plan_compress(small, config=cfg)
+    assert plan.quantized == {"temperature": 20, "geopotential": 12}
+    assert plan.zarr_format == 3 and plan.chunks["level"] == 1 and plan.chunks["time"] == 1
+    assert plan.dropped == ("flag",) and "flag" not in plan.source
+    plan = plan_compress(
+        small, config=cfg, variables=["flag_free" and "geopotential"], nbits=10,
+        zarr_format=2, chunks={"time": 2, "level": -1},
+    )  # fmt: skip
+    assert plan.quantized == {"geopotential": 10}
+    assert plan.zarr_format == 2 and plan.chunks["time"] == 2 and plan.chunks["level"] == 3
+
+
+def test_plan_chunks_clamp_to_the_dimension(small):
+    plan = plan_compress(small, variables=["temperature"], chunks={"time": 3, "latitude": 99})
+    assert plan.chunks["latitude"] == 10
+    assert [t.region["time"] for t in plan.tasks(["temperature"])] == [slice(0, 3), slice(3, 4)]
+
+
+def test_plan_subset(small):
+    plan = plan_compress(
+        small, variables=["temperature"], time=("2020-01-01T06", "2020-01-01T12"), levels=[1000]
+    )
+    assert dict(plan.source.sizes)["time"] == 2
+    assert plan.source["level"].values.tolist() == [1000]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"variables": ["temprature"]},
+                     r"variable 'temprature' not found; available: geopotential, temperature",
+                     id="unknown"),
+        pytest.param({"variables": ["level"]}, r"'level' is a coordinate, not a data variable",
+                     id="coordinate"),
+        pytest.param({"variables": ["t64"]},
+                     r"cannot quantize 't64': its dtype is float64, and the layerquantizer codec "
+                     r"encodes float32 only", id="float64"),
+        pytest.param({"variables": ["flag"]}, r"cannot quantize 'flag': its dtype is int16",
+                     id="int16"),
+        pytest.param({"variables": ["transposed"]},
+                     r"cannot quantize 'transposed' with dims \(time, latitude, longitude, level\)"
+                     r": .* must be \(latitude, longitude\)", id="dims"),
+        pytest.param({"variables": ["temperature"], "nbits": 30},
+                     r"temperature: nbits must be between 1 and 24, got 30", id="nbits"),
+        pytest.param({"variables": []}, r"no variables to quantize: .*candidates: geopotential",
+                     id="none"),
+        pytest.param({"variables": ["temperature"], "levels": [1000, 123]},
+                     r"level\(s\) 123 not in the source; available: 1, 350, 1000", id="levels"),
+        pytest.param({"variables": ["temperature"], "time": ("2021-01-01", None)},
+                     r"time range 2021-01-01: selects no time step; the source has 4 from "
+                     r"2020-01-01T00:00:00.000000000", id="time-empty"),
+        pytest.param({"variables": ["temperature"], "chunks": {"tme": 1}},
+                     r"chunks name unknown dimension\(s\) tme; dimensions: time, level",
+                     id="chunks"),
+        pytest.param({"variables": ["temperature"], "zarr_format": 4},
+                     r"zarr format must be 2 or 3, got 4", id="format"),
+    ],
+)  # fmt: skip
+def test_plan_errors(small, kwargs, match):
+    with pytest.raises(RequestError, match=match):
+        plan_compress(small, **kwargs)
+
+
+def test_plan_without_time_or_level(small):
+    static = small.isel(time=0, level=0).drop_vars(["time", "level"])
+    with pytest.raises(RequestError, match="the source has no 'time' dimension"):
+        plan_compress(static, variables=["temperature"], time=("2020", None))
+    with pytest.raises(RequestError, match="the source has no 'level' dimension"):
+        plan_compress(static, variables=["temperature"], levels=[500])
+
+
+def test_plan_config_missing_variables(small):
+    cfg = parse_config({"variables": {"temperature": None, "ozone": None}}, source="c.yaml")
+    with pytest.raises(RequestError, match=r"variable 'ozone' \(from c.yaml\) not found"):
+        plan_compress(small, config=cfg)
+    cfg = parse_config({"on_missing": "skip", "variables": {"temperature": None, "ozone": None}})
+    plan = plan_compress(small, config=cfg)
+    assert plan.quantized == {"temperature": 16} and plan.skipped == ("ozone",)
+
+
+# --------------------------------------------------------------------------------------
+# Whole stores
+
+
+def _layer_bound_holds(src: np.ndarray, dec: np.ndarray, nbits: int) -> bool:
+    """The codec's promise per 2-D layer, computed here independently of verify()."""
+    with np.errstate(invalid="ignore"):
+        return _layer_bound_holds_quiet(src, dec, nbits)
+
+
+def _layer_bound_holds_quiet(src: np.ndarray, dec: np.ndarray, nbits: int) -> bool:
+    a = src.reshape(-1, *src.shape[-2:]).astype(np.float64)
+    b = dec.reshape(a.shape).astype(np.float64)
+    ulp = np.spacing(np.abs(src.reshape(a.shape))).astype(np.float64)
+    for layer_a, layer_b, layer_ulp in zip(a, b, ulp, strict=True):
+        finite = np.isfinite(layer_a)
+        if not np.array_equal(np.isnan(layer_a), np.isnan(layer_b)):
+            return False
+        half_step = np.ptp(layer_a[finite]) / (2**nbits - 1) / 2 if finite.any() else 0.0
+        if (np.abs(layer_a - layer_b)[finite] > half_step + layer_ulp[finite]).any():
+            return False
+        if not np.array_equal(layer_a[~finite & ~np.isnan(layer_a)],
+                              layer_b[~finite & ~np.isnan(layer_a)]):  # fmt: skip
+            return False
+    return True
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_compress_real_fields_round_trip(real_store, tmp_path, zarr_format, tree_digest):
+    before = tree_digest(real_store)
+    dst = str(tmp_path / "out.zarr")
+    report = dataset.compress(
+        real_store, dst, variables=["geopotential", "u_component_of_wind"], nbits=14,
+        zarr_format=zarr_format, workers=2,
+    )  # fmt: skip
+    assert tree_digest(real_store) == before  # the source is only read
+    source = xr.open_zarr(real_store).load()
+    back = xr.open_zarr(dst)
+    assert back["geopotential"].encoding["chunks"] == (1, 3, 241, 480)
+    back = back.load()
+    for name in ("geopotential", "u_component_of_wind"):
+        assert _layer_bound_holds(source[name].values, back[name].values, 14), name
+        assert back[name].attrs["layerquantizer_nbits"] == 14
+        assert back[name].attrs["units"] == source[name].attrs["units"]
+        assert not np.array_equal(back[name].values, source[name].values)  # lossy indeed
+    # Everything else, coordinates and attributes included, comes back exactly.
+    rest = ["v_component_of_wind", "land_sea_mask", "geopotential_float64"]
+    xr.testing.assert_identical(back[rest], source[rest])
+    assert back.attrs == source.attrs
+    # The report describes the destination.
+    entry = report.store.variables["geopotential"]
+    assert entry.codec == ("layerquantizer1" if zarr_format == 2 else "layerquantizer")
+    assert entry.nbits == 14 and entry.ratio > 2
+    assert report.store.variables["v_component_of_wind"].error_bound == 0.0
+    assert report.to_dict()["variables"]["geopotential"]["quantized"] is True
+    assert report.bytes_written == source.nbytes - sum(c.nbytes for c in source.coords.values())
+    # verify() agrees with the independent check.
+    result = dataset.verify(real_store, dst)
+    assert result.ok
+    assert result.variables["geopotential"].codec_bound == dataset.full_scale_bound(14)
+    assert result.variables["v_component_of_wind"].max_abs_error == 0
+    assert [lev.level for lev in result.variables["geopotential"].levels] == [200, 500, 850]
+
+
+def test_compress_subset_and_rechunk_with_ensemble(ensemble_store, tmp_path):
+    dst = str(tmp_path / "ens.zarr")
+    dataset.compress(
+        ensemble_store, dst, variables=["temperature"], time=("2020-01-01T06", None),
+        levels=[500], chunks={"number": 4, "latitude": 32}, zarr_format=3,
+    )  # fmt: skip
+    back = xr.open_zarr(dst)
+    assert dict(back.sizes) == {"number": 10, "time": 3, "level": 1, "latitude": 61,
+                                "longitude": 120}  # fmt: skip
+    assert back["temperature"].encoding["chunks"] == (4, 1, 1, 32, 120)
+    source = xr.open_zarr(ensemble_store, consolidated=False).sel(
+        time=slice("2020-01-01T06", None), level=[500]
+    )
+    assert _layer_bound_holds(source["temperature"].values, back["temperature"].values, 16)
+    xr.testing.assert_identical(back["geopotential"].load(), source["geopotential"].load())
+    # verify() compares the subset with the matching part of the source.
+    result = dataset.verify(ensemble_store, dst)
+    assert result.ok
+    assert [lev.level for lev in result.variables["temperature"].levels] == [500]
+
+
+def test_compress_keeps_nan_and_inf(tmp_path):
+    ds = sample_dataset(levels=2, grid=(16, 32), times=2, variables=["temperature"])
+    values = ds["temperature"].values
+    values[0, 0, :3, :5] = np.nan
+    values[1, 1, 4, 4] = np.inf
+    values[1, 0, :, :] = np.nan  # a layer without any finite value
+    src, dst = str(tmp_path / "nan.zarr"), str(tmp_path / "out.zarr")
+    ds.to_zarr(src, zarr_format=2, consolidated=True)
+    dataset.compress(src, dst, variables=["temperature"])
+    back = xr.open_zarr(dst)["temperature"].values
+    assert _layer_bound_holds(values, back, 16)
+    assert back[1, 1, 4, 4] == np.inf
+    assert dataset.verify(src, dst).ok
+
+
+def test_memory_store_destination(sample_v2):
+    dst = "memory://lq-test/out.zarr"
+    try:
+        dataset.compress(sample_v2, dst, variables=["temperature"], zarr_format=3)
+        report = dataset.inspect(dst)
+        assert report.variables["temperature"].codec == "layerquantizer"
+        assert dataset.verify(sample_v2, dst, variables=["temperature"]).ok
+    finally:
+        import fsspec
+
+        fsspec.filesystem("memory").rm("/lq-test", recursive=True)
+
+
+def test_destination_checks(sample_v2, tmp_path):
+    dst = tmp_path / "out.zarr"
+    dataset.compress(sample_v2, str(dst), variables=["temperature", "geopotential"])
+    with pytest.raises(DestinationExistsError, match="already exists; pass --overwrite"):
+        dataset.compress(sample_v2, str(dst), variables=["temperature"])
+    dataset.compress(sample_v2, str(dst), variables=["temperature"], overwrite=True)
+    assert xr.open_zarr(dst)["geopotential"].attrs.get("layerquantizer_nbits") is None
+    with pytest.raises(RequestError, match="is the source or inside it"):
+        dataset.compress(sample_v2, sample_v2, variables=["temperature"], overwrite=True)
+    with pytest.raises(RequestError, match="is the source or inside it"):
+        dataset.compress(sample_v2, f"{sample_v2}/sub", variables=["temperature"])
+    with pytest.raises(RequestError, match="--resume is not available yet"):
+        dataset.compress(sample_v2, str(tmp_path / "new.zarr"), variables=["temperature"],
+                         resume=True)  # fmt: skip
+
+
+def test_unreadable_source(tmp_path):
+    with pytest.raises(SourceError, match=r"cannot open .*nothing\.zarr as a Zarr dataset"):
+        dataset.compress(str(tmp_path / "nothing.zarr"), str(tmp_path / "o.zarr"),
+                         variables=["t"])  # fmt: skip
+    with pytest.raises(SourceError, match="is not a Zarr store"):
+        dataset.inspect(str(tmp_path))
+
+
+def test_failed_chunk_is_named(sample_v2, tmp_path, monkeypatch):
+    real_to_zarr = xr.Dataset.to_zarr
+
+    def flaky(self, *args, region=None, **kwargs):
+        if region and "temperature" in self.data_vars and region["time"] == slice(2, 3):
+            raise OSError("disk full")
+        return real_to_zarr(self, *args, region=region, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", flaky)
+    with pytest.raises(
+        ChunkWriteError,
+        match=r"temperature: chunk \(2, 0, 0, 0\) \(time=2020-01-01T12:00:00.000000000\) "
+        r"failed: OSError: disk full",
+    ):
+        dataset.compress(sample_v2, str(tmp_path / "o.zarr"), variables=["temperature"],
+                         scheduler="synchronous")  # fmt: skip
+
+
+def test_progress_counts_every_chunk(sample_v2, tmp_path):
+    calls = []
+    report = dataset.compress(
+        sample_v2, str(tmp_path / "o.zarr"), variables=["temperature"],
+        progress=lambda *args: calls.append(args),
+    )  # fmt: skip
+    total_chunks = 10 * 3  # 10 variables, 3 time steps
+    assert calls[0] == (0, total_chunks, 0, report.bytes_written)
+    assert calls[-1] == (total_chunks, total_chunks, report.bytes_written, report.bytes_written)
+    assert len(calls) == total_chunks + 1
+
+
+# --------------------------------------------------------------------------------------
+# verify and inspect
+
+
+@pytest.fixture
+def compressed(sample_v2, tmp_path) -> str:
+    dst = str(tmp_path / "out.zarr")
+    dataset.compress(sample_v2, dst, variables=["temperature", "geopotential"])
+    return dst
+
+
+def test_verify_detects_values_beyond_the_bound(sample_v2, compressed):
+    array = zarr.open_array(compressed, path="temperature", mode="r+")
+    layer = array[1, 2]
+    layer[5, 7] += 0.05  # far more than half a step of a ~60 K range at 16 bits
+    array[1, 2] = layer
+    result = dataset.verify(sample_v2, compressed)
+    assert not result.ok
+    check = result.variables["temperature"]
+    assert [lev.ok for lev in check.levels] == [True, True, False, True, True]
+    assert check.max_abs_error == pytest.approx(0.05, rel=0.01)
+    assert result.variables["geopotential"].ok
+
+
+def test_verify_detects_nan_mismatch_and_lossless_change(sample_v2, compressed):
+    array = zarr.open_array(compressed, path="temperature", mode="r+")
+    array[0, 0, 0, 0] = np.nan
+    lossless = zarr.open_array(compressed, path="2m_temperature", mode="r+")
+    lossless[0, 0, 0] = lossless[0, 0, 0] + np.float32(1e-3)
+    result = dataset.verify(sample_v2, compressed)
+    assert result.variables["temperature"].levels[0].nonfinite_mismatches == 1
+    assert not result.variables["temperature"].ok
+    assert not result.variables["2m_temperature"].ok
+    assert result.variables["2m_temperature"].codec_bound == 0.0
+
+
+def test_verify_report_shape(sample_v2, compressed):
+    result = dataset.verify(sample_v2, compressed, variables=["temperature", "2m_temperature"])
+    data = result.to_dict()
+    assert data["ok"] is True and set(data["variables"]) == {"temperature", "2m_temperature"}
+    entry = data["variables"]["temperature"]
+    assert set(entry) >= {"max_fs_error", "max_abs_error", "bound", "codec_bound", "ok", "levels"}
+    assert entry["max_fs_error"] <= entry["bound"]
+    assert len(entry["levels"]) == 5 and entry["levels"][0]["level"] == 1
+    assert data["variables"]["2m_temperature"]["levels"][0]["level"] is None
+
+
+def test_verify_errors(sample_v2, real_store, compressed, tmp_path):
+    with pytest.raises(RequestError, match=r"variable 'nope' not found in .*; available:"):
+        dataset.verify(sample_v2, compressed, variables=["nope"])
+    with pytest.raises(RequestError, match="geopotential: the destination's 'time' values are "):
+        dataset.verify(real_store, compressed)
+    other = str(tmp_path / "other.zarr")
+    xr.Dataset({"foo": ("x", np.zeros(3))}).to_zarr(other, zarr_format=2, consolidated=True)
+    with pytest.raises(RequestError, match="have no data variable in common"):
+        dataset.verify(sample_v2, other)
+
+
+def test_inspect_counts_objects_and_bytes(compressed):
+    import os
+
+    report = dataset.inspect(compressed)
+    files = [os.path.join(d, f) for d, _, names in os.walk(compressed) for f in names]
+    assert report.objects == len(files)
+    assert report.stored_bytes == sum(os.path.getsize(f) for f in files)
+    assert set(report.coordinates) == {"time", "level", "latitude", "longitude"}
+    temperature = report.variables["temperature"]
+    assert temperature.dims == ("time", "level", "latitude", "longitude")
+    assert temperature.shape == (3, 5, 37, 72) and temperature.chunks == (1, 5, 37, 72)
+    assert temperature.logical_bytes == 3 * 5 * 37 * 72 * 4
+    assert temperature.objects == 3 + 2  # chunks, .zarray, .zattrs
+    assert temperature.settings["nbits"] == 16
+    assert temperature.error_bound == dataset.full_scale_bound(16)
+    total = report.to_dict()["total"]
+    assert total["variables"] == 10 and total["stored_bytes"] == report.stored_bytes
+
+
+def test_inspect_zarr3(sample_store):
+    report = dataset.inspect(sample_store)
+    entry = report.variables["temperature"]
+    assert entry.dtype == "float32" and entry.codec != "layerquantizer1"
+    assert entry.error_bound == 0.0
