@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time as _time
@@ -96,6 +97,8 @@ _LOSSLESS_CODECS = frozenset(
      "zfpy-lossless", "categorize", "json2", "msgpack2", "pickle", "fletcher32", "adler32",
      "crc32", "packbits", "pcodec"}
 )  # fmt: skip
+#: Largest region one task reads and writes when grouping output chunks (see Plan.tasks).
+MAX_UNIT_BYTES = 1 << 30
 _CONSOLIDATED_WARNING = r"(?s).*[Cc]onsolidated metadata"
 
 
@@ -339,12 +342,16 @@ def _one_line(exc: BaseException) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ChunkTask:
-    """One Zarr chunk of one variable to write: its index in the chunk grid and region."""
+    """A region of one variable to write: one or more whole Zarr chunks.
+
+    ``index`` is the chunk-grid index of its first chunk and ``chunks`` how many it holds.
+    """
 
     variable: str
     index: tuple[int, ...]
     region: Mapping[str, slice]
     nbytes: int
+    chunks: int = 1
 
 
 @dataclasses.dataclass
@@ -366,6 +373,9 @@ class Plan:
         but missing from the source (with ``on_missing: skip``).
     chunks : dict
         Output chunk size per dimension.
+    source_chunk_ids : dict
+        Variable -> dim -> the source chunk each position along ``dim`` comes from (only
+        for variables whose source chunking is known); see :meth:`tasks`.
     """
 
     source: xr.Dataset
@@ -377,24 +387,54 @@ class Plan:
     skipped: tuple[str, ...]
     chunks: dict[str, int]
     zarr_format: int
+    source_chunk_ids: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         return tuple(self.chunks[dim] for dim in self.source[name].dims)
 
+    def _units(self, name: str) -> list[list[tuple[int, int]]]:
+        """Per dim of ``name``: the (start, stop) of each write unit, in whole output chunks.
+
+        A unit is cut only where a source chunk also ends, so each source chunk is read
+        and decoded once even when the output chunks are smaller; if that makes a unit
+        larger than :data:`MAX_UNIT_BYTES`, every output chunk is its own unit.
+        """
+        var = self.source[name]
+        out = self.variable_chunks(name)
+        plain = [
+            [(start, min(start + c, n)) for start in range(0, n, c)]
+            for n, c in zip(var.shape, out, strict=True)
+        ]
+        ids = self.source_chunk_ids.get(name)
+        if not ids:
+            return plain
+        grouped = []
+        for dim, edges in zip(var.dims, plain, strict=True):
+            source_chunk = ids[dim]
+            units, start = [], 0
+            for _, stop in edges:
+                if stop == source_chunk.size or source_chunk[stop - 1] != source_chunk[stop]:
+                    units.append((start, stop))
+                    start = stop
+            grouped.append(units)
+        largest = math.prod(max(b - a for a, b in units) for units in grouped)
+        return grouped if largest * var.dtype.itemsize <= MAX_UNIT_BYTES else plain
+
     def tasks(self, variables: Sequence[str] | None = None) -> Iterator[ChunkTask]:
-        """Every chunk to write, variable by variable, in C order of the chunk grid."""
+        """Every write unit, variable by variable, in C order of the chunk grid."""
         for name in variables if variables is not None else self.source.data_vars:
             var = self.source[name]
-            chunks = self.variable_chunks(name)
-            counts = [math.ceil(n / c) for n, c in zip(var.shape, chunks, strict=True)]
+            out = self.variable_chunks(name)
+            units = self._units(str(name))
             itemsize = var.dtype.itemsize
-            for index in np.ndindex(*counts):
-                region = {
-                    dim: slice(i * c, min((i + 1) * c, n))
-                    for dim, i, c, n in zip(var.dims, index, chunks, var.shape, strict=True)
-                }
-                size = math.prod(s.stop - s.start for s in region.values()) * itemsize
-                yield ChunkTask(str(name), tuple(int(i) for i in index), region, size)
+            for picks in itertools.product(*units):
+                region = {dim: slice(a, b) for dim, (a, b) in zip(var.dims, picks, strict=True)}
+                index = tuple(a // c for (a, _), c in zip(picks, out, strict=True))
+                count = math.prod(
+                    math.ceil((b - a) / c) for (a, b), c in zip(picks, out, strict=True)
+                )
+                size = math.prod(b - a for a, b in picks) * itemsize
+                yield ChunkTask(str(name), index, region, size, count)
 
     @property
     def total_chunks(self) -> int:
@@ -551,7 +591,11 @@ def plan_compress(
         else (parse_time_range(config.time) if config.time is not None else None)
     )
     levels = levels if levels is not None else config.levels
-    ds = select_subset(ds, time=time, levels=levels)
+    # Where each kept position lies in the source, to align the writes with its chunks.
+    positions = {f"_lq_position_{dim}": (dim, np.arange(size)) for dim, size in ds.sizes.items()}
+    ds = select_subset(ds.assign_coords(positions), time=time, levels=levels)
+    source_positions = {str(dim): ds[f"_lq_position_{dim}"].values for dim in ds.dims}
+    ds = ds.drop_vars(list(positions))
 
     grid = grid_dims(ds)
     quantized: dict[str, int] = {}
@@ -577,6 +621,14 @@ def plan_compress(
 
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
     copied = tuple(name for name in available if name not in quantized and name not in dropped)
+    source_chunk_ids = {}
+    for name in (*quantized, *copied):
+        source_chunks = ds[name].encoding.get("chunks")
+        if source_chunks is not None and len(source_chunks) == ds[name].ndim:
+            source_chunk_ids[name] = {
+                str(dim): source_positions[str(dim)] // size
+                for dim, size in zip(ds[name].dims, source_chunks, strict=True)
+            }
     # A shallow copy has its own attribute dicts: the caller's dataset stays as it was.
     ds = ds[[*quantized, *copied]].copy(deep=False).drop_encoding()
     # A source written by lq records its codec in attributes; they are ours to rewrite.
@@ -634,6 +686,7 @@ def plan_compress(
         skipped=tuple(skipped),
         chunks=chosen,
         zarr_format=zarr_format,
+        source_chunk_ids=source_chunk_ids,
     )
 
 
@@ -645,6 +698,7 @@ def plan_compress(
 class _ChunkDone:
     variable: str
     nbytes: int
+    chunks: int
 
 
 ProgressCallback = Callable[[int, int, int, int], None]
@@ -685,7 +739,7 @@ def _write_chunk(
             f"{task.variable}: chunk {task.index} ({_describe_region(task.region, labels)}) "
             f"failed: {_one_line(exc)}"
         ) from exc
-    return _ChunkDone(task.variable, int(data.nbytes))
+    return _ChunkDone(task.variable, int(data.nbytes), task.chunks)
 
 
 @contextlib.contextmanager
@@ -777,7 +831,7 @@ def write_plan(
     state = {"chunks": 0, "bytes": 0}
 
     def on_done(done: _ChunkDone) -> None:
-        state["chunks"] += 1
+        state["chunks"] += done.chunks
         state["bytes"] += done.nbytes
         if progress is not None:
             progress(state["chunks"], total_chunks, state["bytes"], total_bytes)

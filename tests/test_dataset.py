@@ -201,6 +201,36 @@ def test_plan_chunks_clamp_to_the_dimension(small):
     assert [t.region["time"] for t in plan.tasks(["temperature"])] == [slice(0, 3), slice(3, 4)]
 
 
+def test_write_units_follow_the_source_chunks(tmp_path, monkeypatch):
+    ds = sample_dataset(levels=2, grid=(8, 16), times=7, variables=["temperature"])
+    src = str(tmp_path / "src.zarr")
+    encoding = {"temperature": {"chunks": (3, 2, 8, 16)}}
+    ds.to_zarr(src, encoding=encoding, zarr_format=2, consolidated=True)
+    source = dataset.open_dataset(src)
+
+    def units(plan):
+        return [(t.region["time"], t.region["level"], t.chunks) for t in plan.tasks()]
+
+    # Output chunks of 1 time x 1 level, grouped so that each source chunk is read once.
+    plan = plan_compress(source, variables=["temperature"], chunks={"level": 1})
+    assert units(plan) == [
+        (slice(0, 3), slice(0, 2), 6), (slice(3, 6), slice(0, 2), 6), (slice(6, 7), slice(0, 2), 2),
+    ]  # fmt: skip
+    assert plan.total_chunks == 14
+    # A subset shifts the source chunk boundaries.
+    plan = plan_compress(source, variables=["temperature"], time=("2020-01-01T06", None))
+    assert [u[0] for u in units(plan)] == [slice(0, 2), slice(2, 5), slice(5, 6)]
+    dst = str(tmp_path / "out.zarr")
+    dataset.write_plan(plan, dst)
+    back = xr.open_zarr(dst)
+    assert back["temperature"].encoding["chunks"] == (1, 2, 8, 16)
+    assert _layer_bound_holds(ds["temperature"].values[1:], back["temperature"].values, 16)
+    # Units too large to hold: one task per output chunk.
+    monkeypatch.setattr(dataset, "MAX_UNIT_BYTES", 1)
+    plan = plan_compress(source, variables=["temperature"])
+    assert [u[0] for u in units(plan)] == [slice(i, i + 1) for i in range(7)]
+
+
 def test_plan_subset(small):
     plan = plan_compress(
         small, variables=["temperature"], time=("2020-01-01T06", "2020-01-01T12"), levels=[1000]
