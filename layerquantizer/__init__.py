@@ -5,3 +5,9 @@ serializer) through entry points, so readers need no import at all.
 """
 
 __version__ = "1.0.0.dev0"
+
+import numcodecs
+
+from layerquantizer.legacy import LegacyLayerQuantizer
+
+numcodecs.register_codec(LegacyLayerQuantizer)
