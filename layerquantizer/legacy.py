@@ -131,8 +131,9 @@ class LegacyLayerQuantizer(Codec):
 
     Notes
     -----
-    * ``encode`` takes float32 data of any shape: an ndarray (C-ordered; Zarr arrays with
-      ``order="F"`` are refused) or a bytes-like object read as float32. A 1-D chunk (which
+    * ``encode`` takes float32 data of any shape: an ndarray (C-ordered; with ``nbits <= 24``
+      F-ordered ones, as Zarr passes for ``order="F"``, are refused, as the original did) or
+      a bytes-like object read as float32. A 1-D chunk (which
       the original refused) is written as one ``1 x n`` plane, a 0-d one as ``1 x 1``.
       NaN and +-inf become the NaN code, so +-inf decode as NaN; the plane range comes from
       the finite values. A plane whose range does not fit in float32 raises ``ValueError``
@@ -218,7 +219,8 @@ class LegacyLayerQuantizer(Codec):
 
     def encode(self, buf: Any) -> bytes:
         """Encode float32 data as the original did; see the class notes for what is taken."""
-        values = _float32_array(buf)
+        # Unquantized, the bytes go to Blosc in memory order, so any order round-trips.
+        values = _float32_array(buf, any_order=self.nbits > MAX_QUANTIZED_NBITS)
         if self.nbits > MAX_QUANTIZED_NBITS:
             return self._blosc.encode(values)
         if values.size == 0:
@@ -269,13 +271,18 @@ class LegacyLayerQuantizer(Codec):
         return out if in_place else ndarray_copy(dest, out)
 
 
-def _float32_array(buf: Any) -> np.ndarray:
-    """``buf`` as a C-contiguous float32 ndarray, without copying when it already is one."""
+def _float32_array(buf: Any, any_order: bool = False) -> np.ndarray:
+    """``buf`` as a contiguous float32 ndarray, without copying when it already is one.
+
+    C-contiguous, unless ``any_order`` lets an F-contiguous array through as it is.
+    """
     if isinstance(buf, np.ndarray):
         if buf.dtype != np.float32:
             raise TypeError(
                 f"LegacyLayerQuantizer encodes float32 data, got an array of dtype {buf.dtype}"
             )
+        if buf.flags.f_contiguous and any_order:
+            return buf
         if not buf.flags.c_contiguous and buf.flags.f_contiguous:
             raise ValueError(
                 "LegacyLayerQuantizer encodes C-ordered chunks, got an F-ordered array of "
@@ -336,6 +343,8 @@ def _blosc_decompress(buf: Any, codec_id: str) -> bytes:
             f"{codec_id} chunk is corrupt: Blosc header field blocksize = {blocksize}, "
             f"expected 1 to {nbytes}"
         )
+    if nbytes == 0:
+        return b""  # c-blosc reports an empty stream as an error
     try:
         return numcodecs.blosc.decompress(raw)
     except (RuntimeError, ValueError, TypeError) as error:
@@ -372,8 +381,8 @@ def _parse_header(
     if not valid.all():
         plane = int(np.flatnonzero(~valid)[0])
         raise CorruptChunkError(
-            f"{codec_id} chunk is corrupt: plane {plane} has plane_min = {mins[plane]!r}, "
-            f"plane_max = {maxs[plane]!r}; expected finite values with min < max"
+            f"{codec_id} chunk is corrupt: plane {plane} has plane_min = {float(mins[plane])}, "
+            f"plane_max = {float(maxs[plane])}; expected finite values with min < max"
         )
     return shape, mins, maxs
 
