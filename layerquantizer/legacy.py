@@ -144,7 +144,9 @@ class LegacyLayerQuantizer(Codec):
     * Every header field and every decoded level is checked before use; a truncated or
       corrupt chunk raises :class:`~layerquantizer.errors.CorruptChunkError` (a
       ``ValueError``). The format has no checksum, so a flipped bit inside the data can
-      still decode, to different values: that cannot be detected.
+      still decode, to different values: that cannot be detected. A chunk whose Blosc
+      header claims more than 65536 times its own size (more than any Blosc codec
+      expands) is refused before anything that large is allocated.
 
     Examples
     --------
