@@ -64,13 +64,13 @@ def main() -> None:
         "layerquantizer0.3b nbits=12": LegacyLayerQuantizer(nbits=12),
         "blosc lz4 5 shuffle": numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE),
     }
-    print(f"{'variable':<14} {'codec':<28} {'ratio':>7} {'enc MiB/s':>10} {'dec MiB/s':>10}")
+    print(f"{'variable':<18} {'codec':<28} {'ratio':>7} {'enc MiB/s':>10} {'dec MiB/s':>10}")
     for variable in args.variables:
         field = era5_like_field(variable)
         for name, codec in codecs.items():
             ratio, encode_rate, decode_rate = measure(codec, field, args.repeats)
             print(
-                f"{variable:<14} {name:<28} {ratio:>7.2f} {encode_rate:>10.1f} {decode_rate:>10.1f}"
+                f"{variable:<18} {name:<28} {ratio:>7.2f} {encode_rate:>10.1f} {decode_rate:>10.1f}"
             )
 
 
