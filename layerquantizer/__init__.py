@@ -1,8 +1,9 @@
 """LayerQuantizer: error-bounded lossy compression of gridded weather data for Zarr.
 
-Importing the package registers its numcodecs codecs; Zarr also finds them (and the Zarr v3
-serializer, :class:`layerquantizer.zarr3.LayerQuantizerCodec`) through entry points, so
-readers need no import at all.
+Importing the package registers its numcodecs codecs, ``layerquantizer1`` and the
+original package's ``layerquantizer0.3b``; Zarr also finds them (and the Zarr v3 serializer,
+:class:`layerquantizer.zarr3.LayerQuantizerCodec`) through entry points, so readers need no
+import at all.
 
 >>> import numpy as np, layerquantizer
 >>> codec = layerquantizer.LayerQuantizer(nbits=16)
@@ -16,9 +17,17 @@ import numcodecs
 from layerquantizer.chunk import max_abs_error
 from layerquantizer.codec import LayerQuantizer
 from layerquantizer.errors import CorruptChunkError
+from layerquantizer.legacy import LegacyLayerQuantizer
 
 __version__ = "1.0.0.dev0"
 
 numcodecs.register_codec(LayerQuantizer)
+numcodecs.register_codec(LegacyLayerQuantizer)
 
-__all__ = ["CorruptChunkError", "LayerQuantizer", "__version__", "max_abs_error"]
+__all__ = [
+    "CorruptChunkError",
+    "LayerQuantizer",
+    "LegacyLayerQuantizer",
+    "__version__",
+    "max_abs_error",
+]
