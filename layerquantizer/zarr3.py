@@ -39,7 +39,7 @@ CODEC_NAME = "layerquantizer"
 
 @dataclass(frozen=True)
 class LayerQuantizerCodec(ArrayBytesCodec):
-    """Error-bounded lossy serializer for float32 arrays, as :class:`~layerquantizer.LayerQuantizer`.
+    """Error-bounded lossy serializer of float32 arrays: :class:`layerquantizer.LayerQuantizer`.
 
     Parameters
     ----------
