@@ -28,32 +28,51 @@ _JIT = {"nogil": True, "cache": True, "error_model": "numpy", "boundscheck": Fal
 
 
 @numba.njit(**_JIT)
-def finite_ranges(layers):
+def _float_key(bits):
+    """An int32 that orders like the float32 whose bits these are; its own inverse."""
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@numba.njit(**_JIT)
+def finite_ranges(bits):
     """Per-layer minimum, maximum and count of the finite values (float64, float64, int64).
 
+    ``bits`` is the chunk as int32[layers, values per layer] (a view of the float32 data):
+    comparing order-preserving integer keys instead of floats lets the loop vectorize.
     A layer without a finite value gets min = max = 0.
     """
-    nlayers = layers.shape[0]
-    size = layers.shape[1] * layers.shape[2]
+    nlayers, size = bits.shape
     mins = np.zeros(nlayers)
     maxs = np.zeros(nlayers)
     counts = np.zeros(nlayers, np.int64)
+    keys = np.empty(2, np.int32)
+    values = keys.view(np.float32)
     for layer in range(nlayers):
-        flat = layers[layer].reshape(size)
-        lo = np.inf
-        hi = -np.inf
+        row = bits[layer]
+        lo = np.int32(0x7FFFFFFF)
+        hi = np.int32(-0x80000000)
         count = 0
         for n in range(size):
-            x = flat[n]
-            if math.isfinite(x):
-                lo = min(lo, x)
-                hi = max(hi, x)
-                count += 1
-        if count:
-            mins[layer] = lo
-            maxs[layer] = hi
+            b = row[n]
+            finite = (b & 0x7F800000) != 0x7F800000
+            key = _float_key(b)
+            lo = min(lo, key if finite else np.int32(0x7FFFFFFF))
+            hi = max(hi, key if finite else np.int32(-0x80000000))
+            count += finite
         counts[layer] = count
+        if count:
+            keys[0] = _float_key(lo)
+            keys[1] = _float_key(hi)
+            mins[layer] = values[0]
+            maxs[layer] = values[1]
     return mins, maxs, counts
+
+
+@numba.njit(**_JIT)
+def float32_ulp(x):
+    """The spacing of float32 numbers at finite ``x`` (float64; 2**104 at the largest)."""
+    exponent = math.frexp(x)[1]
+    return max(math.ldexp(1.0, exponent - 24), 2.0**-149)
 
 
 @numba.njit(**_JIT)
@@ -93,119 +112,122 @@ def _load_codes(planes, base, codes, nbytes):
 
 
 @numba.njit(**_JIT)
-def encode_layers(layers, offsets, steps, tolerances, nbits, planes, start, exception_bits):
-    """Quantize, predict and code ``layers`` into ``planes[:, start:]``.
+def encode_rows(
+    rows, first, ny, offsets, steps, tolerances, nbits, planes, exception_bits, prev, counts
+):
+    """Quantize, predict and code a block of rows into ``planes``.
+
+    The chunk is seen as ``rows``, float32[layers * ny, nx]; this call codes rows
+    ``first`` to ``first + planes.shape[1] // nx - 1``, so that a caller can stream a chunk
+    through a small ``planes`` buffer.
 
     Parameters
     ----------
-    layers : float32[L, ny, nx]
-    offsets, steps : float64[L]
+    rows : float32[R, nx]
+    first : int
+        First row of the block.
+    ny : int
+        Rows per layer; row ``r`` belongs to layer ``r // ny``.
+    offsets, steps : float64[layers]
         Value of quantization level 0 and the distance between levels (0 for a layer
         with one level).
-    tolerances : float64[L]
+    tolerances : float64[layers]
         The error a value may have (besides one float32 ulp) before it becomes an exception.
     nbits : int
-    planes : uint8[nbytes, N]
-    start : int
-        Element index of ``layers[0, 0, 0]`` within the chunk (for ``planes`` and the bits).
-    exception_bits : uint8[ceil(N / 8)], zeroed by the caller for these layers.
-
-    Returns
-    -------
-    int64[L]
-        Number of exceptions per layer.
+    planes : uint8[nbytes, block rows * nx], out
+    exception_bits : uint8[ceil(R * nx / 8)], in/out
+        The chunk's exception bitmap, zeroed by the caller.
+    prev : uint32[nx + 1], in/out
+        The previous row's levels (after a zero column), carried from block to block.
+    counts : int64[layers], in/out
+        Exceptions per layer, incremented.
     """
-    nlayers, ny, nx = layers.shape
+    nx = rows.shape[1]
     nbytes = planes.shape[0]
     mask = np.uint32((1 << nbits) - 1)
     top = np.uint32(1 << (nbits - 1))
     max_level = float((1 << nbits) - 1)
-    # Row buffers; index 0 is a zero column, so that j - 1 needs no test.
-    prev = np.zeros(nx + 1, np.uint32)
+    # Index 0 of cur and prev is a zero column, so that j - 1 needs no test.
     cur = np.zeros(nx + 1, np.uint32)
     bad = np.zeros(nx, np.uint8)
     codes = np.empty(nx, np.uint32)
-    exceptions = np.zeros(nlayers, np.int64)
-    for layer in range(nlayers):
+    for k in range(planes.shape[1] // nx):
+        r = first + k
+        layer = r // ny
+        if r % ny == 0:
+            prev[:] = 0
         offset = offsets[layer]
         step = steps[layer]
         scale = 1.0 / step if step > 0.0 else 0.0
         tolerance = tolerances[layer]
-        prev[:] = 0
-        count = 0
-        for i in range(ny):
-            row = layers[layer, i]
-            base = start + (layer * ny + i) * nx
-            # Quantize the row; flag what misses the bound (NaN fails every comparison).
-            any_bad = np.uint8(0)
+        row = rows[r]
+        # Quantize the row; flag what misses the bound (NaN fails every comparison).
+        any_bad = np.uint8(0)
+        for j in range(nx):
+            x = np.float64(row[j])
+            level = np.floor((x - offset) * scale + 0.5)
+            level = level if level >= 0.0 else 0.0  # NaN too: no undefined cast below
+            level = level if level <= max_level else max_level
+            rebuilt = np.float64(np.float32(offset + level * step))
+            flag = np.uint8(0) if abs(x - rebuilt) <= tolerance else np.uint8(1)
+            bad[j] = flag
+            any_bad |= flag
+            cur[j + 1] = np.uint32(level)
+        if any_bad:
             for j in range(nx):
+                if not bad[j]:
+                    continue
                 x = np.float64(row[j])
-                level = np.floor((x - offset) * scale + 0.5)
-                level = min(max(level, 0.0), max_level)
-                rebuilt = np.float64(np.float32(offset + level * step))
-                flag = np.uint8(0) if abs(x - rebuilt) <= tolerance else np.uint8(1)
-                bad[j] = flag
-                any_bad |= flag
-                cur[j + 1] = np.uint32(level) if flag == 0 else np.uint32(0)
-            if any_bad:
-                for j in range(nx):
-                    if not bad[j]:
+                if math.isfinite(x):
+                    rebuilt = np.float64(np.float32(offset + np.float64(cur[j + 1]) * step))
+                    # Within one float32 ulp of the bound: still kept.
+                    if abs(x - rebuilt) <= tolerance + float32_ulp(x):
                         continue
-                    x = np.float64(row[j])
-                    rebuilt = np.float64(np.float32(offset + cur[j + 1] * step))
-                    level = np.floor((x - offset) * scale + 0.5)
-                    if math.isfinite(x) and 0.0 <= level <= max_level:
-                        rebuilt = np.float64(np.float32(offset + level * step))
-                        # Within one float32 ulp of the bound: still kept.
-                        if abs(x - rebuilt) <= tolerance + np.spacing(np.abs(row[j])):
-                            cur[j + 1] = np.uint32(level)
-                            continue
-                    # An exception takes the prediction, so that its residual is 0 and
-                    # its neighbours' predictions are what the decoder will compute.
-                    cur[j + 1] = (prev[j + 1] + cur[j] - prev[j]) & mask
-                    n = base + j
-                    exception_bits[n >> 3] |= np.uint8(1 << (n & 7))
-                    count += 1
-            # Lorenzo residual modulo 2**nbits, zigzag-coded.
-            for j in range(nx):
-                residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
-                sign = np.uint32(0) - (residual // top)  # all ones when negative
-                codes[j] = ((residual << np.uint32(1)) ^ sign) & mask
-            _store_codes(codes, planes, base, nbytes)
-            prev, cur = cur, prev
-        exceptions[layer] = count
-    return exceptions
+                # An exception takes the prediction, so that its residual is 0 and its
+                # neighbours' predictions are what the decoder will compute.
+                cur[j + 1] = (prev[j + 1] + cur[j] - prev[j]) & mask
+                n = r * nx + j
+                exception_bits[n >> 3] |= np.uint8(1 << (n & 7))
+                counts[layer] += 1
+        # Lorenzo residual modulo 2**nbits, zigzag-coded.
+        for j in range(nx):
+            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
+            sign = np.uint32(0) - (residual // top)  # all ones when negative
+            codes[j] = ((residual << np.uint32(1)) ^ sign) & mask
+        _store_codes(codes, planes, k * nx, nbytes)
+        prev[:] = cur
 
 
 @numba.njit(**_JIT)
-def decode_layers(planes, nbits, offsets, steps, out):
-    """Inverse of :func:`encode_layers` but for the exceptions: ``out`` is float32[L, ny, nx]."""
-    nlayers, ny, nx = out.shape
+def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev):
+    """Inverse of :func:`encode_rows` but for the exceptions: fills a block of ``rows``.
+
+    ``prev``, uint32[nx], carries the previous row's levels from block to block.
+    """
+    nx = rows.shape[1]
     nbytes = planes.shape[0]
     mask = np.uint32((1 << nbits) - 1)
     one = np.uint32(1)
-    prev = np.zeros(nx, np.uint32)
     residuals = np.empty(nx, np.uint32)
-    for layer in range(nlayers):
+    for k in range(planes.shape[1] // nx):
+        r = first + k
+        layer = r // ny
+        if r % ny == 0:
+            prev[:] = 0
         offset = offsets[layer]
         step = steps[layer]
-        prev[:] = 0
-        for i in range(ny):
-            _load_codes(planes, (layer * ny + i) * nx, residuals, nbytes)
-            for j in range(nx):
-                code = residuals[j]
-                residuals[j] = (code >> one) ^ (np.uint32(0) - (code & one))
-            # q[i, j] - q[i-1, j] is the running sum of the residuals along the row.
-            running = np.uint32(0)
-            for j in range(nx):
-                running += residuals[j]
-                residuals[j] = running
-            row = out[layer, i]
-            for j in range(nx):
-                q = (prev[j] + residuals[j]) & mask
-                prev[j] = q
-                row[j] = np.float32(offset + np.float64(q) * step)
-    return out
+        _load_codes(planes, k * nx, residuals, nbytes)
+        # q[i, j] - q[i-1, j] is the running sum of the residuals along the row.
+        running = np.uint32(0)
+        for j in range(nx):
+            code = residuals[j]
+            running += (code >> one) ^ (np.uint32(0) - (code & one))
+            residuals[j] = running
+        row = rows[r]
+        for j in range(nx):
+            q = (prev[j] + residuals[j]) & mask
+            prev[j] = q
+            row[j] = np.float32(offset + np.float64(q) * step)
 
 
 @numba.njit(**_JIT)

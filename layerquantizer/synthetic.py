@@ -80,8 +80,10 @@ def random_waves(
     innovation = np.sqrt(1.0 - correlation**2)
     for layer in range(nlayers):
         fresh = rng.standard_normal(coeffs.shape) + 1j * rng.standard_normal(coeffs.shape)
-        coeffs = fresh * amplitude if layer == 0 else correlation * coeffs + innovation * (
+        coeffs = (
             fresh * amplitude
+            if layer == 0
+            else correlation * coeffs + innovation * (fresh * amplitude)
         )
         field = np.fft.irfft2(coeffs, s=(ny, nx))
         out[layer] = field / field.std()

@@ -1,4 +1,8 @@
-"""Stores shared by the CLI and dataset tests, made once per session in a temporary folder.
+"""Test fixtures.
+
+- ``real_fields``: the arrays of ``../shared/data/real_fields.npz``.
+
+Stores shared by the CLI and dataset tests, made once per session in a temporary folder:
 
 - ``sample_store``: ``lq sample`` output as Zarr v2 and v3 (WeatherBench2 names and dims).
 - ``real_store``: ERA-Interim monthly means of geopotential and wind from
@@ -10,12 +14,29 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REAL_FIELDS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_fields.npz"
+# tests/reference.py is imported as a plain module by the kernel tests.
+sys.path.insert(0, str(Path(__file__).parent))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def real_fields():
+    """The real ERA5 / ERA-Interim fields of ../shared (see its README)."""
+    path = SHARED / "data" / "real_fields.npz"
+    if not path.exists():
+        pytest.skip(f"{path} is not there (the project expects ../shared beside the clone)")
+    with np.load(path) as data:
+        return dict(data)
+
+
+REAL_FIELDS = SHARED / "data" / "real_fields.npz"
 
 
 def _load_real() -> dict[str, np.ndarray]:

@@ -1,0 +1,333 @@
+"""The layerquantizer1 chunk format: framing, header and validation (no numerics).
+
+A chunk is, all integers little-endian::
+
+    offset  size     field
+    0       4        magic b"\\x89LQZ"
+    4       1        format version (1)
+    5       1        flags: bit 0 exception section present, bit 1 Fortran order; others 0
+    6       1        dtype code (1 = float32)
+    7       1        nbits (1-24 for float32)
+    8       1        entropy coder (0 = none, 1 = zstd)
+    9       1        ndim (0-32)
+    10      2        reserved, 0
+    12      4        rows per block B (uint32, >= 1)
+    16      8*ndim   shape (uint64 each)
+    ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
+    ..      8        residual section size R (uint64)
+    ..      R        residual section, through the coder: seeing the chunk as L * ny rows
+                       of nx values, the coded residuals of rows 0..B-1 byte-planar (byte 0
+                       of every value, then byte 1, ...), then those of rows B..2B-1, and so
+                       on; blocks let encoder and decoder stream through a buffer that
+                       stays in cache
+    ..      E        exception section (when flagged), the rest of the chunk but 4 bytes:
+                       count (uint64), mask frame size M (uint64),
+                       M bytes: the exception bitmap (bit n % 8 of byte n // 8) through the coder,
+                       the exceptions' float32 values through the coder
+    end-4   4        CRC-32C of every byte before it
+
+Every field is checked before any kernel touches memory: a chunk that fails a check
+raises :class:`~layerquantizer.errors.CorruptChunkError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import crc32c
+import numpy as np
+import zstandard
+
+from layerquantizer.errors import CorruptChunkError
+
+MAGIC = b"\x89LQZ"
+FORMAT_VERSION = 1
+FLAG_EXCEPTIONS = 1
+FLAG_FORTRAN = 2
+_KNOWN_FLAGS = FLAG_EXCEPTIONS | FLAG_FORTRAN
+
+DTYPE_CODES = {1: np.dtype("<f4")}
+DTYPE_NBITS = {1: 24}  # the most bits a dtype's significand can use
+CODER_NONE = 0
+CODER_ZSTD = 1
+CODER_NAMES = {CODER_NONE: "none", CODER_ZSTD: "zstd"}
+MAX_NDIM = 32
+MAX_EXTENT = 1 << 48
+
+_PREFIX = struct.Struct("<4sBBBBBBHI")
+_U64 = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+# zstd cannot expand more than this (an RLE block of 128 KiB costs a few bytes), so a
+# frame that claims more is corrupt; the check keeps a lying header from allocating.
+_MAX_EXPANSION = 1 << 16
+
+
+@dataclass(frozen=True)
+class Header:
+    """The decoded header of a chunk."""
+
+    flags: int
+    dtype_code: int
+    nbits: int
+    coder: int
+    block_rows: int
+    shape: tuple[int, ...]
+    offsets: np.ndarray  # float64[L]
+    steps: np.ndarray  # float64[L]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return DTYPE_CODES[self.dtype_code]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def plane_count(self) -> int:
+        """Bytes per coded residual."""
+        return (self.nbits + 7) // 8
+
+
+def layer_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(layers, ny, nx)``: how a chunk of ``shape`` splits into 2-D layers."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    if len(shape) == 1:
+        return 1, 1, shape[0]
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def compress(data: np.ndarray | bytes, coder: int, level: int) -> bytes:
+    if coder == CODER_NONE:
+        return bytes(data)
+    return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+
+
+class BlockWriter:
+    """Streams the residual section into one frame, block by block."""
+
+    def __init__(self, coder: int, level: int, nbytes: int):
+        self.coder = coder
+        self.parts: list[bytes] = []
+        if coder == CODER_ZSTD:
+            compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
+            self.stream = compressor.compressobj(size=nbytes)
+
+    def write(self, block: np.ndarray) -> None:
+        if self.coder == CODER_NONE:
+            self.parts.append(block.tobytes())
+        else:
+            self.parts.append(self.stream.compress(block))
+
+    def finish(self) -> list[bytes]:
+        """The section, in parts (joined once, with the rest of the chunk)."""
+        if self.coder == CODER_ZSTD:
+            self.parts.append(self.stream.flush())
+        return self.parts
+
+
+class BlockReader:
+    """Reads the residual section back block by block, into the caller's buffer."""
+
+    def __init__(self, frame: memoryview, coder: int, nbytes: int):
+        self.coder = coder
+        self.pos = 0
+        self.frame = frame
+        if coder == CODER_NONE:
+            if len(frame) != nbytes:
+                raise CorruptChunkError(
+                    f"residual section: {len(frame)} bytes stored, {nbytes} expected"
+                )
+            return
+        _check_frame(frame, nbytes, "residual section")
+        self.stream = zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False)
+
+    def read_into(self, block: np.ndarray) -> None:
+        nbytes = block.nbytes
+        if self.coder == CODER_NONE:
+            block.reshape(-1)[:] = np.frombuffer(self.frame[self.pos : self.pos + nbytes], "u1")
+            self.pos += nbytes
+            return
+        target = memoryview(block.reshape(-1))
+        filled = 0
+        try:
+            while filled < nbytes:
+                got = self.stream.readinto(target[filled:])
+                if got == 0:
+                    break
+                filled += got
+        except zstandard.ZstdError as error:
+            raise CorruptChunkError(f"residual section: zstd failed ({error})") from None
+        if filled != nbytes:
+            raise CorruptChunkError("residual section: zstd frame ended early")
+
+    def finish(self) -> None:
+        if self.coder == CODER_ZSTD:
+            try:
+                extra = self.stream.read(1)
+            except zstandard.ZstdError as error:
+                raise CorruptChunkError(f"residual section: zstd failed ({error})") from None
+            if extra:
+                raise CorruptChunkError("residual section: zstd frame holds more than expected")
+
+
+def _check_frame(frame: memoryview, nbytes: int, what: str) -> None:
+    """A zstd frame must declare exactly ``nbytes`` and be able to hold them."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as error:
+        raise CorruptChunkError(f"{what}: not a zstd frame ({error})") from None
+    if declared != nbytes:
+        raise CorruptChunkError(f"{what}: zstd frame holds {declared} bytes, {nbytes} expected")
+    if nbytes > _MAX_EXPANSION * len(frame):
+        raise CorruptChunkError(f"{what}: {len(frame)} coded bytes cannot hold {nbytes}")
+
+
+def decompress(frame: memoryview, coder: int, nbytes: int, what: str) -> np.ndarray:
+    """Decode one coded section that must hold exactly ``nbytes`` bytes."""
+    if coder == CODER_NONE:
+        if len(frame) != nbytes:
+            raise CorruptChunkError(f"{what}: {len(frame)} bytes stored, {nbytes} expected")
+        return np.frombuffer(frame, np.uint8)
+    _check_frame(frame, nbytes, what)
+    try:
+        data = zstandard.ZstdDecompressor().decompress(frame, max_output_size=nbytes)
+    except zstandard.ZstdError as error:
+        raise CorruptChunkError(f"{what}: zstd failed ({error})") from None
+    if len(data) != nbytes:
+        raise CorruptChunkError(f"{what}: zstd gave {len(data)} bytes, {nbytes} expected")
+    return np.frombuffer(data, np.uint8)
+
+
+def pack(
+    header: Header,
+    residuals: list[bytes],
+    exceptions: tuple[int, bytes, bytes] | None,
+) -> bytes:
+    """Frame a chunk from the residual section's parts and ``exceptions``, which is
+    (count, coded bitmap, coded values) or None."""
+    flags = header.flags | (FLAG_EXCEPTIONS if exceptions else 0)
+    parts = [
+        _PREFIX.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            flags,
+            header.dtype_code,
+            header.nbits,
+            header.coder,
+            len(header.shape),
+            0,
+            header.block_rows,
+        ),
+        struct.pack(f"<{len(header.shape)}Q", *header.shape),
+        np.column_stack([header.offsets, header.steps]).astype("<f8").tobytes(),
+        _U64.pack(sum(map(len, residuals))),
+        *residuals,
+    ]
+    if exceptions:
+        count, bitmap, values = exceptions
+        parts += [_U64.pack(count), _U64.pack(len(bitmap)), bitmap, values]
+    checksum = 0
+    for part in parts:
+        checksum = crc32c.crc32c(part, value=checksum)
+    parts.append(_CRC.pack(checksum))
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A parsed, checksummed chunk: header and views of its sections."""
+
+    header: Header
+    residuals: memoryview
+    exception_count: int
+    exception_bitmap: memoryview | None
+    exception_values: memoryview | None
+
+
+class _Reader:
+    """Reads fields off a buffer, failing with the field's name when it runs out."""
+
+    def __init__(self, buf: memoryview):
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, nbytes: int, what: str) -> memoryview:
+        if nbytes < 0 or self.pos + nbytes > len(self.buf):
+            raise CorruptChunkError(
+                f"truncated chunk: {what} needs {nbytes} bytes at offset {self.pos}, "
+                f"only {len(self.buf) - self.pos} left"
+            )
+        view = self.buf[self.pos : self.pos + nbytes]
+        self.pos += nbytes
+        return view
+
+    def u64(self, what: str) -> int:
+        return _U64.unpack(self.take(8, what))[0]
+
+
+def parse(buf: memoryview) -> Chunk:
+    """Check and split an encoded chunk; raises CorruptChunkError on anything amiss."""
+    if len(buf) < _PREFIX.size + _CRC.size:
+        raise CorruptChunkError(
+            f"not a layerquantizer1 chunk: {len(buf)} bytes is shorter than any chunk"
+        )
+    magic, version, flags, dtype_code, nbits, coder, ndim, reserved, block_rows = _PREFIX.unpack(
+        buf[: _PREFIX.size]
+    )
+    if magic != MAGIC:
+        raise CorruptChunkError(
+            f"not a layerquantizer1 chunk: magic {bytes(magic)!r}, expected {MAGIC!r}"
+        )
+    if version != FORMAT_VERSION:
+        raise CorruptChunkError(
+            f"chunk has format version {version}; this layerquantizer reads version "
+            f"{FORMAT_VERSION} (upgrade layerquantizer if the chunk is newer)"
+        )
+    (stored_crc,) = _CRC.unpack(buf[-_CRC.size :])
+    body = buf[: -_CRC.size]
+    if crc32c.crc32c(body) != stored_crc:
+        raise CorruptChunkError("chunk checksum (CRC-32C) mismatch: the chunk is corrupted")
+    # The checksum passed; still trust nothing (a chunk may have been crafted).
+    if flags & ~_KNOWN_FLAGS or reserved:
+        raise CorruptChunkError(f"unknown flags {flags:#x} or reserved field {reserved}")
+    if dtype_code not in DTYPE_CODES:
+        raise CorruptChunkError(f"unknown dtype code {dtype_code}")
+    if not 1 <= nbits <= DTYPE_NBITS[dtype_code]:
+        raise CorruptChunkError(f"nbits {nbits} out of range for {DTYPE_CODES[dtype_code]}")
+    if coder not in CODER_NAMES:
+        raise CorruptChunkError(f"unknown entropy coder {coder}")
+    if ndim > MAX_NDIM:
+        raise CorruptChunkError(f"ndim {ndim} exceeds {MAX_NDIM}")
+    if block_rows < 1:
+        raise CorruptChunkError("rows per block is 0")
+    reader = _Reader(body)
+    reader.take(_PREFIX.size, "prefix")
+    shape = struct.unpack(f"<{ndim}Q", reader.take(8 * ndim, "shape"))
+    if any(n > MAX_EXTENT for n in shape):
+        raise CorruptChunkError(f"shape {shape} has an extent over {MAX_EXTENT}")
+    nlayers, ny, nx = layer_shape(shape)
+    table = np.frombuffer(reader.take(16 * nlayers, "layer table"), "<f8").reshape(nlayers, 2)
+    offsets, steps = table[:, 0], table[:, 1]
+    if not (np.isfinite(offsets).all() and np.isfinite(steps).all() and (steps >= 0).all()):
+        raise CorruptChunkError("layer table holds a non-finite offset or a negative step")
+    header = Header(
+        flags & FLAG_FORTRAN, dtype_code, nbits, coder, block_rows, shape, offsets, steps
+    )
+    residual_size = reader.u64("residual section size")
+    residuals = reader.take(residual_size, "residual section")
+    if header.size and not residual_size:
+        raise CorruptChunkError(f"shape {shape} has values but the residual section is empty")
+    count, bitmap, values = 0, None, None
+    if flags & FLAG_EXCEPTIONS:
+        count = reader.u64("exception count")
+        if not 0 < count <= header.size:
+            raise CorruptChunkError(f"exception count {count} for {header.size} values")
+        bitmap = reader.take(reader.u64("exception bitmap size"), "exception bitmap")
+        values = reader.take(len(body) - reader.pos, "exception values")
+    if reader.pos != len(body):
+        raise CorruptChunkError(f"{len(body) - reader.pos} stray bytes after the chunk's data")
+    return Chunk(header, residuals, count, bitmap, values)

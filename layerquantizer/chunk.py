@@ -1,0 +1,204 @@
+"""Encode and decode one chunk in the layerquantizer1 format.
+
+This is the whole algorithm, shared by the numcodecs codec (:mod:`layerquantizer.codec`)
+and the Zarr v3 codec (:mod:`layerquantizer.zarr3`); the numerics live in
+:mod:`layerquantizer._kernels`, the byte layout in :mod:`layerquantizer._format`.
+
+The promise, for every finite value ``x`` of a 2-D layer whose finite values span
+``[vmin, vmax]``: ``|x - decoded| <= (vmax - vmin) / (2**nbits - 1) / 2 + ulp(x)``, with
+``ulp`` the float32 spacing at ``x``. NaN, +inf and -inf (and any value that would miss
+the bound by float32 rounding) are stored exactly, beside the quantized stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layerquantizer import _format, _grid, _kernels
+from layerquantizer._format import CODER_NONE, CODER_ZSTD, Header
+from layerquantizer.errors import CorruptChunkError
+
+#: The most bits per value for float32: its significand has 24.
+MAX_NBITS = 24
+#: Coded residuals per block (bytes, at least one row): encoder and decoder stream the
+#: residual section through a buffer this size, which stays in cache.
+BLOCK_BYTES = 1 << 20
+# A layer quantized on a detected coarse grid goes back to the plain step when more
+# than this share of its values had to be stored as exceptions.
+_GRID_EXCEPTION_SHARE = 1 / 256
+
+
+def max_abs_error(vmin: float, vmax: float, nbits: int) -> float:
+    """The error bound, besides one float32 ulp, for a layer spanning ``[vmin, vmax]``.
+
+    Examples
+    --------
+    >>> max_abs_error(0.0, 65535.0, 16)
+    0.5
+    """
+    return (vmax - vmin) / ((1 << nbits) - 1) / 2.0
+
+
+def as_float32_layers(array: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The C-contiguous ``(layers, ny, nx)`` float32 view (or copy) to encode, and whether
+    the input was Fortran-ordered."""
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise TypeError(
+            f"layerquantizer encodes float32 arrays, got dtype {array.dtype}; convert "
+            "explicitly (e.g. array.astype('float32')) if the loss of precision is acceptable"
+        )
+    fortran = array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous
+    native = np.ascontiguousarray(array, dtype=np.float32)
+    return native.reshape(_format.layer_shape(array.shape)), fortran
+
+
+def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -> bytes:
+    """Encode a float32 array of any shape into one chunk.
+
+    Examples
+    --------
+    >>> x = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    >>> y = decode(encode(x, nbits=8, level=1))
+    >>> bool(np.abs(x - y).max() <= max_abs_error(0.0, 1.0, 8) + 1e-7)
+    True
+    """
+    layers, fortran = as_float32_layers(array)
+    nlayers, ny, nx = layers.shape
+    mins, maxs, _ = _kernels.finite_ranges(layers.reshape(nlayers, ny * nx).view(np.int32))
+    plain_steps = (maxs - mins) / ((1 << nbits) - 1)
+    offsets, steps = mins.copy(), plain_steps.copy()
+    for index in range(len(layers)):
+        grid = _grid.coarse_grid(layers[index], mins[index], maxs[index], steps[index])
+        if grid is not None:
+            offsets[index], steps[index] = grid
+    snapped = steps != plain_steps
+    while True:
+        residuals, bitmap, counts = _encode_residuals(
+            layers, offsets, steps, plain_steps / 2.0, nbits, coder, level
+        )
+        # A grid holds on the sample it was found in but may fail elsewhere: such layers
+        # are quantized again with the plain step (rare, so the whole chunk is redone).
+        failed = snapped & (counts > ny * nx * _GRID_EXCEPTION_SHARE)
+        if not failed.any():
+            break
+        offsets[failed], steps[failed] = mins[failed], plain_steps[failed]
+        snapped &= ~failed
+
+    exceptions = None
+    count = int(counts.sum())
+    if count:
+        values = _kernels.gather_exceptions(layers.reshape(-1), bitmap, count)
+        exceptions = (
+            count,
+            _format.compress(bitmap, coder, level),
+            _format.compress(values.view(np.uint8), coder, level),
+        )
+    header = Header(
+        flags=_format.FLAG_FORTRAN if fortran else 0,
+        dtype_code=1,
+        nbits=nbits,
+        coder=coder,
+        block_rows=_block_rows(layers.shape[2], nbits),
+        shape=tuple(array.shape),
+        offsets=offsets,
+        steps=steps,
+    )
+    return _format.pack(header, residuals, exceptions)
+
+
+def _block_rows(nx: int, nbits: int) -> int:
+    return max(1, BLOCK_BYTES // max(1, nx * ((nbits + 7) // 8)))
+
+
+def _encode_residuals(layers, offsets, steps, tolerances, nbits, coder, level):
+    """The coded residual section, the exception bitmap and the exceptions per layer."""
+    nlayers, ny, nx = layers.shape
+    rows = layers.reshape(nlayers * ny, nx)
+    plane_count = (nbits + 7) // 8
+    block_rows = _block_rows(nx, nbits)
+    bitmap = np.zeros((layers.size + 7) // 8, np.uint8)
+    counts = np.zeros(nlayers, np.int64)
+    if not layers.size:
+        return [], bitmap, counts
+    writer = _format.BlockWriter(coder, level, layers.size * plane_count)
+    buffer = np.empty(plane_count * min(block_rows, len(rows)) * nx, np.uint8)
+    prev = np.zeros(nx + 1, np.uint32)
+    for first in range(0, len(rows), block_rows):
+        count = min(block_rows, len(rows) - first)
+        planes = buffer[: plane_count * count * nx].reshape(plane_count, count * nx)
+        _kernels.encode_rows(
+            rows, first, ny, offsets, steps, tolerances, nbits, planes, bitmap, prev, counts
+        )
+        writer.write(planes)
+    return writer.finish(), bitmap, counts
+
+
+def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
+    header = chunk.header
+    nlayers, ny, nx = layers.shape
+    rows = layers.reshape(nlayers * ny, nx)
+    plane_count = header.plane_count
+    reader = _format.BlockReader(chunk.residuals, header.coder, layers.size * plane_count)
+    buffer = np.empty(plane_count * min(header.block_rows, len(rows)) * nx, np.uint8)
+    prev = np.zeros(nx, np.uint32)
+    for first in range(0, len(rows), header.block_rows):
+        count = min(header.block_rows, len(rows) - first)
+        planes = buffer[: plane_count * count * nx].reshape(plane_count, count * nx)
+        reader.read_into(planes)
+        _kernels.decode_rows(
+            planes, first, ny, header.nbits, header.offsets, header.steps, rows, prev
+        )
+    reader.finish()
+
+
+def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode a chunk made by :func:`encode`, optionally into ``out``.
+
+    ``buf`` may be any object exposing the buffer protocol. ``out``, when given, must
+    hold exactly as many bytes as the decoded chunk; it is filled and returned (as is
+    when it is a C-contiguous float32 array, else through a copy).
+    """
+    view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
+    chunk = _format.parse(view)
+    header = chunk.header
+    size = header.size
+    if out is not None and np.asarray(out).nbytes != size * 4:
+        raise ValueError(
+            f"out holds {np.asarray(out).nbytes} bytes; the chunk decodes to {size * 4} "
+            f"(shape {header.shape}, float32)"
+        )
+
+    direct = (
+        out is not None
+        and isinstance(out, np.ndarray)
+        and out.dtype == np.float32
+        and out.flags.c_contiguous
+        and out.flags.writeable
+        and not header.flags & _format.FLAG_FORTRAN
+    )
+    result = out.reshape(header.shape) if direct else np.empty(header.shape, np.float32)
+    layers = result.reshape(_format.layer_shape(header.shape))
+    if size:
+        _decode_residuals(chunk, layers)
+    if chunk.exception_count:
+        bitmap = _format.decompress(
+            chunk.exception_bitmap, header.coder, (size + 7) // 8, "exception bitmap"
+        )
+        values = _format.decompress(
+            chunk.exception_values, header.coder, chunk.exception_count * 4, "exception values"
+        ).view("<f4")
+        if _kernels.scatter_exceptions(layers.reshape(-1), bitmap, values) < 0:
+            raise CorruptChunkError(
+                f"exception bitmap does not match the {chunk.exception_count} stored values"
+            )
+
+    if header.flags & _format.FLAG_FORTRAN:
+        result = np.asfortranarray(result)
+    if out is None or direct:
+        return out if direct else result
+    from numcodecs.compat import ndarray_copy
+
+    return ndarray_copy(result, out)
+
+
+__all__ = ["CODER_NONE", "CODER_ZSTD", "MAX_NBITS", "decode", "encode", "max_abs_error"]

@@ -1,0 +1,104 @@
+"""The Zarr v3 array-to-bytes codec ``layerquantizer`` over the same core as the v2 codec.
+
+Zarr finds it through the ``zarr.codecs`` entry point, so a reader needs no import:
+
+>>> import zarr
+>>> z = zarr.create_array(
+...     zarr.storage.MemoryStore(), shape=(2, 30, 40), chunks=(1, 30, 40), dtype="float32",
+...     serializer={"name": "layerquantizer", "configuration": {"nbits": 16}},
+...     compressors=None, zarr_format=3,
+... )
+>>> z[:] = 1.5
+>>> float(z[1, 2, 3])
+1.5
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.common import parse_named_configuration
+
+from layerquantizer import chunk
+from layerquantizer.codec import DEFAULT_LEVEL, parse_level, parse_nbits
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+    from zarr.core.chunk_grids import ChunkGrid
+    from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
+
+CODEC_NAME = "layerquantizer"
+
+
+@dataclass(frozen=True)
+class LayerQuantizerCodec(ArrayBytesCodec):
+    """Error-bounded lossy serializer of float32 arrays: :class:`layerquantizer.LayerQuantizer`.
+
+    Parameters
+    ----------
+    nbits : int
+        Bits per value, 1 to 24.
+    level : int
+        zstd level, -7 to 22.
+    """
+
+    is_fixed_size = False
+
+    nbits: int
+    level: int
+
+    def __init__(self, *, nbits: int = 16, level: int = DEFAULT_LEVEL) -> None:
+        object.__setattr__(self, "nbits", parse_nbits(nbits))
+        object.__setattr__(self, "level", parse_level(level))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Self:
+        _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
+        return cls(**(configuration or {}))
+
+    def to_dict(self) -> dict:
+        return {"name": CODEC_NAME, "configuration": {"nbits": self.nbits, "level": self.level}}
+
+    def validate(
+        self,
+        *,
+        shape: tuple[int, ...],
+        dtype: ZDType[TBaseDType, TBaseScalar],
+        chunk_grid: ChunkGrid,
+    ) -> None:
+        native = dtype.to_native_dtype()
+        if native.kind != "f" or native.itemsize != 4:
+            raise TypeError(
+                f"the {CODEC_NAME} codec encodes float32 arrays, got dtype {native}; store "
+                "this array with another serializer or convert it to float32 first"
+            )
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        decoded = chunk.decode(chunk_bytes.as_numpy_array())
+        if decoded.shape != chunk_spec.shape:
+            raise ValueError(
+                f"{CODEC_NAME}: chunk decodes to shape {decoded.shape}, the array's chunks "
+                f"have shape {chunk_spec.shape}"
+            )
+        return chunk_spec.prototype.nd_buffer.from_ndarray_like(decoded)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        data = np.asarray(chunk_array.as_numpy_array())
+        encoded = chunk.encode(data, nbits=self.nbits, level=self.level)
+        return chunk_spec.prototype.buffer.from_bytes(encoded)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError(f"{CODEC_NAME} output size depends on the data")

@@ -1,0 +1,73 @@
+"""A slow, obvious NumPy implementation of the layerquantizer1 steps, to test the kernels.
+
+Everything is computed on whole arrays with int64 and float64, and none of it shares code
+with :mod:`layerquantizer._kernels`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def finite_ranges(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-layer min, max and count of the finite values; 0, 0 for a layer without any."""
+    flat = layers.reshape(len(layers), -1).astype(np.float64)
+    finite = np.isfinite(flat)
+    counts = finite.sum(axis=1)
+    mins = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)
+    maxs = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
+    mins[counts == 0] = 0.0
+    maxs[counts == 0] = 0.0
+    return mins, maxs, counts
+
+
+def quantize(layers, offsets, steps, tolerances, nbits):
+    """Levels (int64) and the exception mask, as the format defines them."""
+    x = layers.astype(np.float64)
+    off = offsets[:, None, None]
+    step = steps[:, None, None]
+    scale = np.divide(1.0, step, out=np.zeros_like(step), where=step > 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        levels = np.clip(np.floor((x - off) * scale + 0.5), 0, 2**nbits - 1)
+        levels = np.nan_to_num(levels, nan=0.0)
+        rebuilt = (off + levels * step).astype(np.float32).astype(np.float64)
+        error = np.abs(x - rebuilt)
+        ulp = np.spacing(np.abs(layers)).astype(np.float64)
+        ok = np.isfinite(x) & (error <= tolerances[:, None, None] + ulp)
+    return levels.astype(np.int64), ~ok
+
+
+def lorenzo_codes(levels: np.ndarray, exceptions: np.ndarray, nbits: int) -> np.ndarray:
+    """Zigzag-coded Lorenzo residuals modulo 2**nbits (exceptions take the prediction)."""
+    modulus = 1 << nbits
+    q = levels.copy()
+    codes = np.zeros_like(q)
+    for layer in range(q.shape[0]):
+        for i in range(q.shape[1]):
+            for j in range(q.shape[2]):
+                up = q[layer, i - 1, j] if i else 0
+                left = q[layer, i, j - 1] if j else 0
+                corner = q[layer, i - 1, j - 1] if i and j else 0
+                prediction = (up + left - corner) % modulus
+                if exceptions[layer, i, j]:
+                    q[layer, i, j] = prediction
+                residual = (q[layer, i, j] - prediction) % modulus
+                signed = residual - modulus if residual >= modulus // 2 else residual
+                codes[layer, i, j] = 2 * signed if signed >= 0 else -2 * signed - 1
+    return codes
+
+
+def lorenzo_decode(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """Levels back from zigzag-coded residuals: a 2-D running sum modulo 2**nbits."""
+    signed = np.where(codes % 2 == 0, codes // 2, -(codes + 1) // 2)
+    return signed.cumsum(axis=1).cumsum(axis=2) % (1 << nbits)
+
+
+def dequantize(levels, offsets, steps) -> np.ndarray:
+    return (offsets[:, None, None] + levels * steps[:, None, None]).astype(np.float32)
+
+
+def byte_planes(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """uint8[nbytes, N]: byte k of every code."""
+    flat = codes.reshape(-1)
+    return np.stack([(flat >> (8 * k)) & 0xFF for k in range((nbits + 7) // 8)]).astype(np.uint8)

@@ -1,0 +1,270 @@
+"""The layerquantizer1 numcodecs codec: the error bound, shapes, buffers, config."""
+
+import array
+import json
+import pickle
+
+import numcodecs
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from numpy.testing import assert_array_equal
+
+import layerquantizer
+from layerquantizer import LayerQuantizer, max_abs_error
+from layerquantizer._format import layer_shape
+
+
+def float32_ulp(values):
+    """float32 spacing at each value, in float64, without overflow at the largest float32."""
+    return np.maximum(np.ldexp(1.0, np.frexp(values)[1] - 24), 2.0**-149)
+
+
+def assert_within_bound(original, decoded, nbits):
+    """Every finite value within half a step of its layer (+ one ulp); the rest exact."""
+    original = np.asarray(original, np.float32)
+    decoded = np.asarray(decoded)
+    assert decoded.dtype == np.float32
+    assert decoded.shape == original.shape
+    layers = original.reshape(layer_shape(original.shape))
+    result = decoded.reshape(layers.shape)
+    x = layers.astype(np.float64)
+    y = result.astype(np.float64)
+    finite = np.isfinite(x)
+    for index in range(len(layers)):
+        if not finite[index].any():
+            continue
+        values = x[index][finite[index]]
+        bound = max_abs_error(values.min(), values.max(), nbits)
+        error = np.abs(values - y[index][finite[index]])
+        slack = float32_ulp(values)
+        worst = np.argmax(error - slack)
+        assert (error <= bound + slack).all(), (
+            f"layer {index}: error {error[worst]} > bound {bound} + ulp {slack[worst]} "
+            f"at value {values[worst]}"
+        )
+    # NaN where NaN was, infinities of the same sign where they were.
+    assert_array_equal(np.isnan(y), np.isnan(x))
+    assert_array_equal(y[np.isinf(x)], x[np.isinf(x)])
+    assert np.isfinite(y[finite]).all()
+
+
+finite_floats = st.floats(allow_nan=False, allow_infinity=False, width=32)
+special_floats = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3.4028235e38])
+any_floats = st.one_of(finite_floats, special_floats)
+shapes = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=9)
+
+
+def as_float32(values):
+    biggest = np.finfo(np.float32).max
+    return np.clip(values, -biggest, biggest).astype(np.float32)
+
+
+@st.composite
+def float32_arrays(draw):
+    """Arrays that stress the quantizer: any shape, extreme ranges, NaN and infinities,
+    constant and all-NaN layers, values from a narrow band."""
+    shape = draw(shapes)
+    kind = draw(st.sampled_from(["any", "smooth", "constant", "narrow"]))
+    if kind == "any":
+        return draw(hnp.arrays(np.float32, shape, elements=any_floats))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    base = np.float32(draw(finite_floats))
+    if kind == "constant":
+        out = np.full(shape, base, np.float32)
+    elif kind == "narrow":
+        out = as_float32(base + rng.integers(-3, 4, shape) * float32_ulp(np.float64(base)))
+    else:
+        scale = 10.0 ** draw(st.integers(-30, 30))
+        out = as_float32(np.cumsum(rng.standard_normal(shape), axis=-1) * scale)
+    if out.size and draw(st.booleans()):
+        holes = rng.random(shape) < draw(st.sampled_from([0.01, 0.5, 1.0]))
+        specials = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), shape)
+        out = np.where(holes, specials, out).astype(np.float32)
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=float32_arrays(), nbits=st.integers(1, 24))
+def test_error_bound_holds(data, nbits):
+    codec = LayerQuantizer(nbits=nbits)
+    assert_within_bound(data, codec.decode(codec.encode(data)), nbits)
+
+
+@pytest.mark.parametrize("nbits", [8, 16, 24])
+def test_error_bound_on_real_fields(real_fields, nbits):
+    codec = LayerQuantizer(nbits=nbits)
+    for name, field in real_fields.items():
+        decoded = codec.decode(codec.encode(field))
+        assert_within_bound(field, decoded, nbits), name
+
+
+@pytest.mark.parametrize("nbits", [8, 12, 16])
+def test_full_scale_error_is_at_most_half_a_step(nbits):
+    # A layer not on a coarse grid keeps at most half a step of full scale (+ ulp). (At 24
+    # bits the float32 values themselves form a grid coarser than the step: no loss.)
+    rng = np.random.default_rng(5)
+    field = (rng.standard_normal((4, 50, 60)).cumsum(axis=-1) + 300).astype(np.float32)
+    decoded = LayerQuantizer(nbits=nbits).decode(LayerQuantizer(nbits=nbits).encode(field))
+    span = np.ptp(field.astype(np.float64), axis=(1, 2))[:, None, None]
+    full_scale = np.abs(decoded.astype(np.float64) - field) / span
+    ulp = np.spacing(field).astype(np.float64) / span
+    assert (full_scale <= 0.5 / (2**nbits - 1) + ulp).all()
+    assert full_scale.max() > 0.4 / (2**nbits - 1)  # the bound is also nearly reached
+
+
+@pytest.mark.parametrize(
+    "shape", [(), (1,), (17,), (1, 1), (1, 40), (40, 1), (3, 4, 5), (2, 1, 3, 4, 5), (0, 4, 5),
+              (3, 0, 5), (3, 4, 0), (0,)],
+)  # fmt: skip
+def test_shapes(shape):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal(shape).astype(np.float32)
+    codec = LayerQuantizer(nbits=12)
+    decoded = codec.decode(codec.encode(data))
+    assert decoded.shape == shape
+    assert_within_bound(data, decoded, 12)
+
+
+def test_layers_are_quantized_separately():
+    # A layer with a tiny range next to one with a huge range keeps its own precision.
+    data = np.stack([np.linspace(0, 1e-3, 100), np.linspace(-1e6, 1e6, 100)])
+    data = data.astype(np.float32).reshape(2, 10, 10)
+    decoded = LayerQuantizer(nbits=16).decode(LayerQuantizer(nbits=16).encode(data))
+    assert np.abs(decoded[0] - data[0]).max() <= 1e-3 / 65535
+
+
+def test_non_finite_values_cost_no_quantization_level():
+    data = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    spiked = data.copy()
+    spiked[3, 3] = np.inf
+    spiked[4, 4] = np.nan
+    spiked[5, 5] = -np.inf
+    codec = LayerQuantizer(nbits=4)
+    plain = codec.decode(codec.encode(data))
+    holes = codec.decode(codec.encode(spiked))
+    finite = np.isfinite(spiked)
+    assert_array_equal(holes[finite], plain[finite])
+    assert np.isposinf(holes[3, 3]) and np.isnan(holes[4, 4]) and np.isneginf(holes[5, 5])
+
+
+def test_constant_and_all_nan_layers_are_exact():
+    data = np.stack(
+        [np.full((5, 6), 7.25), np.full((5, 6), np.nan), np.full((5, 6), -np.inf)]
+    ).astype(np.float32)
+    decoded = LayerQuantizer(nbits=1).decode(LayerQuantizer(nbits=1).encode(data))
+    assert_array_equal(decoded, data)
+
+
+def test_packed_data_on_a_coarse_grid_comes_back_exactly():
+    # GRIB-like packing: values on a grid coarser than the quantization step.
+    rng = np.random.default_rng(2)
+    levels = rng.integers(0, 900, (3, 40, 50)).cumsum(axis=-1) % 4000
+    data = (250.0 + levels * 0.015625).astype(np.float32)
+    codec = LayerQuantizer(nbits=16)
+    encoded = codec.encode(data)
+    assert_array_equal(codec.decode(encoded), data)
+    assert len(encoded) < len(LayerQuantizer(nbits=16).encode(data + np.float32(1e-3) * (
+        rng.random(data.shape) > 0.5)))  # fmt: skip
+
+
+def test_grid_that_fails_outside_the_sample_falls_back():
+    # The sampled values sit on a grid, the others not: the layer must still meet the bound.
+    rng = np.random.default_rng(4)
+    data = (np.round(rng.random((1, 300, 300)) * 1000) / 8).astype(np.float32)
+    data[0, 1::2] += rng.random((150, 300)).astype(np.float32) * 0.1
+    codec = LayerQuantizer(nbits=16)
+    assert_within_bound(data, codec.decode(codec.encode(data)), 16)
+
+
+def test_fortran_ordered_input():
+    data = np.asfortranarray(np.random.default_rng(1).standard_normal((3, 20, 30), np.float32))
+    codec = LayerQuantizer(nbits=16)
+    decoded = codec.decode(codec.encode(data))
+    assert decoded.flags.f_contiguous
+    assert_within_bound(data, decoded, 16)
+    # Zarr v2 reshapes the decoded buffer with the array's order: the bytes must match too.
+    flat = np.frombuffer(decoded.tobytes(order="A"), np.float32)
+    assert_within_bound(data, flat.reshape(data.shape, order="F"), 16)
+
+
+def test_decode_accepts_any_buffer_and_out():
+    data = np.random.default_rng(1).standard_normal((2, 9, 11)).astype(np.float32)
+    codec = LayerQuantizer(nbits=10)
+    encoded = codec.encode(data)
+    expected = codec.decode(encoded)
+    for buf in (encoded, bytearray(encoded), np.frombuffer(encoded, np.uint8),
+                memoryview(encoded), array.array("b", encoded)):  # fmt: skip
+        assert_array_equal(codec.decode(buf), expected)
+    out = np.empty_like(data)
+    assert codec.decode(encoded, out=out) is out
+    assert_array_equal(out, expected)
+    out_bytes = bytearray(data.nbytes)
+    codec.decode(encoded, out=out_bytes)
+    assert_array_equal(np.frombuffer(out_bytes, np.float32).reshape(data.shape), expected)
+    out_flat = np.empty(data.size, np.float32)
+    codec.decode(encoded, out=out_flat)
+    assert_array_equal(out_flat.reshape(data.shape), expected)
+    with pytest.raises(ValueError, match="out holds 4 bytes"):
+        codec.decode(encoded, out=np.empty(1, np.float32))
+
+
+def test_big_endian_float32_is_accepted():
+    data = np.random.default_rng(1).standard_normal((4, 5)).astype(">f4")
+    decoded = LayerQuantizer().decode(LayerQuantizer().encode(data))
+    assert_within_bound(data.astype(np.float32), decoded, 16)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "int32", "uint8", "complex64"])
+def test_other_dtypes_are_refused_by_name(dtype):
+    with pytest.raises(TypeError, match=f"got dtype {dtype}"):
+        LayerQuantizer().encode(np.zeros((3, 3), dtype))
+
+
+def test_bytes_input_to_encode_is_refused():
+    with pytest.raises(TypeError, match="got dtype uint8"):
+        LayerQuantizer().encode(np.zeros(9, np.float32).tobytes())
+
+
+@pytest.mark.parametrize(
+    ("nbits", "error", "match"),
+    [(0, ValueError, "between 1 and 24, got 0"), (25, ValueError, "got 25"),
+     (16.0, TypeError, "got float"), (True, TypeError, "got bool"), ("16", TypeError, "str")],
+)  # fmt: skip
+def test_nbits_is_validated(nbits, error, match):
+    with pytest.raises(error, match=match):
+        LayerQuantizer(nbits=nbits)
+
+
+def test_level_is_validated():
+    with pytest.raises(ValueError, match="zstd level between -7 and 22, got 23"):
+        LayerQuantizer(level=23)
+
+
+def test_config_repr_pickle_registry():
+    codec = LayerQuantizer(nbits=12, level=3)
+    config = codec.get_config()
+    assert config == {"id": "layerquantizer1", "nbits": 12, "level": 3}
+    assert json.loads(json.dumps(config)) == config
+    assert numcodecs.get_codec(dict(config)) == codec
+    assert repr(codec) == "LayerQuantizer(nbits=12, level=3)"
+    assert eval(repr(codec), {"LayerQuantizer": LayerQuantizer}) == codec
+    clone = pickle.loads(pickle.dumps(codec))
+    assert clone == codec
+    data = np.ones((4, 4), np.float32)
+    assert clone.encode(data) == codec.encode(data)
+
+
+def test_import_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, layerquantizer; "
+        "print(sorted(m for m in ('xarray', 'dask', 'gcsfs', 'typer') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert layerquantizer.__version__

@@ -1,0 +1,120 @@
+"""The numba kernels against the slow NumPy reference in tests/reference.py."""
+
+import numpy as np
+import pytest
+import reference
+from numpy.testing import assert_array_equal
+
+from layerquantizer import _kernels
+
+SHAPES = [(1, 1, 1), (1, 1, 7), (1, 5, 1), (2, 9, 13), (3, 16, 33)]
+
+
+def random_layers(shape, rng, specials=0.0):
+    layers = rng.standard_normal(shape) * 10 + rng.standard_normal((shape[0], 1, 1)) * 50
+    layers = layers.astype(np.float32)
+    if specials:
+        pick = rng.random(shape) < specials
+        layers[pick] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), pick.sum())
+    return layers
+
+
+def encode(layers, offsets, steps, tolerances, nbits, block_rows):
+    """Run the encode kernel block by block, as chunk.py does."""
+    nlayers, ny, nx = layers.shape
+    rows = layers.reshape(-1, nx)
+    planes = np.empty(((nbits + 7) // 8, layers.size), np.uint8)
+    bits = np.zeros((layers.size + 7) // 8, np.uint8)
+    prev = np.zeros(nx + 1, np.uint32)
+    counts = np.zeros(nlayers, np.int64)
+    for first in range(0, len(rows), block_rows):
+        count = min(block_rows, len(rows) - first)
+        block = np.empty((planes.shape[0], count * nx), np.uint8)
+        _kernels.encode_rows(
+            rows, first, ny, offsets, steps, tolerances, nbits, block, bits, prev, counts
+        )
+        planes[:, first * nx : (first + count) * nx] = block
+    return planes, bits, counts
+
+
+def decode(planes, layers_shape, offsets, steps, nbits, block_rows):
+    nlayers, ny, nx = layers_shape
+    rows = np.empty((nlayers * ny, nx), np.float32)
+    prev = np.zeros(nx, np.uint32)
+    for first in range(0, len(rows), block_rows):
+        count = min(block_rows, len(rows) - first)
+        block = np.ascontiguousarray(planes[:, first * nx : (first + count) * nx])
+        _kernels.decode_rows(block, first, ny, nbits, offsets, steps, rows, prev)
+    return rows.reshape(layers_shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("specials", [0.0, 0.2, 1.0])
+def test_finite_ranges(shape, specials):
+    layers = random_layers(shape, np.random.default_rng(1), specials)
+    got = _kernels.finite_ranges(layers.reshape(shape[0], -1).view(np.int32))
+    for g, want in zip(got, reference.finite_ranges(layers), strict=True):
+        assert_array_equal(g, want)
+
+
+def test_finite_ranges_extremes():
+    values = np.array([[-0.0, 1e-45, -1e-45, 3.4028235e38, -3.4028235e38, np.nan]], np.float32)
+    mins, maxs, counts = _kernels.finite_ranges(values.view(np.int32))
+    big = float(np.finfo(np.float32).max)
+    assert (mins[0], maxs[0], counts[0]) == (-big, big, 5)
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 7, 8, 9, 15, 16, 17, 23, 24])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("block_rows", [1, 4, 1000])
+def test_encode_rows_matches_reference(nbits, shape, block_rows):
+    rng = np.random.default_rng(nbits)
+    layers = random_layers(shape, rng, specials=0.1)
+    mins, maxs, _ = reference.finite_ranges(layers)
+    steps = (maxs - mins) / (2**nbits - 1)
+    tolerances = steps / 2
+    planes, bits, counts = encode(layers, mins, steps, tolerances, nbits, block_rows)
+
+    levels, exceptions = reference.quantize(layers, mins, steps, tolerances, nbits)
+    codes = reference.lorenzo_codes(levels, exceptions, nbits)
+    assert_array_equal(planes, reference.byte_planes(codes, nbits))
+    assert_array_equal(np.unpackbits(bits, count=layers.size, bitorder="little"),
+                       exceptions.reshape(-1))  # fmt: skip
+    assert_array_equal(counts, exceptions.sum(axis=(1, 2)))
+    assert codes.max(initial=0) < 2**nbits
+
+
+@pytest.mark.parametrize("nbits", [1, 8, 9, 16, 17, 24])
+@pytest.mark.parametrize("block_rows", [1, 3, 1000])
+def test_decode_rows_inverts_reference_codes(nbits, block_rows):
+    rng = np.random.default_rng(7)
+    shape = (3, 11, 17)
+    codes = rng.integers(0, 2**nbits, shape)
+    offsets = rng.standard_normal(3) * 100
+    steps = rng.random(3)
+    want = reference.dequantize(reference.lorenzo_decode(codes, nbits), offsets, steps)
+    got = decode(reference.byte_planes(codes, nbits), shape, offsets, steps, nbits, block_rows)
+    assert_array_equal(got, want)
+
+
+def test_lorenzo_reference_round_trip():
+    # The reference's own consistency: residuals of random levels decode to the levels.
+    rng = np.random.default_rng(3)
+    for nbits in (1, 8, 24):
+        levels = rng.integers(0, 2**nbits, (2, 6, 5))
+        codes = reference.lorenzo_codes(levels, np.zeros(levels.shape, bool), nbits)
+        assert_array_equal(reference.lorenzo_decode(codes, nbits), levels)
+
+
+def test_exception_scatter_and_gather():
+    flat = np.arange(20, dtype=np.float32)
+    bits = np.packbits(np.isin(np.arange(24), [0, 7, 8, 19]), bitorder="little")
+    values = _kernels.gather_exceptions(flat, bits, 4)
+    assert_array_equal(values, [0, 7, 8, 19])
+    target = np.zeros(20, np.float32)
+    assert _kernels.scatter_exceptions(target, bits, values) == 4
+    assert_array_equal(target[[0, 7, 8, 19]], values)
+    # A bit past the end, or a count that does not match, is refused without writing.
+    past = np.packbits(np.isin(np.arange(24), [21]), bitorder="little")
+    assert _kernels.scatter_exceptions(target, past, np.ones(1, np.float32)) == -1
+    assert _kernels.scatter_exceptions(target, bits, values[:3]) == -1
