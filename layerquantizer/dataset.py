@@ -1242,34 +1242,38 @@ _BOUND_SLACK = 1e-12
 def _layer_stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per 2-D layer (last two axes) of one block: finite min/max of ``a``, max error,
     max of error minus one ulp of ``a``, sum of squared errors, count of finite pairs and
-    count of non-finite values that differ; shape ``(..., 1, 1, 7)``, float64."""
+    count of non-finite values that differ; shape ``(..., 1, 1, 7)``, float64.
+
+    Layer by layer, so that the float64 temporaries stay the size of one layer.
+    """
+    lead = a.shape[:-2]
+    layers_a = a.reshape(-1, *a.shape[-2:])
+    layers_b = b.reshape(layers_a.shape)
+    stats = np.empty((layers_a.shape[0], 7))
     with np.errstate(invalid="ignore", over="ignore"):
-        if a.dtype == np.float32:
-            ulp = np.spacing(np.abs(a)).astype(np.float64)
-        elif a.dtype.kind == "f":
-            ulp = np.spacing(np.abs(a.astype(np.float64)))
-        else:
-            ulp = np.zeros(a.shape)
-        a64 = a.astype(np.float64)
-        b64 = b.astype(np.float64)
-        finite_a = np.isfinite(a64)
-        both = finite_a & np.isfinite(b64)
-        diff = np.where(both, np.abs(a64 - b64), 0.0)
-        same_nonfinite = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
-        axes = (-2, -1)
-        stats = np.stack(
-            [
-                np.where(finite_a, a64, np.inf).min(axis=axes),
-                np.where(finite_a, a64, -np.inf).max(axis=axes),
-                diff.max(axis=axes),
-                np.where(both, diff - ulp, -np.inf).max(axis=axes),
-                np.square(diff).sum(axis=axes),
-                both.sum(axis=axes).astype(np.float64),
-                (~both & ~same_nonfinite).sum(axis=axes).astype(np.float64),
-            ],
-            axis=-1,
-        )
-    return stats[..., None, None, :]
+        for index, (layer_a, layer_b) in enumerate(zip(layers_a, layers_b, strict=True)):
+            if layer_a.dtype == np.float32:
+                ulp = np.spacing(np.abs(layer_a)).astype(np.float64)
+            elif layer_a.dtype.kind == "f":
+                ulp = np.spacing(np.abs(layer_a.astype(np.float64)))
+            else:
+                ulp = 0.0
+            a64 = layer_a.astype(np.float64)
+            b64 = layer_b.astype(np.float64)
+            finite_a = np.isfinite(a64)
+            both = finite_a & np.isfinite(b64)
+            diff = np.where(both, np.abs(a64 - b64), 0.0)
+            same_nonfinite = (a64 == b64) | (np.isnan(a64) & np.isnan(b64))
+            stats[index] = (
+                np.where(finite_a, a64, np.inf).min(initial=np.inf),
+                np.where(finite_a, a64, -np.inf).max(initial=-np.inf),
+                diff.max(initial=0.0),
+                np.where(both, diff - ulp, -np.inf).max(initial=-np.inf),
+                np.square(diff).sum(),
+                both.sum(),
+                (~both & ~same_nonfinite).sum(),
+            )
+    return stats.reshape(*lead, 1, 1, 7)
 
 
 @dataclasses.dataclass
