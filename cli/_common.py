@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -27,9 +28,12 @@ WorkersOption = Annotated[
 
 
 def stdout_console() -> Console:
-    """Console for results; wide when not a terminal so tables never wrap in a pipe."""
+    """Console for results; when not a terminal, COLUMNS wide or else wide enough that
+    tables do not wrap in a pipe or a log."""
     console = Console(highlight=False)
-    return console if console.is_terminal else Console(highlight=False, width=200)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(highlight=False, width=200)
 
 
 def stderr_console() -> Console:
@@ -105,7 +109,11 @@ def error_text(value: float | None) -> str:
 
 def settings_text(codec: str, settings: dict, bound: float | None) -> str:
     """``nbits=16 level=1 (fs bound 7.6e-06)`` or the lossless codec's settings."""
-    text = " ".join(f"{k}={v}" for k, v in settings.items() if not isinstance(v, dict | list))
+    text = " ".join(
+        f"{k}={v}"
+        for k, v in settings.items()
+        if not isinstance(v, dict | list) and not (k == "blocksize" and v == 0)  # Blosc's auto
+    )
     if bound:
         text += f" (fs bound {bound:.2g})"
     return text or "-"

@@ -147,7 +147,7 @@ def compress(
     store = report.store
     console.print(
         store_table(store, title=f"{dst} (zarr v{store.zarr_format}; * = quantized)",
-                    quantized=set(report.quantized))
+                    quantized=set(report.quantized), compact=True)
     )  # fmt: skip
     notes = []
     if report.skipped:

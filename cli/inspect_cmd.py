@@ -31,4 +31,13 @@ def inspect(
     if json_output:
         print_json(report.to_dict())
         return
-    stdout_console().print(store_table(report, title=f"{store} (zarr v{report.zarr_format})"))
+    console = stdout_console()
+    title = f"{store} (zarr v{report.zarr_format})"
+    table = store_table(report, title=title)
+    unlimited = console.options.update_width(100_000)
+    if console.measure(table, options=unlimited).maximum > console.width:
+        # Too narrow for every column: rich would squeeze the settings to nothing.
+        table = store_table(report, title=title, compact=True)
+        table.caption = "shape, chunks, dtype and objects: widen the terminal or use --json"
+        table.caption_justify = "left"
+    console.print(table)

@@ -2,40 +2,69 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from cli._common import error_text, human_bytes, ratio_text, settings_text
 
 
-def store_table(report, title: str | None = None, quantized: set[str] | None = None) -> Table:
-    """Per variable: dims, chunks, codec and settings, logical and stored size, ratio."""
-    table = Table(title=title, title_justify="left")
-    for column, justify in (
-        ("variable", "left"), ("dims", "left"), ("chunks", "left"), ("dtype", "left"),
-        ("codec", "left"), ("settings", "left"), ("logical", "right"), ("stored", "right"),
-        ("ratio", "right"), ("objects", "right"),
-    ):  # fmt: skip
-        table.add_column(column, justify=justify, no_wrap=column in ("variable", "codec"))
-    for name, array in report.variables.items():
-        marker = "*" if quantized and name in quantized else ""
-        table.add_row(
-            name + marker,
-            ",".join(array.dims),
-            ",".join(map(str, array.chunks)),
-            array.dtype,
-            array.codec,
-            settings_text(array.codec, array.settings, array.error_bound),
-            human_bytes(array.logical_bytes),
-            human_bytes(array.stored_bytes),
-            ratio_text(array.ratio),
-            str(array.objects),
+def store_table(
+    report, title: str | None = None, quantized: set[str] | None = None, compact: bool = False
+) -> Table:
+    """Per variable: shape, chunks, dtype, codec and settings, logical and stored size, ratio,
+    objects, with the dims in the caption; ``compact`` keeps only the name, codec, settings,
+    sizes and ratio."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    columns = ["variable", "shape", "chunks", "dtype", "codec", "settings", "logical", "stored",
+               "ratio", "objects"]  # fmt: skip
+    if compact:
+        columns = [c for c in columns if c not in ("shape", "chunks", "dtype", "objects")]
+    for column in columns:
+        justify = "right" if column in ("logical", "stored", "ratio", "objects") else "left"
+        # On a narrow terminal the settings wrap; names and numbers stay whole.
+        wraps = column == "settings"
+        table.add_column(
+            column, justify=justify, no_wrap=not wraps, min_width=16 if wraps else None
         )
+
+    def row(cells: dict[str, str]) -> None:
+        table.add_row(*(cells.get(column, "") for column in columns))
+
+    for name, array in report.variables.items():
+        row(
+            {
+                "variable": name + ("*" if quantized and name in quantized else ""),
+                "dtype": array.dtype,
+                "shape": "×".join(map(str, array.shape)),
+                "chunks": "×".join(map(str, array.chunks)),
+                "codec": array.codec,
+                "settings": settings_text(array.codec, array.settings, array.error_bound),
+                "logical": human_bytes(array.logical_bytes),
+                "stored": human_bytes(array.stored_bytes),
+                "ratio": ratio_text(array.ratio),
+                "objects": str(array.objects),
+            }
+        )
+    if not compact:
+        groups: dict[tuple[str, ...], int] = {}
+        for array in report.variables.values():
+            groups[array.dims] = groups.get(array.dims, 0) + 1
+        table.caption = "dims: " + "; ".join(
+            f"({', '.join(dims)}) for {count} variable{'s' if count > 1 else ''}"
+            for dims, count in groups.items()
+        )
+        table.caption_justify = "left"
     table.add_section()
-    table.add_row(
-        "total", "", "", "", "", f"{len(report.variables)} variables + coordinates",
-        human_bytes(report.logical_bytes), human_bytes(report.stored_bytes),
-        ratio_text(report.total_ratio), str(report.objects),
-    )  # fmt: skip
+    row(
+        {
+            "variable": "total",
+            "settings": f"{len(report.variables)} variables + coordinates",
+            "logical": human_bytes(report.logical_bytes),
+            "stored": human_bytes(report.stored_bytes),
+            "ratio": ratio_text(report.total_ratio),
+            "objects": str(report.objects),
+        }
+    )
     return table
 
 

@@ -37,7 +37,7 @@ def test_inspect_table_of_a_compressed_store(sample_v2, tmp_path):
     assert runner.invoke(app, ["compress", sample_v2, dst, "--vars", "temperature"]).exit_code == 0
     result = runner.invoke(app, ["inspect", dst])
     assert result.exit_code == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if "│ temperature " in line)
+    line = next(line for line in result.stdout.splitlines() if line.startswith("  temperature "))
     assert "layerquantizer1" in line and "nbits=16" in line and "(fs bound 7.6e-06)" in line
 
 
