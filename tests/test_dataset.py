@@ -542,3 +542,15 @@ def test_inspect_zarr3(sample_store):
     entry = report.variables["temperature"]
     assert entry.dtype == "float32" and entry.codec != "layerquantizer1"
     assert entry.error_bound == 0.0
+
+
+def test_importing_the_package_imports_neither_xarray_nor_dask():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, layerquantizer, layerquantizer.config, layerquantizer.synthetic; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('xarray', 'dask')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
