@@ -102,10 +102,10 @@ def speed_table(fields: dict[str, np.ndarray], nbits: int, repeats: int) -> None
         for _ in range(repeats):  # interleaved, so drifting load hits every codec alike
             for label, codec in chosen.items():
                 times = best[label]
-                times[0] = min(times[0], timed(lambda c=codec: c.encode(field)))
+                times[0] = min(times[0], timed(lambda c=codec, f=field: c.encode(f)))
                 times[1] = min(times[1], timed(lambda c=codec, e=encoded[label]: c.decode(e)))
                 times[2] = min(
-                    times[2], timed(lambda c=codec, e=encoded[label]: c.decode(e, out=out))
+                    times[2], timed(lambda c=codec, e=encoded[label], o=out: c.decode(e, out=o))
                 )
         size = field.nbytes / MIB
         reference = [size / t for t in best["blosc-lz4"]]
