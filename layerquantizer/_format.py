@@ -319,8 +319,14 @@ def parse(buf: memoryview) -> Chunk:
     )
     residual_size = reader.u64("residual section size")
     residuals = reader.take(residual_size, "residual section")
-    if header.size and not residual_size:
-        raise CorruptChunkError(f"shape {shape} has values but the residual section is empty")
+    # Checked before anything is allocated for the shape the header declares.
+    expected = header.size * header.plane_count
+    limit = residual_size if coder == CODER_NONE else _MAX_EXPANSION * residual_size
+    if expected > limit or (coder == CODER_NONE and expected != residual_size):
+        raise CorruptChunkError(
+            f"shape {shape} needs {expected} residual bytes; a residual section of "
+            f"{residual_size} bytes cannot hold them"
+        )
     count, bitmap, values = 0, None, None
     if flags & FLAG_EXCEPTIONS:
         count = reader.u64("exception count")

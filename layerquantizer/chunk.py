@@ -66,12 +66,12 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
     nlayers, ny, nx = layers.shape
     mins, maxs, _ = _kernels.finite_ranges(layers.reshape(nlayers, ny * nx).view(np.int32))
     plain_steps = (maxs - mins) / ((1 << nbits) - 1)
-    offsets, steps = mins.copy(), plain_steps.copy()
-    for index in range(len(layers)):
-        grid = _grid.coarse_grid(layers[index], mins[index], maxs[index], steps[index])
-        if grid is not None:
-            offsets[index], steps[index] = grid
-    snapped = steps != plain_steps
+    grid_offsets, grids = _grid.coarse_grids(
+        layers.reshape(nlayers, ny * nx), mins, maxs, plain_steps
+    )
+    snapped = ~np.isnan(grids)
+    offsets = np.where(snapped, grid_offsets, mins)
+    steps = np.where(snapped, grids, plain_steps)
     while True:
         residuals, bitmap, counts = _encode_residuals(
             layers, offsets, steps, plain_steps / 2.0, nbits, coder, level

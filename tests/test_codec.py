@@ -116,9 +116,22 @@ def test_full_scale_error_is_at_most_half_a_step(nbits):
 
 
 @pytest.mark.parametrize(
-    "shape", [(), (1,), (17,), (1, 1), (1, 40), (40, 1), (3, 4, 5), (2, 1, 3, 4, 5), (0, 4, 5),
-              (3, 0, 5), (3, 4, 0), (0,)],
-)  # fmt: skip
+    "shape",
+    [
+        (),
+        (1,),
+        (17,),
+        (1, 1),
+        (1, 40),
+        (40, 1),
+        (3, 4, 5),
+        (2, 1, 3, 4, 5),
+        (0, 4, 5),
+        (3, 0, 5),
+        (3, 4, 0),
+        (0,),
+    ],
+)
 def test_shapes(shape):
     rng = np.random.default_rng(0)
     data = rng.standard_normal(shape).astype(np.float32)
@@ -166,8 +179,9 @@ def test_packed_data_on_a_coarse_grid_comes_back_exactly():
     codec = LayerQuantizer(nbits=16)
     encoded = codec.encode(data)
     assert_array_equal(codec.decode(encoded), data)
-    assert len(encoded) < len(LayerQuantizer(nbits=16).encode(data + np.float32(1e-3) * (
-        rng.random(data.shape) > 0.5)))  # fmt: skip
+    assert len(encoded) < len(
+        LayerQuantizer(nbits=16).encode(data + np.float32(1e-3) * (rng.random(data.shape) > 0.5))
+    )
 
 
 def test_grid_that_fails_outside_the_sample_falls_back():
@@ -195,8 +209,13 @@ def test_decode_accepts_any_buffer_and_out():
     codec = LayerQuantizer(nbits=10)
     encoded = codec.encode(data)
     expected = codec.decode(encoded)
-    for buf in (encoded, bytearray(encoded), np.frombuffer(encoded, np.uint8),
-                memoryview(encoded), array.array("b", encoded)):  # fmt: skip
+    for buf in (
+        encoded,
+        bytearray(encoded),
+        np.frombuffer(encoded, np.uint8),
+        memoryview(encoded),
+        array.array("b", encoded),
+    ):
         assert_array_equal(codec.decode(buf), expected)
     out = np.empty_like(data)
     assert codec.decode(encoded, out=out) is out
@@ -230,9 +249,14 @@ def test_bytes_input_to_encode_is_refused():
 
 @pytest.mark.parametrize(
     ("nbits", "error", "match"),
-    [(0, ValueError, "between 1 and 24, got 0"), (25, ValueError, "got 25"),
-     (16.0, TypeError, "got float"), (True, TypeError, "got bool"), ("16", TypeError, "str")],
-)  # fmt: skip
+    [
+        (0, ValueError, "between 1 and 24, got 0"),
+        (25, ValueError, "got 25"),
+        (16.0, TypeError, "got float"),
+        (True, TypeError, "got bool"),
+        ("16", TypeError, "str"),
+    ],
+)
 def test_nbits_is_validated(nbits, error, match):
     with pytest.raises(error, match=match):
         LayerQuantizer(nbits=nbits)

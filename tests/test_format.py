@@ -1,0 +1,193 @@
+"""The layerquantizer1 byte format: what the header says, and what a damaged chunk does.
+
+Every damaged or foreign input must raise a ValueError (CorruptChunkError) naming what is
+wrong: never a crash, a hang, a huge allocation or a silently wrong array.
+"""
+
+import struct
+
+import crc32c
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layerquantizer import CorruptChunkError, LayerQuantizer
+from layerquantizer._format import MAGIC
+
+CODEC = LayerQuantizer(nbits=12)
+
+
+def sample_chunk(with_exceptions=True):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2, 5, 7)).astype(np.float32).cumsum(axis=2)
+    if with_exceptions:
+        data[0, 1, 2] = np.nan
+        data[1, 4, 6] = np.inf
+    return CODEC.encode(data)
+
+
+def reseal(body: bytes) -> bytes:
+    """Give a modified chunk a valid checksum again, as a crafted chunk would have."""
+    return body + struct.pack("<I", crc32c.crc32c(body))
+
+
+def patched(chunk: bytes, offset: int, fmt: str, value) -> bytes:
+    body = bytearray(chunk[:-4])
+    struct.pack_into(fmt, body, offset, value)
+    return reseal(bytes(body))
+
+
+def test_header_layout():
+    chunk = sample_chunk()
+    magic, version, flags, dtype, nbits, coder, ndim, reserved, block_rows = struct.unpack_from(
+        "<4sBBBBBBHI", chunk
+    )
+    assert (magic, version, dtype, nbits, coder, ndim, reserved) == (MAGIC, 1, 1, 12, 1, 3, 0)
+    assert flags == 1  # exceptions present
+    assert block_rows >= 1
+    assert struct.unpack_from("<3Q", chunk, 16) == (2, 5, 7)
+    offsets_steps = np.frombuffer(chunk, "<f8", 4, 16 + 24).reshape(2, 2)
+    assert (offsets_steps[:, 1] > 0).all()
+    assert struct.unpack("<I", chunk[-4:])[0] == crc32c.crc32c(chunk[:-4])
+
+
+@pytest.mark.parametrize(
+    ("chunk", "match"),
+    [
+        (b"", "shorter than any chunk"),
+        (b"\x89LQZ", "shorter than any chunk"),
+        (b"PK\x03\x04" + bytes(40), "not a layerquantizer1 chunk: magic"),
+        (MAGIC + b"\x02" + bytes(40), "format version 2"),
+    ],
+)
+def test_foreign_bytes(chunk, match):
+    with pytest.raises(CorruptChunkError, match=match):
+        CODEC.decode(chunk)
+
+
+@pytest.mark.parametrize(
+    ("offset", "fmt", "value", "match"),
+    [
+        (5, "<B", 0x80, "unknown flags"),
+        (6, "<B", 2, "unknown dtype code 2"),
+        (7, "<B", 0, "nbits 0 out of range"),
+        (7, "<B", 25, "nbits 25 out of range"),
+        (8, "<B", 9, "unknown entropy coder 9"),
+        (9, "<B", 33, "ndim 33 exceeds 32"),
+        (10, "<H", 1, "reserved field"),
+        (12, "<I", 0, "rows per block is 0"),
+        (16, "<Q", 2**60, "extent over"),
+        (16, "<Q", 3, "truncated chunk|residual section"),
+        (24, "<Q", 6, "truncated chunk|residual section|exception"),
+        (40, "<d", float("nan"), "non-finite offset"),
+        (48, "<d", -1.0, "negative step"),
+    ],
+)
+def test_crafted_headers_are_refused_by_field(offset, fmt, value, match):
+    # The checksum is valid: the decoder must still check every field itself.
+    with pytest.raises(CorruptChunkError, match=match):
+        CODEC.decode(patched(sample_chunk(), offset, fmt, value))
+
+
+def test_flag_without_exception_section():
+    chunk = sample_chunk(with_exceptions=False)
+    with pytest.raises(CorruptChunkError, match="exception"):
+        CODEC.decode(patched(chunk, 5, "<B", 1))
+
+
+def test_every_truncation_is_refused():
+    chunk = sample_chunk()
+    for length in range(len(chunk)):
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(chunk[:length])
+
+
+def test_every_bit_flip_is_detected():
+    chunk = sample_chunk()
+    for bit in range(len(chunk) * 8):
+        damaged = bytearray(chunk)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(bytes(damaged))
+
+
+def test_appended_bytes_are_refused():
+    with pytest.raises(CorruptChunkError):
+        CODEC.decode(sample_chunk() + b"\x00")
+
+
+def body_layout(chunk):
+    """Offsets of the residual section and of what follows it, for a 3-D chunk."""
+    nlayers = 2
+    table_end = 16 + 3 * 8 + 16 * nlayers
+    (residual_size,) = struct.unpack_from("<Q", chunk, table_end)
+    return table_end + 8, table_end + 8 + residual_size
+
+
+def test_crafted_sections_are_refused():
+    chunk = sample_chunk()
+    start, end = body_layout(chunk)
+    body = chunk[:-4]
+    # A residual section that is not zstd at all.
+    junk = body[:start] + bytes(end - start) + body[end:]
+    with pytest.raises(CorruptChunkError, match="residual section"):
+        CODEC.decode(reseal(junk))
+    # An exception count larger than the chunk.
+    too_many = bytearray(body)
+    struct.pack_into("<Q", too_many, end, 10**6)
+    with pytest.raises(CorruptChunkError, match="exception count"):
+        CODEC.decode(reseal(bytes(too_many)))
+    # An exception count that does not match the bitmap.
+    mismatch = bytearray(body)
+    struct.pack_into("<Q", mismatch, end, 1)
+    with pytest.raises(CorruptChunkError, match="exception"):
+        CODEC.decode(reseal(bytes(mismatch)))
+
+
+def test_residual_frame_declaring_another_size_is_refused():
+    import zstandard
+
+    chunk = sample_chunk(with_exceptions=False)
+    start, end = body_layout(chunk)
+    body = chunk[:-4]
+    for size in (69, 71, 140):  # the chunk holds 70 values of 2 bytes
+        frame = zstandard.ZstdCompressor(level=1).compress(bytes(size * 2))
+        crafted = body[: start - 8] + struct.pack("<Q", len(frame)) + frame + body[end:]
+        with pytest.raises(CorruptChunkError, match="zstd frame holds"):
+            CODEC.decode(reseal(crafted))
+
+
+def test_huge_declared_shape_does_not_allocate():
+    # A tiny chunk claiming 2**40 values must be refused before any allocation.
+    chunk = sample_chunk(with_exceptions=False)
+    crafted = patched(patched(chunk, 32, "<Q", 2**20), 24, "<Q", 2**20)
+    with pytest.raises(CorruptChunkError):
+        CODEC.decode(crafted)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_are_refused(data):
+    with pytest.raises(CorruptChunkError):
+        CODEC.decode(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+    st.booleans(),
+)
+def test_random_damage_with_a_resealed_checksum(damage, truncate):
+    # Damage that keeps the checksum valid reaches the field checks: the decoder must
+    # refuse it or decode it to a float32 array of the declared shape, never crash.
+    body = bytearray(sample_chunk()[:-4])
+    for position, value in damage:
+        body[position % len(body)] = value
+    if truncate:
+        body = body[: damage[0][0] % len(body)]
+    try:
+        out = CODEC.decode(reseal(bytes(body)))
+    except CorruptChunkError:
+        return
+    assert out.dtype == np.float32

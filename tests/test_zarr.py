@@ -1,0 +1,206 @@
+"""The codecs inside real Zarr v2 and v3 stores, read back through zarr and xarray,
+including by fresh processes that never import layerquantizer (entry points only)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from numpy.testing import assert_array_equal
+
+from layerquantizer import LayerQuantizer, max_abs_error
+from layerquantizer.zarr3 import LayerQuantizerCodec
+
+# Edge chunks stick out of the array (NaN fill is encoded); NaN and inf inside.
+SHAPE, CHUNKS = (3, 50, 70), (2, 32, 32)
+
+
+def sample(seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal(SHAPE).cumsum(axis=2).astype(np.float32) + 280
+    data[0, 3, 4] = np.nan
+    data[2, 49, 69] = -np.inf
+    return data
+
+
+def check_decoded(original, decoded, nbits):
+    """Within the bound of the chunk-layer a value sits in: the whole level's range bounds it."""
+    assert_array_equal(np.isnan(decoded), np.isnan(original))
+    finite = np.isfinite(original)
+    assert_array_equal(
+        decoded[~finite & ~np.isnan(original)], original[~finite & ~np.isnan(original)]
+    )
+    for level in range(original.shape[0]):
+        values = original[level][finite[level]].astype(np.float64)
+        bound = max_abs_error(values.min(), values.max(), nbits) + 6e-5
+        assert np.abs(decoded[level][finite[level]] - values).max() <= bound
+
+
+def run_fresh(code: str, *args: str) -> str:
+    """Run code in a new interpreter that must not import layerquantizer itself."""
+    guard = "import sys\nassert 'layerquantizer' not in sys.modules\n"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", guard + textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("nbits", [8, 16, 24])
+def test_zarr_v2_array(tmp_path, nbits):
+    data = sample()
+    z = zarr.create_array(
+        tmp_path / "a.zarr",
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype="float32",
+        compressors=LayerQuantizer(nbits=nbits),
+        fill_value=np.nan,
+        zarr_format=2,
+    )
+    z[:] = data
+    meta = json.loads((tmp_path / "a.zarr" / ".zarray").read_text())
+    assert meta["compressor"] == {"id": "layerquantizer1", "nbits": nbits, "level": 1}
+    check_decoded(data, zarr.open_array(tmp_path / "a.zarr")[:], nbits)
+
+
+def test_zarr_v2_fortran_order(tmp_path):
+    data = sample()
+    z = zarr.create_array(
+        tmp_path / "f.zarr",
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype="float32",
+        order="F",
+        compressors=LayerQuantizer(nbits=16),
+        fill_value=np.nan,
+        zarr_format=2,
+    )
+    z[:] = data
+    check_decoded(data, zarr.open_array(tmp_path / "f.zarr")[:], 16)
+
+
+@pytest.mark.parametrize("nbits", [8, 16, 24])
+def test_zarr_v3_array_written_and_read_by_fresh_processes(tmp_path, nbits):
+    path = str(tmp_path / "a.zarr")
+    np.save(tmp_path / "data.npy", sample())
+    run_fresh(
+        """
+        import numpy as np, zarr
+        path, nbits = sys.argv[1], int(sys.argv[2])
+        z = zarr.create_array(
+            path, shape=(3, 50, 70), chunks=(2, 32, 32), dtype="float32",
+            serializer={"name": "layerquantizer", "configuration": {"nbits": nbits}},
+            compressors=None, fill_value=float("nan"), zarr_format=3,
+        )
+        z[:] = np.load(sys.argv[3])
+        """,
+        path,
+        str(nbits),
+        str(tmp_path / "data.npy"),
+    )
+    meta = json.loads((tmp_path / "a.zarr" / "zarr.json").read_text())
+    assert meta["codecs"] == [
+        {"name": "layerquantizer", "configuration": {"nbits": nbits, "level": 1}}
+    ]
+    run_fresh(
+        """
+        import numpy as np, zarr
+        np.save(sys.argv[2], zarr.open_array(sys.argv[1])[:])
+        """,
+        path,
+        str(tmp_path / "out.npy"),
+    )
+    check_decoded(sample(), np.load(tmp_path / "out.npy"), nbits)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_xarray_round_trip_in_a_fresh_process(tmp_path, zarr_format):
+    data = sample()
+    ds = xr.Dataset(
+        {"temperature": (("level", "latitude", "longitude"), data)},
+        coords={"level": [500, 850, 1000]},
+        attrs={"title": "test"},
+    )
+    if zarr_format == 2:
+        encoding = {"compressors": [LayerQuantizer(nbits=16)], "chunks": CHUNKS}
+    else:
+        encoding = {
+            "serializer": LayerQuantizerCodec(nbits=16),
+            "compressors": None,
+            "chunks": CHUNKS,
+        }
+    store = tmp_path / "ds.zarr"
+    ds.to_zarr(
+        store, zarr_format=zarr_format, consolidated=False, encoding={"temperature": encoding}
+    )
+    back = xr.open_zarr(store, consolidated=False).load()
+    check_decoded(data, back.temperature.values, 16)
+    assert back.attrs == {"title": "test"}
+    assert_array_equal(back.level, [500, 850, 1000])
+
+    run_fresh(
+        """
+        import numpy as np, xarray as xr
+        ds = xr.open_zarr(sys.argv[1], consolidated=False)
+        np.save(sys.argv[2], ds.temperature.values)
+        """,
+        str(store),
+        str(tmp_path / "out.npy"),
+    )
+    assert_array_equal(np.load(tmp_path / "out.npy"), back.temperature.values)
+
+
+def test_v3_serializer_refuses_other_dtypes(tmp_path):
+    with pytest.raises(TypeError, match="encodes float32 arrays, got dtype float64"):
+        zarr.create_array(
+            tmp_path / "bad.zarr",
+            shape=(4, 4),
+            dtype="float64",
+            serializer=LayerQuantizerCodec(),
+            compressors=None,
+            zarr_format=3,
+        )
+
+
+def test_v3_codec_dict_round_trip():
+    codec = LayerQuantizerCodec(nbits=9, level=3)
+    assert codec.to_dict() == {"name": "layerquantizer", "configuration": {"nbits": 9, "level": 3}}
+    assert LayerQuantizerCodec.from_dict(codec.to_dict()) == codec
+    assert LayerQuantizerCodec.from_dict({"name": "layerquantizer"}) == LayerQuantizerCodec()
+    with pytest.raises(ValueError, match="between 1 and 24"):
+        LayerQuantizerCodec(nbits=30)
+
+
+def test_v2_and_v3_chunks_are_the_same_bytes(tmp_path):
+    # One core behind both codecs: a chunk written through either decodes with the other.
+    data = sample()[:2, :32, :32]
+    v2 = zarr.create_array(
+        tmp_path / "v2.zarr",
+        shape=data.shape,
+        chunks=data.shape,
+        dtype="float32",
+        compressors=LayerQuantizer(),
+        zarr_format=2,
+    )
+    v3 = zarr.create_array(
+        tmp_path / "v3.zarr",
+        shape=data.shape,
+        chunks=data.shape,
+        dtype="float32",
+        serializer=LayerQuantizerCodec(),
+        compressors=None,
+        zarr_format=3,
+    )
+    v2[:] = data
+    v3[:] = data
+    chunk_v2 = (tmp_path / "v2.zarr" / "0.0.0").read_bytes()
+    chunk_v3 = (tmp_path / "v3.zarr" / "c" / "0" / "0" / "0").read_bytes()
+    assert chunk_v2 == chunk_v3
