@@ -198,6 +198,10 @@ _EMULATOR_MAIN = (
 )
 
 
+#: The session's server processes by URL, for the per-test fixtures to check on.
+_RUNNING: dict[str, ServerProcess] = {}
+
+
 def _start_emulator(directory: Path, attempts: int = 3) -> tuple[ServerProcess, str]:
     for attempt in range(attempts):
         port = free_port()
@@ -235,7 +239,9 @@ def _start_emulator(directory: Path, attempts: int = 3) -> tuple[ServerProcess, 
 def gcs_emulator_server(tmp_path_factory) -> Iterator[str]:
     """URL of a session-wide ``gcp-storage-emulator`` with in-memory storage."""
     process, url = _start_emulator(tmp_path_factory.mktemp("gcs-emulator"))
+    _RUNNING[url] = process
     yield url
+    del _RUNNING[url]
     process.stop()
 
 
@@ -252,6 +258,9 @@ def gcs_emulator(gcs_emulator_server, monkeypatch) -> Iterator[str]:
     60 s for nothing. If gcsfs was imported before (by any test), the fixture points both
     names at the plain class for the test's duration instead.
     """
+    process = _RUNNING[gcs_emulator_server]
+    if process.popen.poll() is not None or not _emulator_answers(gcs_emulator_server):
+        raise process.failure("stopped answering during the session (an earlier test broke it?)")
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator_server)
     for name, value in EMULATOR_ENV.items():
         monkeypatch.setenv(name, value)

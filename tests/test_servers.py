@@ -84,6 +84,37 @@ def check_round_trip(back: xr.Dataset, expected: xr.Dataset, encoding: str) -> N
     assert not back.t2m.equals(expected.t2m), "a 16-bit codec cannot be lossless on noise"
 
 
+def test_a_server_that_exits_at_startup_fails_with_its_log(tmp_path):
+    from servers import ServerProcess, ServerStartupError, wait_for
+
+    crashing = ServerProcess.start(
+        "crashing server",
+        [sys.executable, "-c", "import sys; sys.exit('cannot bind 127.0.0.1:1: Address in use')"],
+        tmp_path / "crashing.log",
+    )
+    with pytest.raises(ServerStartupError) as caught:
+        wait_for(lambda: None, [crashing], "it answers")
+    message = str(caught.value)
+    assert message.startswith("crashing server exited with code 1 before it answers; command:")
+    assert "cannot bind 127.0.0.1:1: Address in use" in message
+
+
+def test_a_server_that_never_answers_times_out_with_its_log(tmp_path):
+    from servers import ServerProcess, ServerStartupError, wait_for
+
+    silent = ServerProcess.start(
+        "silent server",
+        [sys.executable, "-c", "import time; print('listening', flush=True); time.sleep(60)"],
+        tmp_path / "silent.log",
+    )
+    try:
+        with pytest.raises(ServerStartupError, match=r"(?s)timed out after 0 s.*listening"):
+            wait_for(lambda: None, [silent], "it answers", timeout=0.3)
+    finally:
+        silent.stop()
+    assert silent.popen.returncode is not None
+
+
 def test_emulator_environment_reaches_subprocesses(gcs_emulator):
     assert gcs_emulator.startswith("http://127.0.0.1:")
     assert os.environ["STORAGE_EMULATOR_HOST"] == gcs_emulator
