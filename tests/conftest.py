@@ -23,6 +23,14 @@ import pytest
 # tests/reference.py is imported as a plain module by the kernel tests.
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Real servers on loopback (a GCS emulator, a dask cluster): see tests/servers.py.
+from servers import (  # noqa: E402, F401
+    dask_cluster,
+    gcs_bucket,
+    gcs_emulator,
+    gcs_emulator_server,
+)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
