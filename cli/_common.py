@@ -22,9 +22,31 @@ JsonOption = Annotated[
 WorkersOption = Annotated[
     int | None,
     typer.Option(
-        "--workers", min=1, help="Parallel workers (default: one per core).", show_default=False
+        "--workers", min=1, help="Parallel threads (default: one per core).", show_default=False
     ),
 ]
+GcsTokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--gcs-token",
+        metavar="FILE|anon|google_default|cloud",
+        help="Google Cloud Storage credentials for gs:// stores: a service-account JSON file, "
+        "'anon', 'google_default' (GOOGLE_APPLICATION_CREDENTIALS, gcloud auth "
+        "application-default login) or 'cloud' (the VM's metadata server). Default: public "
+        "gs:// sources are read anonymously, destinations written with 'google_default'.",
+        show_default=False,
+    ),
+]
+
+
+def quiet_libraries(debug: bool) -> None:
+    """gcsfs logs a full traceback at ERROR level for every refused request, and
+    distributed logs its cluster's chatter; the one-line error says what matters."""
+    import logging
+
+    if not debug:
+        for name in ("gcsfs", "distributed", "fsspec"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def stdout_console() -> Console:
@@ -57,7 +79,9 @@ def handle_errors(debug: bool) -> Iterator[None]:
     """
     from layerquantizer.config import ConfigError
     from layerquantizer.dataset import DatasetError, RequestError
+    from layerquantizer.storage import StoreError
 
+    quiet_libraries(debug)
     try:
         yield
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
@@ -68,7 +92,7 @@ def handle_errors(debug: bool) -> Iterator[None]:
         if isinstance(exc, RequestError | ConfigError):
             print_error(str(exc))
             raise typer.Exit(code=2) from None
-        if isinstance(exc, DatasetError):
+        if isinstance(exc, DatasetError | StoreError):
             print_error(str(exc))
         else:
             first = (str(exc).strip().splitlines() or [""])[0]

@@ -1,9 +1,13 @@
 """``lq compress``: copy a dataset, quantizing the chosen variables with LayerQuantizer.
 
-Example (public WeatherBench2 ERA5, read anonymously)::
+Example (public WeatherBench2 ERA5, read anonymously, written to your bucket)::
 
     SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
-    lq compress $SRC era5-lq.zarr --config configs/era5.yaml --time 2020-01-01:2020-01-31
+    lq compress $SRC gs://my-bucket/era5-lq.zarr --config configs/era5.yaml \
+        --time 2020-01-01:2020-01-31 --gcs-token ~/keys/writer.json
+    # killed or interrupted? the same command with --resume finishes it:
+    lq compress $SRC gs://my-bucket/era5-lq.zarr --config configs/era5.yaml \
+        --time 2020-01-01:2020-01-31 --gcs-token ~/keys/writer.json --resume
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from rich.text import Text
 
 from cli._common import (
     DebugOption,
+    GcsTokenOption,
     JsonOption,
-    WorkersOption,
     handle_errors,
     human_bytes,
     print_json,
@@ -74,7 +78,7 @@ def compress(
     src: Annotated[
         str, typer.Argument(help="Source store: a path or URL (gs://, file://, memory://).")
     ],
-    dst: Annotated[str, typer.Argument(help="Destination store: a path or URL; must not exist.")],
+    dst: Annotated[str, typer.Argument(help="Destination store: a path or URL.")],
     vars: Annotated[
         str | None,
         typer.Option(
@@ -86,7 +90,7 @@ def compress(
     ] = None,
     nbits: Annotated[
         int | None,
-        typer.Option("--nbits", help="Bits per value for every quantized variable [default: 16]."),
+        typer.Option("--nbits", help="Bits per value for every quantized variable (default 16)."),
     ] = None,
     time: Annotated[
         str | None, typer.Option("--time", metavar="START:END", help="Time range, inclusive.")
@@ -99,30 +103,69 @@ def compress(
         typer.Option(
             "--chunks",
             metavar="DIM=N,...",
-            help="Output chunks (-1: whole dim) [default: time=1, every other dim whole].",
+            help="Output chunks (-1: whole dim); default time=1, every other dim whole.",
         ),
     ] = None,
     zarr_format: Annotated[
-        int | None, typer.Option("--zarr-format", metavar="2|3", help="Zarr format [default: 2].")
+        int | None, typer.Option("--zarr-format", metavar="2|3", help="Zarr format (default 2).")
     ] = None,
-    workers: WorkersOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            metavar="N",
+            help="Start a local dask cluster of N single-threaded worker processes. "
+            "Default: one thread per core in this process (measured faster on one machine).",
+            show_default=False,
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="tcp://HOST:PORT",
+            help="Send the work to the workers of a running dask scheduler (`dask scheduler`, "
+            "dask-jobqueue, dask-kubernetes); they need layerquantizer installed and access "
+            "to SRC and DST.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing DST.")
     ] = False,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Complete an interrupted run (not available yet).")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Finish an interrupted run into DST with the same options: only the chunks "
+            "not yet complete are written. A finished DST is left as it is.",
+        ),
     ] = False,
+    gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Copy SRC to DST, quantizing the chosen variables; every other variable is copied
-    losslessly, coordinates and attributes are kept. Prints a report of sizes and ratios."""
+    losslessly, coordinates and attributes are kept. Prints a report of sizes and ratios.
+
+    SRC and DST are paths or gs:// URLs. Without --overwrite or --resume an existing DST is
+    refused. Examples:
+
+    \b
+      lq compress sample.zarr out.zarr --vars temperature,geopotential
+      SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
+      lq compress $SRC gs://my-bucket/era5.zarr --config configs/era5.yaml \\
+          --time 2020-01-01:2020-12-31 --gcs-token key.json --scheduler tcp://10.0.0.5:8786
+      lq compress $SRC gs://my-bucket/era5.zarr ... --resume   # after an interruption
+    """
+    from layerquantizer._unit import keep_large_allocations
+
+    keep_large_allocations()  # first, before any library starts a thread (see its docstring)
     with handle_errors(debug):
         from layerquantizer import dataset
         from layerquantizer.config import load_config
 
-        if overwrite and resume:
-            raise dataset.RequestError("--overwrite and --resume exclude each other")
         cfg = load_config(config) if config is not None else None
         with progress_reporter(enabled=True) as progress:
             report = dataset.compress(
@@ -138,6 +181,8 @@ def compress(
                 overwrite=overwrite,
                 resume=resume,
                 workers=workers,
+                scheduler=scheduler,
+                token=gcs_token,
                 progress=progress,
             )
     if json_output:
@@ -154,10 +199,19 @@ def compress(
         notes.append(f"not in the source, skipped: {', '.join(report.skipped)}")
     if report.dropped:
         notes.append(f"dropped: {', '.join(report.dropped)}")
+    if report.already_complete:
+        notes.append(f"{dst} was already complete: nothing written")
+    elif report.units_resumed:
+        notes.append(
+            f"resumed: {report.units_resumed} write units were complete, "
+            f"{report.units_written} written now"
+        )
     for note in notes:
         console.print(note)
+    if report.already_complete:
+        return
     console.print(
         f"wrote {human_bytes(report.bytes_written)} of data as {human_bytes(store.stored_bytes)} "
         f"({ratio_text(store.total_ratio)}) in {report.seconds:.1f} s, "
-        f"{report.mib_per_s:.1f} MiB/s"
+        f"{report.mib_per_s:.1f} MiB/s on {report.runner}"
     )

@@ -13,12 +13,20 @@ from typing import Annotated
 
 import typer
 
-from cli._common import DebugOption, JsonOption, handle_errors, print_json, stdout_console
+from cli._common import (
+    DebugOption,
+    GcsTokenOption,
+    JsonOption,
+    handle_errors,
+    print_json,
+    stdout_console,
+)
 from cli.render import store_table
 
 
 def inspect(
     store: Annotated[str, typer.Argument(help="A Zarr store: a path or URL.")],
+    gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -27,7 +35,7 @@ def inspect(
     with handle_errors(debug):
         from layerquantizer import dataset
 
-        report = dataset.inspect(store)
+        report = dataset.inspect(store, token=gcs_token)
     if json_output:
         print_json(report.to_dict())
         return

@@ -16,7 +16,14 @@ from typing import Annotated
 
 import typer
 
-from cli._common import DebugOption, WorkersOption, handle_errors, human_bytes, stdout_console
+from cli._common import (
+    DebugOption,
+    GcsTokenOption,
+    WorkersOption,
+    handle_errors,
+    human_bytes,
+    stdout_console,
+)
 
 
 def parse_grid(text: str) -> tuple[int, int]:
@@ -53,6 +60,7 @@ def sample(
         bool, typer.Option("--overwrite", help="Replace an existing DST.")
     ] = False,
     workers: WorkersOption = None,
+    gcs_token: GcsTokenOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Write a synthetic ERA5-like dataset (smooth large-scale structure plus small-scale
@@ -69,6 +77,7 @@ def sample(
             seed=seed,
             overwrite=overwrite,
             workers=workers,
+            token=gcs_token,
         )
     sizes = ", ".join(f"{dim}={size}" for dim, size in ds.sizes.items())
     stdout_console().print(

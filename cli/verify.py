@@ -15,6 +15,7 @@ import typer
 
 from cli._common import (
     DebugOption,
+    GcsTokenOption,
     JsonOption,
     WorkersOption,
     handle_errors,
@@ -33,6 +34,7 @@ def verify(
         typer.Option("--vars", help="Variables to check, comma-separated [default: all shared]."),
     ] = None,
     workers: WorkersOption = None,
+    gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -47,6 +49,7 @@ def verify(
             dst,
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
+            token=gcs_token,
         )
     if json_output:
         print_json(report.to_dict())

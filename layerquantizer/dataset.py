@@ -35,6 +35,7 @@ import itertools
 import math
 import os
 import time as _time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -54,11 +55,13 @@ __all__ = [
     "LevelStats",
     "Plan",
     "RequestError",
+    "ResumeMismatchError",
     "SourceError",
     "StoreReport",
     "ArrayReport",
     "VariableCheck",
     "VerifyReport",
+    "WriteResult",
     "compress",
     "full_scale_bound",
     "inspect",
@@ -120,6 +123,10 @@ class DestinationExistsError(DatasetError, FileExistsError):
 
 class ChunkWriteError(DatasetError):
     """Writing one chunk failed; the message names the variable and the chunk."""
+
+
+class ResumeMismatchError(RequestError):
+    """``--resume`` asked for a plan other than the one the destination was written with."""
 
 
 # --------------------------------------------------------------------------------------
@@ -246,43 +253,17 @@ def _local_path(location: str) -> str | None:
     return None if _is_url(location) else location
 
 
-def storage_options_for(location: str, storage_options: Mapping | None) -> dict | None:
-    """fsspec options for ``location``: public ``gs://`` buckets are read anonymously.
-
-    >>> storage_options_for("gs://bucket/x.zarr", None)
-    {'token': 'anon'}
-    """
-    if storage_options is not None:
-        return dict(storage_options)
-    if location.startswith(("gs://", "gcs://")):
-        return {"token": "anon"}
-    return None
-
-
-def open_store(location: str, *, read_only: bool, storage_options: Mapping | None = None):
-    """A zarr-python store for a path or fsspec URL."""
-    import zarr.storage
-
-    path = _local_path(location)
-    if path is not None:
-        return zarr.storage.LocalStore(os.path.abspath(path), read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(
-        location,
-        storage_options=storage_options_for(location, storage_options),
-        read_only=read_only,
-    )
-
-
-def _filesystem(location: str, storage_options: Mapping | None = None):
-    import fsspec.core
-
-    path = _local_path(location)
-    if path is not None:
-        return fsspec.filesystem("file"), os.path.abspath(path)
-    fs, root = fsspec.core.url_to_fs(
-        location, **(storage_options_for(location, storage_options) or {})
-    )
-    return fs, root.rstrip("/")
+def _token(token: Any, storage_options: Mapping | None, what: str = "storage_options") -> Any:
+    """The gcsfs credentials from ``token`` or, for older callers, ``{"token": ...}``."""
+    if token is not None or not storage_options:
+        return token
+    unknown = sorted(set(storage_options) - {"token"})
+    if unknown:
+        raise RequestError(
+            f"{what}: only 'token' is supported (got {', '.join(unknown)}); pass gcs "
+            "credentials as token=FILE, 'anon', 'google_default' or 'cloud'"
+        )
+    return storage_options.get("token")
 
 
 def _same_or_nested(a: str, b: str) -> bool:
@@ -300,19 +281,31 @@ def _quiet_consolidated():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=UserWarning)
         warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=RuntimeWarning)
+        # The progress folder of an unfinished run (resume.py) is no Zarr node, on purpose.
+        warnings.filterwarnings(
+            "ignore", message=r"Object at \.lq-progress is not recognized", category=UserWarning
+        )
         yield
 
 
 def open_dataset(
-    location: str, *, storage_options: Mapping | None = None, chunks: Any = None
+    location: str,
+    *,
+    token: Any = None,
+    storage_options: Mapping | None = None,
+    chunks: Any = None,
 ) -> xr.Dataset:
     """Open a Zarr store (v2 or v3, consolidated or not) lazily and read-only.
 
     Parameters
     ----------
     location : str
-        A path or fsspec URL; ``gs://`` is read anonymously unless ``storage_options``
-        say otherwise.
+        A path or URL (``file://``, ``memory://``, ``gs://``); ``gs://`` is read
+        anonymously unless ``token`` says otherwise.
+    token : optional
+        gcsfs credentials (see :func:`layerquantizer.storage.open_store`).
+    storage_options : mapping, optional
+        ``{"token": ...}``, the older spelling of ``token``.
     chunks : None or dict
         ``None`` for lazily indexed arrays without dask, ``{}`` for dask arrays with the
         store's chunks.
@@ -321,13 +314,31 @@ def open_dataset(
     ------
     SourceError
         If there is no readable Zarr dataset at ``location``.
+    layerquantizer.storage.StoreError
+        If the store's bucket is missing, access is denied or the endpoint does not answer.
     """
-    store = open_store(location, read_only=True, storage_options=storage_options)
+    from layerquantizer.storage import StoreError, StoreNotFound, open_store, store_errors
+
+    token = _token(token, storage_options)
     try:
-        with _quiet_consolidated():
-            return xr.open_zarr(store, consolidated=None, chunks=chunks, decode_timedelta=True)
+        store = open_store(location, "r", token=token)
+    except StoreNotFound as exc:
+        raise SourceError(f"cannot open {location} as a Zarr dataset: {exc.reason}") from exc
+    except StoreError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot open {location} as a Zarr dataset: {_one_line(exc)}") from exc
+    try:
+        with _quiet_consolidated(), store_errors(location):
+            ds = xr.open_zarr(store, consolidated=None, chunks=chunks, decode_timedelta=True)
+    except StoreError:
+        raise
     except Exception as exc:  # the zarr/fsspec/xarray error types differ by backend
         raise SourceError(f"cannot open {location} as a Zarr dataset: {_one_line(exc)}") from exc
+    # Where the workers of a write find the source again (see write_plan).
+    ds.encoding["lq_location"] = location
+    ds.encoding["lq_token"] = token
+    return ds
 
 
 def _one_line(exc: BaseException) -> str:
@@ -376,6 +387,13 @@ class Plan:
     source_chunk_ids : dict
         Variable -> dim -> the source chunk each position along ``dim`` comes from (only
         for variables whose source chunking is known); see :meth:`tasks`.
+    source_positions : dict
+        Dim -> the position in the source of each kept position along it.
+    raw_read : frozenset of str
+        Variables whose stored values need no CF decoding (no scale, offset or masked fill
+        value), so that workers may read them from Zarr directly.
+    location, token
+        Where the source is and its credentials, for workers to open it again.
     """
 
     source: xr.Dataset
@@ -388,6 +406,10 @@ class Plan:
     chunks: dict[str, int]
     zarr_format: int
     source_chunk_ids: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    source_positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    raw_read: frozenset[str] = frozenset()
+    location: str | None = None
+    token: Any = None
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         return tuple(self.chunks[dim] for dim in self.source[name].dims)
@@ -621,6 +643,8 @@ def plan_compress(
 
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
     copied = tuple(name for name in available if name not in quantized and name not in dropped)
+    raw_read = frozenset(name for name in (*quantized, *copied) if _reads_raw(ds[name]))
+    location, token = ds.encoding.get("lq_location"), ds.encoding.get("lq_token")
     source_chunk_ids = {}
     for name in (*quantized, *copied):
         source_chunks = ds[name].encoding.get("chunks")
@@ -687,22 +711,35 @@ def plan_compress(
         chunks=chosen,
         zarr_format=zarr_format,
         source_chunk_ids=source_chunk_ids,
+        source_positions=source_positions,
+        raw_read=raw_read,
+        location=location,
+        token=token,
     )
+
+
+def _reads_raw(var: xr.DataArray) -> bool:
+    """Whether the stored values of ``var`` are its values: xarray applied no CF decoding
+    (scale, offset, masking of a fill value other than NaN, time units)."""
+    encoding = var.encoding
+    stored = encoding.get("dtype")
+    if stored is None or np.dtype(stored) != var.dtype or var.dtype.kind not in "fiu":
+        return False
+    if any(key in encoding for key in ("scale_factor", "add_offset", "units", "calendar")):
+        return False
+    for key in ("_FillValue", "missing_value"):
+        fill = encoding.get(key)
+        if fill is not None and not (var.dtype.kind == "f" and np.isnan(fill)):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------
 # Writing
 
 
-@dataclasses.dataclass(frozen=True)
-class _ChunkDone:
-    variable: str
-    nbytes: int
-    chunks: int
-
-
 ProgressCallback = Callable[[int, int, int, int], None]
-"""``progress(chunks_done, chunks_total, bytes_done, bytes_total)``, called as chunks finish."""
+"""``progress(chunks_done, chunks_total, bytes_done, bytes_total)``, called as units finish."""
 
 
 def _describe_region(region: Mapping[str, slice], labels: Mapping[str, np.ndarray]) -> str:
@@ -717,31 +754,6 @@ def _describe_region(region: Mapping[str, slice], labels: Mapping[str, np.ndarra
     return ", ".join(parts) or "the whole array"
 
 
-def _write_chunk(
-    source: xr.Variable,
-    task: ChunkTask,
-    store: Any,
-    zarr_format: int,
-    labels: Mapping[str, np.ndarray],
-) -> _ChunkDone:
-    """Read one region of the source and write it to the store as one Zarr chunk."""
-    try:
-        key = tuple(task.region[dim] for dim in source.dims)
-        data = np.asarray(source[key].values)
-        piece = xr.Dataset({task.variable: xr.Variable(source.dims, data)})
-        with _quiet_consolidated():
-            piece.to_zarr(
-                store, region=dict(task.region), mode="r+", consolidated=False,
-                zarr_format=zarr_format,
-            )  # fmt: skip
-    except Exception as exc:
-        raise ChunkWriteError(
-            f"{task.variable}: chunk {task.index} ({_describe_region(task.region, labels)}) "
-            f"failed: {_one_line(exc)}"
-        ) from exc
-    return _ChunkDone(task.variable, int(data.nbytes), task.chunks)
-
-
 @contextlib.contextmanager
 def _single_threaded_blosc():
     # Dask already runs one task per core; Blosc's own thread pool would oversubscribe.
@@ -754,105 +766,247 @@ def _single_threaded_blosc():
         numcodecs.blosc.set_nthreads(previous)
 
 
-def _run_tasks(
-    tasks: list,
-    *,
-    scheduler: str | None,
-    workers: int | None,
-    on_done: Callable[[_ChunkDone], None],
-) -> None:
-    import dask
-    from dask.callbacks import Callback
-
-    if scheduler not in (None, "threads", "synchronous"):
-        raise RequestError(
-            f"scheduler {scheduler!r} is not available yet; use 'threads' or 'synchronous'"
-        )
-
-    def posttask(key, result, dsk, state, worker_id):
-        if isinstance(result, _ChunkDone):
-            on_done(result)
-
-    options: dict[str, Any] = {"scheduler": scheduler or "threads"}
-    if options["scheduler"] == "threads":
-        options["num_workers"] = workers or os.cpu_count() or 1
-    with _single_threaded_blosc(), Callback(posttask=posttask), _quiet_consolidated():
-        dask.compute(*tasks, **options)
+def _source_selection(positions: Mapping[str, np.ndarray], region: Mapping[str, slice]):
+    """The unit's region in the source's own positions: slices where the kept positions
+    are consecutive (time ranges), index arrays where they are not (a list of levels)."""
+    selection = []
+    for dim, where in region.items():
+        picked = positions[dim][where]
+        if picked.size and np.array_equal(picked, np.arange(picked[0], picked[0] + picked.size)):
+            selection.append(slice(int(picked[0]), int(picked[0]) + picked.size))
+        else:
+            selection.append(picked)
+    return tuple(selection)
 
 
-def _check_destination(
-    src: str | None, dst: str, storage_options: Mapping | None, overwrite: bool, resume: bool
-) -> None:
-    if resume:
-        raise RequestError("--resume is not available yet (it comes with the scale-out work)")
-    if src is not None and _same_or_nested(src, dst):
-        raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
-    fs, root = _filesystem(dst, storage_options)
-    if fs.exists(root):
-        if not overwrite:
-            raise DestinationExistsError(
-                f"destination {dst} already exists; pass --overwrite to replace it"
-            )
-        fs.rm(root, recursive=True)
+@dataclasses.dataclass
+class WriteResult:
+    """What :func:`write_plan` did: units and bytes written now, and those found written
+    by an earlier, interrupted run."""
+
+    units: int
+    units_skipped: int
+    chunks_written: int
+    bytes_written: int
+    bytes_skipped: int
+    runner: str
+    pids: frozenset[int]
 
 
 def write_plan(
     plan: Plan,
     dst: str,
     *,
+    token: Any = None,
     storage_options: Mapping | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
-) -> None:
-    """Write the metadata of ``plan`` to ``dst``, then every chunk through dask.
+    resume: bool = False,
+) -> WriteResult:
+    """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
+    consolidated metadata; resumable at every step (see :mod:`layerquantizer.resume`).
 
-    ``dst`` must not exist (see :func:`compress` for the checks). ``scheduler`` is
-    ``"threads"`` (default, ``workers`` threads) or ``"synchronous"``.
+    ``dst`` must be new, or (``resume=True``) hold the progress of a run of the same plan;
+    :func:`compress` checks which. ``scheduler`` and ``workers`` choose where the units run
+    (see :func:`layerquantizer.parallel.open_runner`): by default one thread per core here,
+    ``workers=N`` a local cluster of N processes, ``scheduler="tcp://HOST:PORT"`` an
+    existing dask cluster.
     """
-    import dask
+    import zarr
 
-    store = open_store(dst, read_only=False, storage_options=storage_options)
-    with _quiet_consolidated():
-        plan.template.to_zarr(
-            store,
-            mode="w-",
-            compute=False,
-            encoding=plan.encoding,
-            consolidated=True,
-            zarr_format=plan.zarr_format,
+    from layerquantizer import parallel
+    from layerquantizer._unit import UnitJob
+    from layerquantizer.resume import PROGRESS_DIR, Progress, describe_plan, differences
+    from layerquantizer.storage import open_store, remove_store, store_errors
+
+    if plan.location is None:
+        raise RequestError(
+            "the plan's source was not opened with open_dataset(), so workers cannot read it"
         )
+    token = _token(token, storage_options)
+    if scheduler not in (None, "threads", "synchronous") or workers is not None:
+        if dst.startswith("memory://") or plan.location.startswith("memory://"):
+            raise RequestError(
+                "memory:// stores live in one process; with --workers or --scheduler use a "
+                "path or a gs:// URL"
+            )
+    description = describe_plan(plan, plan.location)
+    state = Progress(dst, token)
+    with store_errors(dst):
+        manifest = state.manifest() if resume else None
+        if manifest is not None:
+            found = differences(manifest.get("description", {}), description)
+            if found:
+                raise ResumeMismatchError(
+                    f"{dst} holds an interrupted run with other options ("
+                    f"{'; '.join(found[:4])}{'; ...' if len(found) > 4 else ''}); resume with "
+                    "the same source and options, or pass --overwrite to start again"
+                )
+        if manifest is None or not state.marked("metadata"):
+            # Nothing of this run's data is there yet: start from an empty destination.
+            if resume:
+                remove_store(dst, token=token, markers=(f"{PROGRESS_DIR}/manifest.json",))
+            state.start(description)
+            with _quiet_consolidated():
+                plan.template.to_zarr(
+                    open_store(dst, "w", token=token),
+                    mode="a",
+                    compute=False,
+                    encoding=plan.encoding,
+                    consolidated=False,
+                    zarr_format=plan.zarr_format,
+                )
+            state.mark("metadata")
+            done: set[str] = set()
+        else:
+            done = state.done_units()
+            if state.marked("complete"):
+                state.remove()
+                return WriteResult(0, len(done), 0, 0, plan.total_bytes, "none", frozenset())
+
     labels = {
         str(dim): plan.source.indexes[dim].values
         for dim in plan.source.dims
         if dim in plan.source.indexes
     }
     total_chunks, total_bytes = plan.total_chunks, plan.total_bytes
-    state = {"chunks": 0, "bytes": 0}
+    counts = {"chunks": 0, "bytes": 0, "units": 0, "skipped": 0, "skipped_bytes": 0}
+    pids: set[int] = set()
+    run = uuid.uuid4().hex
 
-    def on_done(done: _ChunkDone) -> None:
-        state["chunks"] += done.chunks
-        state["bytes"] += done.nbytes
+    def jobs() -> Iterator[UnitJob]:
+        for task in plan.tasks():
+            marker = Progress.marker_key(task.variable, task.index)
+            if marker in done:
+                counts["skipped"] += 1
+                counts["skipped_bytes"] += task.nbytes
+                _report(task.chunks, task.nbytes)
+                continue
+            yield UnitJob(
+                run=run, src=plan.location, src_token=plan.token, dst=dst, dst_token=token,
+                variable=task.variable, index=task.index,
+                region=tuple(task.region.values()),
+                source=_source_selection(plan.source_positions, task.region),
+                raw_read=task.variable in plan.raw_read, marker=marker,
+                nbytes=task.nbytes, chunks=task.chunks,
+                label=_describe_region(task.region, labels),
+            )  # fmt: skip
+
+    def _report(chunks: int, nbytes: int) -> None:
+        counts["chunks"] += chunks
+        counts["bytes"] += nbytes
         if progress is not None:
-            progress(state["chunks"], total_chunks, state["bytes"], total_bytes)
+            progress(counts["chunks"], total_chunks, counts["bytes"], total_bytes)
+
+    def on_done(result) -> None:
+        counts["units"] += 1
+        pids.add(result.pid)
+        _report(result.chunks, result.nbytes)
 
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
-    write = dask.delayed(_write_chunk, pure=False)
-    variables = {name: plan.source[name].variable for name in plan.source.data_vars}
-    tasks = [
-        write(
-            variables[task.variable], task, store, plan.zarr_format, labels,
-            dask_key_name=f"lq-write-{task.variable}-{'.'.join(map(str, task.index))}",
+    try:
+        runner_context = parallel.open_runner(scheduler, workers)
+        with _single_threaded_blosc(), runner_context as runner:
+            parallel.run_jobs(jobs(), runner, on_done)
+    except parallel.SchedulerError as exc:
+        raise RequestError(str(exc)) from exc
+    with store_errors(dst), _quiet_consolidated():
+        zarr.consolidate_metadata(open_store(dst, "r+", token=token))
+        state.mark("complete")
+        state.remove()
+    return WriteResult(
+        units=counts["units"],
+        units_skipped=counts["skipped"],
+        chunks_written=counts["chunks"],
+        bytes_written=counts["bytes"] - counts["skipped_bytes"],
+        bytes_skipped=counts["skipped_bytes"],
+        runner=runner.description,
+        pids=frozenset(pids),
+    )
+
+
+def _destination_action(
+    src: str | None, dst: str, token: Any, overwrite: bool, resume: bool
+) -> str:
+    """``"new"``, ``"resume"`` or ``"complete"``: what to do with ``dst``, after the checks
+    (and the removal of an old ``dst`` for ``overwrite``)."""
+    from layerquantizer.resume import PROGRESS_DIR, Progress
+    from layerquantizer.storage import remove_store, store_errors, store_exists
+
+    if overwrite and resume:
+        raise RequestError("--overwrite and --resume exclude each other")
+    if src is not None and _same_or_nested(src, dst):
+        raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
+    with store_errors(dst):
+        if not store_exists(dst, token=token):
+            return "new"
+        if overwrite:
+            try:
+                remove_store(dst, token=token, markers=(f"{PROGRESS_DIR}/manifest.json",))
+            except ValueError as exc:
+                raise DestinationExistsError(str(exc)) from exc
+            return "new"
+        if not resume:
+            raise DestinationExistsError(
+                f"destination {dst} already exists; pass --overwrite to replace it, or "
+                "--resume to finish an interrupted run"
+            )
+        if Progress(dst, token).exists():
+            return "resume"
+        if _is_finished_lq_store(dst, token):
+            return "complete"
+        raise DestinationExistsError(
+            f"{dst} is not an interrupted lq compress run (no {PROGRESS_DIR} inside, no "
+            "layerquantizer attributes); nothing to resume: pass --overwrite to replace it, "
+            "or choose another destination"
         )
-        for task in plan.tasks()
-    ]  # fmt: skip
-    _run_tasks(tasks, scheduler=scheduler, workers=workers, on_done=on_done)
+
+
+def _is_finished_lq_store(dst: str, token: Any) -> bool:
+    try:
+        report = inspect(dst, token=token)
+    except SourceError:
+        return False
+    return report.consolidated and any(
+        ATTR_CODEC in array.attrs for array in report.variables.values()
+    )
+
+
+def _check_finished(plan: Plan, dst: str, token: Any) -> None:
+    """Refuse to call a finished store complete when it was written with other options."""
+    report = inspect(dst, token=token)
+    problems = []
+    for name in plan.source.data_vars:
+        name = str(name)
+        array = report.variables.get(name)
+        if array is None:
+            problems.append(f"{name} missing")
+            continue
+        if array.shape != tuple(plan.source[name].shape):
+            problems.append(f"{name} shape {array.shape}")
+        if array.chunks != plan.variable_chunks(name):
+            problems.append(f"{name} chunks {array.chunks}")
+        if array.nbits != plan.quantized.get(name):
+            problems.append(f"{name} nbits {array.nbits}")
+    extra = sorted(set(report.variables) - {str(n) for n in plan.source.data_vars})
+    problems.extend(f"{name} not asked for" for name in extra)
+    if problems:
+        raise ResumeMismatchError(
+            f"{dst} is a finished store written with other options ({'; '.join(problems[:4])}"
+            f"{'; ...' if len(problems) > 4 else ''}); pass --overwrite to write it again"
+        )
 
 
 @dataclasses.dataclass
 class CompressReport:
-    """What :func:`compress` wrote: the destination's :class:`StoreReport` plus timing."""
+    """What :func:`compress` wrote: the destination's :class:`StoreReport` plus timing.
+
+    ``bytes_written`` counts the logical bytes written by this call; with ``resume``,
+    ``bytes_resumed`` those an interrupted run had written (``already_complete`` when it
+    had finished and there was nothing left to do).
+    """
 
     src: str
     dst: str
@@ -863,6 +1017,12 @@ class CompressReport:
     skipped: tuple[str, ...]
     seconds: float
     bytes_written: int
+    bytes_resumed: int = 0
+    units_written: int = 0
+    units_resumed: int = 0
+    already_complete: bool = False
+    runner: str = ""
+    worker_pids: frozenset[int] = frozenset()
 
     @property
     def mib_per_s(self) -> float:
@@ -883,6 +1043,13 @@ class CompressReport:
                     "logical_bytes": self.bytes_written,
                     "mib_per_s": round(self.mib_per_s, 2),
                 },
+                "resume": {
+                    "already_complete": self.already_complete,
+                    "units_written": self.units_written,
+                    "units_resumed": self.units_resumed,
+                    "logical_bytes_resumed": self.bytes_resumed,
+                },
+                "runner": self.runner,
             }
         )
         return out
@@ -903,6 +1070,7 @@ def compress(
     resume: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
+    token: Any = None,
     storage_options: Mapping | None = None,
     dst_storage_options: Mapping | None = None,
     progress: ProgressCallback | None = None,
@@ -921,15 +1089,35 @@ def compress(
     overwrite : bool
         Replace an existing ``dst``; otherwise an existing ``dst`` is an error.
     resume : bool
-        Not available yet.
+        Finish the interrupted run that ``dst`` holds: only units without a completion
+        marker are written, and the result is the store an uninterrupted run writes. The
+        options must describe the same plan (else :class:`ResumeMismatchError`). A
+        finished ``dst`` is left as it is (``already_complete``); a missing one is written.
     workers : int, optional
-        Threads writing chunks in parallel (default: one per core).
+        Start a local dask cluster of this many single-threaded worker processes.
     scheduler : str, optional
-        ``"threads"`` (default) or ``"synchronous"``.
+        ``"tcp://HOST:PORT"`` of a dask scheduler whose workers write the units, or
+        ``"threads"`` (the default: one thread per core in this process),
+        ``"synchronous"``, ``"processes"`` (see :mod:`layerquantizer.parallel`).
+    token : optional
+        gcsfs credentials (a service-account JSON file, ``"anon"``, ``"google_default"``,
+        ``"cloud"``) for a ``gs://`` destination, and the source too when given. By
+        default ``gs://`` sources are read anonymously and destinations written with the
+        standard Google credentials.
     storage_options, dst_storage_options : mapping, optional
-        fsspec options for the source and the destination.
+        ``{"token": ...}`` for the source and the destination (the older spelling).
     progress : callable, optional
         ``progress(chunks_done, chunks_total, bytes_done, bytes_total)``.
+
+    Raises
+    ------
+    DestinationExistsError
+        ``dst`` exists and neither ``overwrite`` nor ``resume`` is set, or it is not an
+        ``lq compress`` output that ``resume`` could finish.
+    ChunkWriteError
+        A unit failed; the message names the variable and its coordinates.
+    layerquantizer.storage.StoreError
+        A bucket is missing, access is denied, or the storage endpoint does not answer.
 
     Examples
     --------
@@ -937,28 +1125,40 @@ def compress(
     >>> report.store.variables["temperature"].ratio  # doctest: +SKIP
     3.2
     """
-    _check_destination(src, dst, dst_storage_options, overwrite, resume)
-    ds = open_dataset(src, storage_options=storage_options)
+    src_token = _token(token, storage_options)
+    dst_token = _token(token, dst_storage_options, "dst_storage_options")
+    action = _destination_action(src, dst, dst_token, overwrite, resume)
+    ds = open_dataset(src, token=src_token)
     plan = plan_compress(
         ds, variables=variables, config=config, nbits=nbits, time=time, levels=levels,
         chunks=chunks, zarr_format=zarr_format,
     )  # fmt: skip
     started = _time.perf_counter()
-    write_plan(
-        plan, dst, storage_options=dst_storage_options, workers=workers, scheduler=scheduler,
-        progress=progress,
-    )  # fmt: skip
+    if action == "complete":
+        _check_finished(plan, dst, dst_token)
+        result = WriteResult(0, 0, 0, 0, plan.total_bytes, "none", frozenset())
+    else:
+        result = write_plan(
+            plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
+            progress=progress, resume=action == "resume",
+        )  # fmt: skip
     seconds = _time.perf_counter() - started
     return CompressReport(
         src=src,
         dst=dst,
-        store=inspect(dst, storage_options=dst_storage_options),
+        store=inspect(dst, token=dst_token),
         quantized=plan.quantized,
         copied=plan.copied,
         dropped=plan.dropped,
         skipped=plan.skipped,
         seconds=seconds,
-        bytes_written=plan.total_bytes,
+        bytes_written=result.bytes_written,
+        bytes_resumed=result.bytes_skipped,
+        units_written=result.units,
+        units_resumed=result.units_skipped,
+        already_complete=action == "complete",
+        runner=result.runner,
+        worker_pids=result.pids,
     )
 
 
@@ -971,6 +1171,7 @@ def write_sample(
     zarr_format: int = 2,
     seed: int = 0,
     overwrite: bool = False,
+    token: Any = None,
     storage_options: Mapping | None = None,
     workers: int | None = None,
 ) -> xr.Dataset:
@@ -978,7 +1179,7 @@ def write_sample(
 
     Chunks are one time step by the whole level x grid, as in WeatherBench2; the data are
     generated chunk by chunk, so memory stays small on full-size grids. Returns the
-    (lazy) dataset written.
+    (lazy) dataset written. ``workers`` threads generate and write chunks.
 
     Examples
     --------
@@ -986,22 +1187,25 @@ def write_sample(
     """
     import dask
 
+    from layerquantizer.storage import open_store, store_errors
     from layerquantizer.synthetic import sample_dataset
 
     if zarr_format not in (2, 3):
         raise RequestError(f"zarr format must be 2 or 3, got {zarr_format!r}")
-    _check_destination(None, dst, storage_options, overwrite, resume=False)
+    token = _token(token, storage_options)
+    _destination_action(None, dst, token, overwrite, resume=False)
     try:
         ds = sample_dataset(levels=levels, grid=grid, times=times, seed=seed, lazy=True)
     except ValueError as exc:
         raise RequestError(str(exc)) from exc
     encoding = {name: {"chunks": (1, *var.shape[1:])} for name, var in ds.data_vars.items()}
-    store = open_store(dst, read_only=False, storage_options=storage_options)
     with (
+        store_errors(dst),
         _single_threaded_blosc(),
         _quiet_consolidated(),
         dask.config.set(scheduler="threads", num_workers=workers or os.cpu_count() or 1),
     ):
+        store = open_store(dst, "w", token=token)
         ds.to_zarr(store, mode="w-", encoding=encoding, consolidated=True, zarr_format=zarr_format)
     return ds
 
@@ -1126,12 +1330,15 @@ def _summarize_codecs(meta: Mapping, zarr_format: int) -> tuple[str, dict, list[
     return (lq or "+".join(names) or "none"), settings, codecs
 
 
-def inspect(location: str, *, storage_options: Mapping | None = None) -> StoreReport:
+def inspect(
+    location: str, *, token: Any = None, storage_options: Mapping | None = None
+) -> StoreReport:
     """Describe every array of a Zarr store from its metadata and object sizes.
 
     Reads only metadata documents and the object listing (no chunk is decoded, and no
     codec needs to be installed). Logical bytes are ``prod(shape) * itemsize``; stored
-    bytes the summed sizes of the array's objects, metadata included.
+    bytes the summed sizes of the array's objects, metadata included. The progress folder
+    of an unfinished ``lq compress`` run (``.lq-progress``) is not counted.
 
     Examples
     --------
@@ -1140,16 +1347,24 @@ def inspect(location: str, *, storage_options: Mapping | None = None) -> StoreRe
     """
     import json
 
-    fs, root = _filesystem(location, storage_options)
+    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.storage import StoreError, filesystem, store_errors
+
+    token = _token(token, storage_options)
     try:
-        listing = fs.find(root, detail=True)
+        with store_errors(location):
+            fs, root = filesystem(location, "r", token=token)
+            root = root.rstrip("/")
+            listing = fs.find(root, detail=True)
+    except StoreError:
+        raise
     except Exception as exc:
         raise SourceError(f"cannot list {location}: {_one_line(exc)}") from exc
     prefix = root + "/"
     sizes = {
         path[len(prefix) :]: int(info.get("size") or 0)
         for path, info in listing.items()
-        if path.startswith(prefix)
+        if path.startswith(prefix) and not path[len(prefix) :].startswith(PROGRESS_DIR + "/")
     }
     if ".zgroup" in sizes:
         zarr_format = 2
@@ -1503,6 +1718,7 @@ def verify(
     dst: str,
     *,
     variables: Sequence[str] | None = None,
+    token: Any = None,
     storage_options: Mapping | None = None,
     dst_storage_options: Mapping | None = None,
     workers: int | None = None,
@@ -1517,7 +1733,8 @@ def verify(
     infinities must match exactly. ``max_fs_error`` is the largest error over its layer's
     range. Memory stays at a few chunks.
 
-    The destination may hold a subset (times, levels) of the source.
+    The destination may hold a subset (times, levels) of the source. ``token``: gcsfs
+    credentials for ``gs://`` stores (both; by default ``gs://`` is read anonymously).
 
     Examples
     --------
@@ -1526,9 +1743,11 @@ def verify(
     """
     import dask
 
-    src_ds = open_dataset(src, storage_options=storage_options, chunks={})
-    dst_ds = open_dataset(dst, storage_options=dst_storage_options, chunks={})
-    store = inspect(dst, storage_options=dst_storage_options)
+    src_token = _token(token, storage_options)
+    dst_token = _token(token, dst_storage_options, "dst_storage_options")
+    src_ds = open_dataset(src, token=src_token, chunks={})
+    dst_ds = open_dataset(dst, token=dst_token, chunks={})
+    store = inspect(dst, token=dst_token)
     if variables is None:
         names = [str(n) for n in dst_ds.data_vars if n in src_ds.data_vars]
         if not names:

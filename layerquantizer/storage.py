@@ -179,11 +179,15 @@ def store_exists(url_or_path: str | os.PathLike, *, token: Any = None) -> bool:
         return _exists(fs, path)
 
 
-def remove_store(url_or_path: str | os.PathLike, *, token: Any = None) -> bool:
+def remove_store(
+    url_or_path: str | os.PathLike, *, token: Any = None, markers: tuple[str, ...] = ()
+) -> bool:
     """Remove the Zarr store at the URL (for ``--overwrite``); nothing there is no error.
 
-    Only a Zarr store (metadata at its root) or an empty directory is removed, never a
-    bucket or a directory of other files, so a mistyped output path cannot wipe out data.
+    Only a Zarr store (metadata at its root, or one of the keys in ``markers``, such as the
+    manifest of an ``lq compress`` run interrupted before it wrote any metadata) or an empty
+    directory is removed, never a bucket or a directory of other files, so a mistyped output
+    path cannot wipe out data.
 
     Returns
     -------
@@ -215,7 +219,7 @@ def remove_store(url_or_path: str | os.PathLike, *, token: Any = None) -> bool:
         fs = _filesystem(protocol, "w", token)
         if not _exists(fs, path):
             return False
-        if not _has_zarr_metadata(fs, path) and fs.find(path, withdirs=False):
+        if not _has_zarr_metadata(fs, path, markers) and fs.find(path, withdirs=False):
             raise ValueError(
                 f"{url}: not a Zarr store (no {', '.join(ZARR_METADATA_KEYS)} at its root), "
                 "refusing to remove it; remove it yourself or choose another output"
@@ -253,6 +257,24 @@ def stored_bytes(url_or_path: str | os.PathLike, prefix: str = "", *, token: Any
         root = f"{path.rstrip('/')}/{prefix.strip('/')}" if prefix.strip("/") else path
         found = fs.find(root, withdirs=False, detail=True)
         return sum(int(info.get("size") or 0) for info in found.values())
+
+
+def filesystem(url_or_path: str | os.PathLike, mode: Mode = "r", *, token: Any = None):
+    """``(fs, path)``: a fresh synchronous fsspec filesystem for the URL and the store's path
+    on it, with the same credentials and endpoint rules as :func:`open_store`.
+
+    For listing objects, reading small documents and removing what a run left, where a
+    Zarr store is not the right tool.
+
+    Examples
+    --------
+    >>> fs, path = filesystem("memory://doc/filesystem.zarr")
+    >>> path
+    '/doc/filesystem.zarr'
+    """
+    url = os.fspath(url_or_path)
+    protocol, path = _split_url(url)
+    return _filesystem(protocol, mode, token), path
 
 
 @contextmanager
@@ -450,10 +472,12 @@ def _exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     return True
 
 
-def _has_zarr_metadata(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+def _has_zarr_metadata(
+    fs: fsspec.AbstractFileSystem, path: str, markers: tuple[str, ...] = ()
+) -> bool:
     # fsspec's exists() turns every error into False, which would report a permission
     # problem as a missing store; info() lets it through.
-    for key in ZARR_METADATA_KEYS:
+    for key in (*ZARR_METADATA_KEYS, *markers):
         try:
             fs.info(f"{path.rstrip('/')}/{key}")
         except FileNotFoundError:

@@ -115,8 +115,6 @@ def test_time_and_levels_subset(sample_v2, tmp_path):
                      "temperature: nbits must be between 1 and 24, got 40", id="bad-nbits"),
         pytest.param(["--vars", "temperature", "--zarr-format", "4"], 2,
                      "zarr format must be 2 or 3, got 4", id="bad-format"),
-        pytest.param(["--vars", "temperature", "--resume"], 2, "--resume is not available yet",
-                     id="resume"),
         pytest.param(["--vars", "time"], 2, "'time' is a coordinate, not a data variable",
                      id="coordinate"),
         pytest.param([], 2, "no variables to quantize: name them with --vars", id="no-vars"),

@@ -84,11 +84,12 @@ def test_full_scale_bound():
     assert dataset.full_scale_bound(16) == pytest.approx(7.6295e-6, rel=1e-4)
 
 
-def test_storage_options_default_to_anonymous_gcs():
-    assert dataset.storage_options_for("gs://b/x.zarr", None) == {"token": "anon"}
-    assert dataset.storage_options_for("gs://b/x.zarr", {"token": "t"}) == {"token": "t"}
-    assert dataset.storage_options_for("memory://x.zarr", None) is None
-    assert dataset.storage_options_for("x.zarr", None) is None
+def test_storage_options_spell_the_token_only():
+    assert dataset._token(None, {"token": "anon"}) == "anon"
+    assert dataset._token("t", {"token": "anon"}) == "t"
+    assert dataset._token(None, None) is None
+    with pytest.raises(RequestError, match="only 'token' is supported"):
+        dataset._token(None, {"project": "p"})
 
 
 # --------------------------------------------------------------------------------------
@@ -409,7 +410,9 @@ def test_memory_store_destination(sample_v2):
 def test_destination_checks(sample_v2, tmp_path):
     dst = tmp_path / "out.zarr"
     dataset.compress(sample_v2, str(dst), variables=["temperature", "geopotential"])
-    with pytest.raises(DestinationExistsError, match="already exists; pass --overwrite"):
+    with pytest.raises(
+        DestinationExistsError, match="already exists; pass --overwrite to replace it, or --resume"
+    ):
         dataset.compress(sample_v2, str(dst), variables=["temperature"])
     dataset.compress(sample_v2, str(dst), variables=["temperature"], overwrite=True)
     assert xr.open_zarr(dst)["geopotential"].attrs.get("layerquantizer_nbits") is None
@@ -417,9 +420,18 @@ def test_destination_checks(sample_v2, tmp_path):
         dataset.compress(sample_v2, sample_v2, variables=["temperature"], overwrite=True)
     with pytest.raises(RequestError, match="is the source or inside it"):
         dataset.compress(sample_v2, f"{sample_v2}/sub", variables=["temperature"])
-    with pytest.raises(RequestError, match="--resume is not available yet"):
-        dataset.compress(sample_v2, str(tmp_path / "new.zarr"), variables=["temperature"],
-                         resume=True)  # fmt: skip
+    with pytest.raises(RequestError, match="--overwrite and --resume exclude each other"):
+        dataset.compress(sample_v2, str(dst), variables=["temperature"], resume=True,
+                         overwrite=True)  # fmt: skip
+    # A directory of other files is never removed by --overwrite.
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(
+        DestinationExistsError, match=r"not a Zarr store \(no .*\), refusing to remove it"
+    ):
+        dataset.compress(sample_v2, str(other), variables=["temperature"], overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
 
 
 def test_unreadable_source(tmp_path):
@@ -431,14 +443,16 @@ def test_unreadable_source(tmp_path):
 
 
 def test_failed_chunk_is_named(sample_v2, tmp_path, monkeypatch):
-    real_to_zarr = xr.Dataset.to_zarr
+    from layerquantizer import _unit
 
-    def flaky(self, *args, region=None, **kwargs):
-        if region and "temperature" in self.data_vars and region["time"] == slice(2, 3):
+    real_write = _unit.write_region
+
+    def flaky(job, data):
+        if job.variable == "temperature" and job.region[0] == slice(2, 3):
             raise OSError("disk full")
-        return real_to_zarr(self, *args, region=region, **kwargs)
+        return real_write(job, data)
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", flaky)
+    monkeypatch.setattr(_unit, "write_region", flaky)
     with pytest.raises(
         ChunkWriteError,
         match=r"temperature: chunk \(2, 0, 0, 0\) \(time=2020-01-01T12:00:00.000000000\) "

@@ -1,0 +1,241 @@
+"""Where the write units of ``lq compress`` run: threads here, a local cluster, or a cluster.
+
+========================  ==============================================================
+``scheduler``             runs the units
+========================  ==============================================================
+None (default)            in this process, one thread per core (see :func:`open_runner`)
+``"threads"``             the same, ``workers`` threads
+``"synchronous"``         one at a time in the calling thread (debugging)
+``"processes"``           a new ``distributed.LocalCluster`` of ``workers`` single-threaded
+                          processes (``workers=N`` alone means this too)
+``"tcp://HOST:PORT"``     the workers of an existing dask.distributed scheduler
+========================  ==============================================================
+
+Units are submitted a few per worker thread at a time (:func:`run_jobs`), never as one
+graph: a full ERA5 run has over half a million of them, and a bounded number in flight
+keeps the scheduler's memory and the client's flat whatever the size of the job. Each
+unit reads its own source region and writes its own chunks, so nothing but a small
+description travels to the workers and a small summary back.
+
+Every worker keeps its libraries to one thread (:func:`layerquantizer._unit.configure_process`):
+the codec's numba kernels release the GIL, so the parallelism is dask's threads or
+processes, and Blosc's or zarr's own pools would only oversubscribe the cores.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from layerquantizer._unit import (
+    MALLOC_ENV_VALUES,
+    UnitDone,
+    UnitJob,
+    keep_large_allocations,
+    run_unit,
+)
+
+#: Units in flight per worker thread: enough that a worker finds its next unit waiting.
+IN_FLIGHT_PER_THREAD = 2
+
+#: Environment of the worker processes of a local cluster: one thread per library.
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "BLOSC_NTHREADS": "1",
+    "ZARR_THREADING__MAX_WORKERS": "1",
+    **{name: str(value) for name, value in MALLOC_ENV_VALUES.items()},
+}
+
+_LOCAL_SCHEDULERS = ("threads", "synchronous", "processes")
+
+
+class SchedulerError(ValueError):
+    """The scheduler asked for cannot be used; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class Runner:
+    """Submits units somewhere; see :func:`open_runner`.
+
+    Attributes
+    ----------
+    executor : concurrent.futures.Executor
+        Where :func:`run_unit` calls go.
+    threads : int
+        Worker threads in all (for the number of units in flight).
+    description : str
+        For reports: ``"2 threads"``, ``"local cluster of 4 processes"``, the address.
+    distributed : bool
+        Whether units run in other processes, which then cannot see ``memory://`` stores.
+    """
+
+    executor: cf.Executor
+    threads: int
+    description: str
+    distributed: bool
+
+    def submit(self, job: UnitJob) -> cf.Future:
+        # Worker processes run one unit per thread: zarr's own codec pool gets one thread.
+        return self.executor.submit(run_unit, job, 1 if self.distributed else None)
+
+
+class _InlineExecutor(cf.Executor):
+    """Runs each call at submission, in the calling thread."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # handed to the caller through the future
+            future.set_exception(exc)
+        return future
+
+
+def default_threads() -> int:
+    """Threads of the default runner: the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def open_runner(scheduler: str | None = None, workers: int | None = None) -> Iterator[Runner]:
+    """A :class:`Runner` for the scheduler named, closed (and a local cluster stopped) on exit.
+
+    The default, threads in this process, measured fastest on a 2-core machine for small
+    and large jobs alike: the kernels release the GIL, the short write path copies nothing
+    between processes, and a local cluster's start (about 2 s) is saved (see docs/scale.md).
+
+    Raises
+    ------
+    SchedulerError
+        An unknown scheduler name, ``workers`` below 1, or a scheduler that does not answer.
+    """
+    if workers is not None and workers < 1:
+        raise SchedulerError(f"workers must be at least 1, got {workers}")
+    if scheduler is None:
+        scheduler = "processes" if workers is not None else "threads"
+    if scheduler == "synchronous":
+        yield Runner(_InlineExecutor(), 1, "synchronous", distributed=False)
+        return
+    if scheduler == "threads":
+        threads = workers or default_threads()
+        keep_large_allocations()  # before the threads start, so that they share one heap
+        with cf.ThreadPoolExecutor(threads, thread_name_prefix="lq-unit") as executor:
+            yield Runner(executor, threads, f"{threads} threads", distributed=False)
+            return
+    if scheduler == "processes":
+        with _local_cluster(workers or default_threads()) as runner:
+            yield runner
+        return
+    if "://" not in scheduler:
+        raise SchedulerError(
+            f"unknown scheduler {scheduler!r}: use a dask scheduler address such as "
+            f"tcp://10.0.0.5:8786, or one of {', '.join(_LOCAL_SCHEDULERS)}"
+        )
+    if workers is not None:
+        raise SchedulerError(
+            "--workers starts a local cluster; with --scheduler the cluster's own workers "
+            "run the job (start more there with `dask worker ADDRESS`)"
+        )
+    with _client(scheduler) as runner:
+        yield runner
+
+
+@contextlib.contextmanager
+def _local_cluster(workers: int) -> Iterator[Runner]:
+    import dask
+    from distributed import Client, LocalCluster
+
+    # The nanny's default MALLOC_TRIM_THRESHOLD_ hands every freed chunk back to the OS;
+    # the workers keep them instead (see _unit.keep_large_allocations).
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.update(WORKER_ENV)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env=WORKER_ENV,
+        )
+    try:
+        with Client(cluster) as client:
+            yield Runner(
+                client.get_executor(pure=False),
+                workers,
+                f"local cluster of {workers} processes",
+                distributed=True,
+            )
+    finally:
+        cluster.close()
+
+
+@contextlib.contextmanager
+def _client(address: str) -> Iterator[Runner]:
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="30s")
+    except OSError as exc:
+        raise SchedulerError(
+            f"cannot reach the dask scheduler at {address} ({type(exc).__name__}: {exc}); "
+            "check the address and that `dask scheduler` runs there"
+        ) from exc
+    try:
+        threads = sum(client.nthreads().values())
+        if threads == 0:
+            # Workers may still be joining; wait for one rather than queueing forever.
+            client.wait_for_workers(1, timeout=60)
+            threads = sum(client.nthreads().values())
+        yield Runner(
+            client.get_executor(pure=False),
+            max(threads, 1),
+            f"{address} ({len(client.nthreads())} workers, {threads} threads)",
+            distributed=True,
+        )
+    finally:
+        client.close()
+
+
+def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDone], Any]) -> None:
+    """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight.
+
+    ``on_done`` is called in this thread as each unit finishes. The first failure stops
+    the submission, cancels what has not started, and is raised once what runs has ended.
+    """
+    limit = max(1, runner.threads * IN_FLIGHT_PER_THREAD)
+    pending: set[cf.Future] = set()
+    queue = iter(jobs)
+    exhausted = False
+
+    def fill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < limit:
+            job = next(queue, None)
+            if job is None:
+                exhausted = True
+                return
+            pending.add(runner.submit(job))
+
+    try:
+        fill()
+        while pending:
+            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                on_done(future.result())
+            fill()
+    except BaseException:
+        for future in pending:
+            future.cancel()
+        # Let the units already running end, so that none writes after we return.
+        cf.wait([f for f in pending if not f.cancelled()])
+        raise
