@@ -860,6 +860,7 @@ def write_plan(
             state.mark("metadata")
             done: set[str] = set()
         else:
+            state.remove_partial_files()
             done = state.done_units()
             if state.marked("complete"):
                 state.remove()

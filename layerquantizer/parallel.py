@@ -164,7 +164,7 @@ def _local_cluster(workers: int) -> Iterator[Runner]:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # no fixed port: other clusters may run here
             env=WORKER_ENV,
         )
     try:
@@ -184,7 +184,7 @@ def _client(address: str) -> Iterator[Runner]:
     from distributed import Client
 
     try:
-        client = Client(address, timeout="30s")
+        client = Client(address, timeout="10s")
     except OSError as exc:
         raise SchedulerError(
             f"cannot reach the dask scheduler at {address} ({type(exc).__name__}: {exc}); "

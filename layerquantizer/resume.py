@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,12 @@ __all__ = ["PROGRESS_DIR", "Progress", "describe_plan", "differences"]
 
 #: Version of the manifest's layout; a different one is not resumed.
 MANIFEST_FORMAT = 1
+
+# A unit's marker key, as Progress.marker_key writes it.
+_MARKER = re.compile(rf"^{re.escape(PROGRESS_DIR)}/done/[^/]+/\d+(\.\d+)*$")
+# The temporary file zarr's LocalStore writes an object to before renaming it into place
+# (``0.0.0.<uuid hex>.partial``); a process killed meanwhile leaves it behind.
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def _digest(*parts: bytes) -> str:
@@ -195,7 +202,20 @@ class Progress:
         except FileNotFoundError:
             return set()
         prefix = self.root + "/"
-        return {path[len(prefix) :] for path in found if path.startswith(prefix)}
+        keys = (path[len(prefix) :] for path in found if path.startswith(prefix))
+        return {key for key in keys if _MARKER.match(key)}
+
+    def remove_partial_files(self) -> int:
+        """Remove the temporary files of writes cut short by a kill (local stores only:
+        an object store replaces an object whole or not at all). Returns how many."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        if not isinstance(self.fs, LocalFileSystem):
+            return 0
+        stale = [path for path in self.fs.find(self.root) if _PARTIAL.search(path)]
+        for path in stale:
+            self.fs.rm_file(path)
+        return len(stale)
 
     def remove(self) -> None:
         """Remove the folder: markers first, the manifest last, so that an interruption
