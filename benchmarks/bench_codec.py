@@ -12,6 +12,7 @@ Prints two markdown tables:
    Blosc-lz4 with byte shuffle (the default Zarr v2 compressor) in the same run. Decoding is
    timed as Zarr calls it: ``decode(chunk)`` returning a new array. ``decode(chunk, out=)``
    into a reused buffer is shown too.
+3. Writing and reading a whole array through zarr-python with each codec.
 
 The process is pinned to one core, with Blosc and numba single-threaded. The machine may be
 noisy: compare the relative columns, not absolute times.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,6 +119,34 @@ def speed_table(fields: dict[str, np.ndarray], nbits: int, repeats: int) -> None
                   f"{rates[2]:.0f} | {rates[2] / reference[2]:.2f} |")  # fmt: skip
 
 
+def zarr_table(field: np.ndarray, nbits: int, repeats: int, tmp: Path) -> None:
+    """Whole-array write and read through zarr-python (Zarr v2, one chunk per 4 levels)."""
+    import zarr
+
+    print(f"\n### Through zarr-python, one core, nbits={nbits} (MiB/s; {field.shape} float32, "
+          "chunks of 4 levels; x = relative to blosc-lz4)\n")  # fmt: skip
+    print("| codec | ratio | write | x | read | x |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = {}
+    for label, codec in codecs(nbits).items():
+        if label == "layerquantizer0.3b":
+            continue
+        path = tmp / f"{label}.zarr"
+        array = zarr.create_array(path, shape=field.shape, chunks=(4, *field.shape[1:]),
+                                  dtype="float32", compressors=codec, zarr_format=2)  # fmt: skip
+        array[:] = field
+        write = min(
+            timed(lambda a=array: a.__setitem__(slice(None), field)) for _ in range(repeats)
+        )
+        read = min(timed(lambda a=array: a[:]) for _ in range(repeats))
+        stored = sum(f.stat().st_size for f in path.iterdir())
+        rows[label] = (field.nbytes / stored, field.nbytes / MIB / write, field.nbytes / MIB / read)
+    lz4 = rows["blosc-lz4"]
+    for label, (ratio, write, read) in rows.items():
+        print(f"| {label} | {ratio:.2f} | {write:.0f} | {write / lz4[1]:.2f} | {read:.0f} | "
+              f"{read / lz4[2]:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variables", nargs="+", default=["temperature", "geopotential",
@@ -135,6 +165,8 @@ def main() -> None:
     large = {f"{v} 37x721x1440": era5_like_field(v) for v in args.variables}
     ratio_table(real | large, args.nbits)
     speed_table(large, args.nbits, args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        zarr_table(next(iter(large.values())), args.nbits, args.repeats, Path(tmp))
 
 
 if __name__ == "__main__":
