@@ -13,15 +13,21 @@ out.zarr --vars temperature,geopotential && lq verify sample.zarr out.zarr``)::
     assert dataset.verify("sample.zarr", "out.zarr").ok
     print(dataset.inspect("out.zarr").to_dict()["total"])
 
-:func:`compress` runs in four steps that a later step (resuming, a distributed scheduler)
-can reuse one by one:
+:func:`compress` runs in these steps:
 
-1. :func:`open_dataset` opens the source lazily and read-only;
+1. :func:`open_dataset` opens the source lazily and read-only (``gs://`` anonymously
+   unless a ``token`` is given; see :mod:`layerquantizer.storage`);
 2. :func:`plan_compress` selects and subsets the variables, chooses the output chunks,
-   builds the encodings and a lazy template, and lists the chunk regions to write;
-3. :func:`write_plan` writes the metadata from the template (``to_zarr(compute=False)``),
-4. then every chunk region through dask, one ``to_zarr(region=...)`` per Zarr chunk; a
-   failure is re-raised as :class:`ChunkWriteError` naming the variable and the chunk.
+   builds the encodings and a lazy template, and lists the write units (whole output
+   chunks, never cutting a source chunk);
+3. :func:`write_plan` records the plan in DST's progress folder, writes the metadata from
+   the template (``to_zarr(compute=False)``), then runs every unit on threads, a local
+   cluster or a dask scheduler (:mod:`layerquantizer.parallel`; the unit itself is
+   :func:`layerquantizer._unit.run_unit`), marking each one done, and finally writes the
+   consolidated metadata and removes the progress folder (:mod:`layerquantizer.resume`);
+   a failure is re-raised as :class:`ChunkWriteError` naming the variable and the chunk.
+
+With ``resume=True`` step 3 skips the units marked done by an interrupted run.
 
 This module imports xarray, dask, zarr and fsspec; ``import layerquantizer`` does not
 import it.
