@@ -97,16 +97,18 @@ _CONFIGURED = False
 
 
 def configure_process(*, zarr_threads: int | None = None) -> None:
-    """Keep the libraries of this process to the one thread dask gives each task.
+    """In a worker process, keep the libraries to the one thread dask gives each task.
 
-    Blosc compresses with one thread (numcodecs already does off the main thread, where
-    dask runs tasks); numba's parallel layer, if a kernel ever uses it, gets one thread;
-    zarr's codec pool is set to ``zarr_threads`` when given (worker processes run one task
-    per thread, so 1 there). Also keeps freed chunk-size buffers in the heap (see
-    :func:`keep_large_allocations`). Idempotent, cheap after the first call.
+    ``zarr_threads`` is given only where units run in processes of their own (dask
+    workers); units run on threads of the caller's process (``zarr_threads=None``) leave its
+    settings alone: off the main thread numcodecs' Blosc already uses one thread, and the
+    codec's kernels are not parallel. In a worker: Blosc one thread; numba's parallel
+    layer, if a kernel ever uses it, one thread; zarr's codec pool ``zarr_threads``; freed
+    chunk-size buffers kept in the heap (:func:`keep_large_allocations`). Idempotent, cheap
+    after the first call.
     """
     global _CONFIGURED
-    if _CONFIGURED:
+    if _CONFIGURED or zarr_threads is None:
         return
     with _LOCK:
         if _CONFIGURED:
@@ -120,10 +122,9 @@ def configure_process(*, zarr_threads: int | None = None) -> None:
             numba.set_num_threads(1)
         except (ImportError, ValueError):  # pragma: no cover - numba is a dependency
             pass
-        if zarr_threads is not None:
-            import zarr
+        import zarr
 
-            zarr.config.set({"threading.max_workers": zarr_threads})
+        zarr.config.set({"threading.max_workers": zarr_threads})
         keep_large_allocations()
         _CONFIGURED = True
 

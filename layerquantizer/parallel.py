@@ -17,7 +17,9 @@ keeps the scheduler's memory and the client's flat whatever the size of the job.
 unit reads its own source region and writes its own chunks, so nothing but a small
 description travels to the workers and a small summary back.
 
-Every worker keeps its libraries to one thread (:func:`layerquantizer._unit.configure_process`):
+Every worker process keeps its libraries to one thread
+(:func:`layerquantizer._unit.configure_process`); threads in the caller's process change none
+of its settings (``lq`` tunes its own process's allocator, see ``cli/compress.py``):
 the codec's numba kernels release the GIL, so the parallelism is dask's threads or
 processes, and Blosc's or zarr's own pools would only oversubscribe the cores.
 """
@@ -35,7 +37,6 @@ from layerquantizer._unit import (
     MALLOC_ENV_VALUES,
     UnitDone,
     UnitJob,
-    keep_large_allocations,
     run_unit,
 )
 
@@ -128,7 +129,6 @@ def open_runner(scheduler: str | None = None, workers: int | None = None) -> Ite
         return
     if scheduler == "threads":
         threads = workers or default_threads()
-        keep_large_allocations()  # before the threads start, so that they share one heap
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="lq-unit") as executor:
             yield Runner(executor, threads, f"{threads} threads", distributed=False)
             return
