@@ -15,11 +15,13 @@ A chunk is, all integers little-endian::
     16      8*ndim   shape (uint64 each)
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
     ..      8        residual section size R (uint64)
+    ..      8        residual section size before coding U (uint64)
     ..      R        residual section, through the coder: seeing the chunk as L * ny rows
-                       of nx values, the coded residuals of rows 0..B-1 byte-planar (byte 0
-                       of every value, then byte 1, ...), then those of rows B..2B-1, and so
-                       on; blocks let encoder and decoder stream through a buffer that
-                       stays in cache
+                       of nx values, one block per B rows (the last may be shorter), each a
+                       mode byte and the block's coded residuals, byte-planar (byte 0 of
+                       every value, then byte 1, ...) or with the upper bytes kept only
+                       where they are not zero (see _kernels.pack_block); blocks let
+                       encoder and decoder stream through a buffer that stays in cache
     ..      E        exception section (when flagged), the rest of the chunk but 4 bytes:
                        count (uint64), mask frame size M (uint64),
                        M bytes: the exception bitmap (bit n % 8 of byte n // 8) through the coder,
@@ -107,16 +109,17 @@ def compress(data: np.ndarray | bytes, coder: int, level: int) -> bytes:
 
 
 class BlockWriter:
-    """Streams the residual section into one frame, block by block."""
+    """Streams the residual section's blocks into one frame."""
 
-    def __init__(self, coder: int, level: int, nbytes: int):
+    def __init__(self, coder: int, level: int):
         self.coder = coder
         self.parts: list[bytes] = []
+        self.size = 0  # bytes before coding
         if coder == CODER_ZSTD:
-            compressor = zstandard.ZstdCompressor(level=level, write_content_size=True)
-            self.stream = compressor.compressobj(size=nbytes)
+            self.stream = zstandard.ZstdCompressor(level=level).compressobj()
 
     def write(self, block: np.ndarray) -> None:
+        self.size += block.nbytes
         if self.coder == CODER_NONE:
             self.parts.append(block.tobytes())
         else:
@@ -130,41 +133,51 @@ class BlockWriter:
 
 
 class BlockReader:
-    """Reads the residual section back block by block, into the caller's buffer."""
+    """Reads the residual section back, piece by piece, into the caller's buffers."""
 
-    def __init__(self, frame: memoryview, coder: int, nbytes: int):
+    def __init__(self, frame: memoryview, coder: int, size: int):
         self.coder = coder
-        self.pos = 0
         self.frame = frame
-        if coder == CODER_NONE:
-            if len(frame) != nbytes:
-                raise CorruptChunkError(
-                    f"residual section: {len(frame)} bytes stored, {nbytes} expected"
+        self.size = size  # bytes before coding, as the header says
+        self.pos = 0
+        if coder == CODER_ZSTD:
+            try:
+                self.stream = zstandard.ZstdDecompressor().stream_reader(
+                    frame, read_across_frames=False
                 )
-            return
-        _check_frame(frame, nbytes, "residual section")
-        self.stream = zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False)
+            except zstandard.ZstdError as error:
+                raise CorruptChunkError(f"residual section: not zstd ({error})") from None
 
-    def read_into(self, block: np.ndarray) -> None:
-        nbytes = block.nbytes
+    def read_into(self, target: np.ndarray) -> np.ndarray:
+        """Fill ``target`` (a contiguous uint8 array) from the section; returns it."""
+        nbytes = target.nbytes
+        if self.pos + nbytes > self.size:
+            raise CorruptChunkError(
+                f"residual section: blocks need more than the {self.size} bytes it holds"
+            )
+        flat = target.reshape(-1)
         if self.coder == CODER_NONE:
-            block.reshape(-1)[:] = np.frombuffer(self.frame[self.pos : self.pos + nbytes], "u1")
-            self.pos += nbytes
-            return
-        target = memoryview(block.reshape(-1))
-        filled = 0
-        try:
-            while filled < nbytes:
-                got = self.stream.readinto(target[filled:])
-                if got == 0:
-                    break
-                filled += got
-        except zstandard.ZstdError as error:
-            raise CorruptChunkError(f"residual section: zstd failed ({error})") from None
-        if filled != nbytes:
-            raise CorruptChunkError("residual section: zstd frame ended early")
+            flat[:] = np.frombuffer(self.frame[self.pos : self.pos + nbytes], "u1")
+        else:
+            view = memoryview(flat)
+            filled = 0
+            try:
+                while filled < nbytes:
+                    got = self.stream.readinto(view[filled:])
+                    if got == 0:
+                        raise CorruptChunkError("residual section: zstd frame ended early")
+                    filled += got
+            except zstandard.ZstdError as error:
+                raise CorruptChunkError(f"residual section: zstd failed ({error})") from None
+        self.pos += nbytes
+        return target
 
     def finish(self) -> None:
+        """Every byte the header announced was used, and the frame holds no more."""
+        if self.pos != self.size:
+            raise CorruptChunkError(
+                f"residual section: blocks used {self.pos} of its {self.size} bytes"
+            )
         if self.coder == CODER_ZSTD:
             try:
                 extra = self.stream.read(1)
@@ -205,10 +218,11 @@ def decompress(frame: memoryview, coder: int, nbytes: int, what: str) -> np.ndar
 def pack(
     header: Header,
     residuals: list[bytes],
+    residual_bytes: int,
     exceptions: tuple[int, bytes, bytes] | None,
 ) -> bytes:
-    """Frame a chunk from the residual section's parts and ``exceptions``, which is
-    (count, coded bitmap, coded values) or None."""
+    """Frame a chunk from the residual section's coded parts, its size before coding and
+    ``exceptions``: (count, coded bitmap, coded values) or None."""
     flags = header.flags | (FLAG_EXCEPTIONS if exceptions else 0)
     parts = [
         _PREFIX.pack(
@@ -225,6 +239,7 @@ def pack(
         struct.pack(f"<{len(header.shape)}Q", *header.shape),
         np.column_stack([header.offsets, header.steps]).astype("<f8").tobytes(),
         _U64.pack(sum(map(len, residuals))),
+        _U64.pack(residual_bytes),
         *residuals,
     ]
     if exceptions:
@@ -237,12 +252,29 @@ def pack(
     return b"".join(parts)
 
 
+def block_count(header: Header) -> int:
+    nlayers, ny, nx = layer_shape(header.shape)
+    if not header.size:
+        return 0
+    return -(-(nlayers * ny) // header.block_rows)
+
+
+def residual_bounds(header: Header) -> tuple[int, int]:
+    """Fewest and most bytes the residual section can hold before coding: each block is a
+    mode byte and its planes, or (two planes or more) the escape form, chosen only when
+    smaller."""
+    blocks = block_count(header)
+    planes = header.size * header.plane_count
+    return header.size + blocks, planes + blocks
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A parsed, checksummed chunk: header and views of its sections."""
 
     header: Header
     residuals: memoryview
+    residual_bytes: int  # before coding
     exception_count: int
     exception_bitmap: memoryview | None
     exception_values: memoryview | None
@@ -318,14 +350,22 @@ def parse(buf: memoryview) -> Chunk:
         flags & FLAG_FORTRAN, dtype_code, nbits, coder, block_rows, shape, offsets, steps
     )
     residual_size = reader.u64("residual section size")
+    residual_bytes = reader.u64("residual section size before coding")
     residuals = reader.take(residual_size, "residual section")
     # Checked before anything is allocated for the shape the header declares.
-    expected = header.size * header.plane_count
-    limit = residual_size if coder == CODER_NONE else _MAX_EXPANSION * residual_size
-    if expected > limit or (coder == CODER_NONE and expected != residual_size):
+    lowest, highest = residual_bounds(header)
+    if not lowest <= residual_bytes <= highest:
         raise CorruptChunkError(
-            f"shape {shape} needs {expected} residual bytes; a residual section of "
-            f"{residual_size} bytes cannot hold them"
+            f"shape {shape} makes a residual section of {lowest} to {highest} bytes, "
+            f"the header says {residual_bytes}"
+        )
+    if coder == CODER_NONE and residual_size != residual_bytes:
+        raise CorruptChunkError(
+            f"residual section: {residual_size} bytes stored, {residual_bytes} expected"
+        )
+    if coder == CODER_ZSTD and residual_bytes > _MAX_EXPANSION * residual_size:
+        raise CorruptChunkError(
+            f"residual section: {residual_size} coded bytes cannot hold {residual_bytes}"
         )
     count, bitmap, values = 0, None, None
     if flags & FLAG_EXCEPTIONS:
@@ -336,4 +376,4 @@ def parse(buf: memoryview) -> Chunk:
         values = reader.take(len(body) - reader.pos, "exception values")
     if reader.pos != len(body):
         raise CorruptChunkError(f"{len(body) - reader.pos} stray bytes after the chunk's data")
-    return Chunk(header, residuals, count, bitmap, values)
+    return Chunk(header, residuals, residual_bytes, count, bitmap, values)

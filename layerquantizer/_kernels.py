@@ -199,9 +199,12 @@ def encode_rows(
 
 
 @numba.njit(**_JIT)
-def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev):
+def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, positions, uppers):
     """Inverse of :func:`encode_rows` but for the exceptions: fills a block of ``rows``.
 
+    The block's codes are ``planes`` (uint8[nbytes, M]); or, when ``escaped`` (a mode-1
+    block, see :func:`pack_block`), only ``planes[0]`` holds data and the codes at
+    ``positions`` (int64[E], increasing) have the upper bytes ``uppers`` (uint8[nbytes-1, E]).
     ``prev``, uint32[nx], carries the previous row's levels from block to block.
     """
     nx = rows.shape[1]
@@ -209,6 +212,8 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev):
     mask = np.uint32((1 << nbits) - 1)
     one = np.uint32(1)
     residuals = np.empty(nx, np.uint32)
+    escapes = uppers.shape[1]
+    cursor = 0
     for k in range(planes.shape[1] // nx):
         r = first + k
         layer = r // ny
@@ -216,7 +221,18 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev):
             prev[:] = 0
         offset = offsets[layer]
         step = steps[layer]
-        _load_codes(planes, k * nx, residuals, nbytes)
+        if not escaped:
+            _load_codes(planes, k * nx, residuals, nbytes)
+        else:
+            for j in range(nx):
+                residuals[j] = planes[0, k * nx + j]
+            end = (k + 1) * nx
+            while cursor < escapes and positions[cursor] < end:
+                upper = np.uint32(uppers[0, cursor]) << 8
+                if nbytes == 3:
+                    upper |= np.uint32(uppers[1, cursor]) << 16
+                residuals[positions[cursor] - k * nx] |= upper
+                cursor += 1
         # q[i, j] - q[i-1, j] is the running sum of the residuals along the row.
         running = np.uint32(0)
         for j in range(nx):
@@ -228,6 +244,113 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev):
             q = (prev[j] + residuals[j]) & mask
             prev[j] = q
             row[j] = np.float32(offset + np.float64(q) * step)
+
+
+@numba.njit(**_JIT)
+def _escape_positions(planes, positions, upper):
+    """Fill ``positions`` with the indices of the codes that have a nonzero byte above
+    byte 0; returns how many. Eight codes at a time: most words hold none."""
+    nbytes, size = planes.shape
+    if nbytes == 2:
+        flags = planes[1]
+    else:
+        flags = upper
+        for n in range(size):
+            flags[n] = planes[1, n] | planes[2, n]
+    count = 0
+    words = size // 8
+    packed = flags[: words * 8].view(np.uint64)
+    for w in range(words):
+        if packed[w]:
+            for n in range(w * 8, w * 8 + 8):
+                if flags[n]:
+                    positions[count] = n
+                    count += 1
+    for n in range(words * 8, size):
+        if flags[n]:
+            positions[count] = n
+            count += 1
+    return count
+
+
+@numba.njit(**_JIT)
+def pack_block(packed, nbytes, positions, upper):
+    """Turn a block, written as planes at ``packed[1:]``, into its stored form in place;
+    returns the stored size.
+
+    Mode 0 keeps the planes as they are. Mode 1 (only with two or more planes, and only
+    when smaller) keeps byte 0 of every code and then only the codes whose upper bytes are
+    not all zero (*escapes*): the gaps between them and their upper bytes. Most residuals of
+    smooth fields fit one byte, so the decoder's entropy stage has far fewer bytes to
+    produce::
+
+        mode 0: u8 0, planes[0] (M bytes), planes[1], ...
+        mode 1: u8 1, planes[0] (M bytes), u32 E escapes, u32 G gap bytes,
+                G gap bytes, planes[1][escapes] (E bytes), planes[2][escapes], ...
+
+    The gap before an escape (codes since the previous one) is written as ``gap // 255``
+    bytes of 255, then ``gap % 255``. ``packed`` holds ``1 + nbytes * M`` bytes at least;
+    ``positions`` (int64[M]) and ``upper`` (uint8[M]) are scratch.
+    """
+    size = (packed.size - 1) // nbytes
+    planes = packed[1 : 1 + nbytes * size].reshape(nbytes, size)
+    packed[0] = 0
+    if nbytes == 1:
+        return 1 + size
+    escapes = _escape_positions(planes, positions, upper)
+    gap_bytes = 0
+    last = -1
+    for e in range(escapes):
+        gap_bytes += (positions[e] - last - 1) // 255 + 1
+        last = positions[e]
+    escaped_size = 9 + size + gap_bytes + (nbytes - 1) * escapes
+    if escaped_size >= 1 + nbytes * size:
+        return 1 + nbytes * size
+    # Gather the escapes' upper bytes before their planes are overwritten.
+    for k in range(1, nbytes):
+        for e in range(escapes):
+            upper[(k - 1) * escapes + e] = planes[k, positions[e]]
+    packed[0] = 1
+    cursor = 1 + size
+    for k in range(4):
+        packed[cursor + k] = (escapes >> (8 * k)) & 0xFF
+        packed[cursor + 4 + k] = (gap_bytes >> (8 * k)) & 0xFF
+    cursor += 8
+    last = -1
+    for e in range(escapes):
+        gap = positions[e] - last - 1
+        while gap >= 255:
+            packed[cursor] = 255
+            cursor += 1
+            gap -= 255
+        packed[cursor] = gap
+        cursor += 1
+        last = positions[e]
+    packed[cursor : cursor + (nbytes - 1) * escapes] = upper[: (nbytes - 1) * escapes]
+    return escaped_size
+
+
+@numba.njit(**_JIT)
+def escape_positions(gaps, positions):
+    """The positions of a mode-1 block's escapes from its gap bytes (see
+    :func:`pack_block`), into ``positions`` (int64[E]). Returns the position after the
+    last escape, or -1 if the gaps do not describe exactly E escapes: the caller checks
+    that against the block's size and treats a failure as corruption."""
+    position = -1
+    cursor = 0
+    for found in range(positions.size):
+        gap = 0
+        while True:
+            if cursor >= gaps.size:
+                return -1
+            byte = gaps[cursor]
+            cursor += 1
+            gap += byte
+            if byte != 255:
+                break
+        position += gap + 1
+        positions[found] = position
+    return position + 1 if cursor == gaps.size else -1
 
 
 @numba.njit(**_JIT)

@@ -73,7 +73,7 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
     offsets = np.where(snapped, grid_offsets, mins)
     steps = np.where(snapped, grids, plain_steps)
     while True:
-        residuals, bitmap, counts = _encode_residuals(
+        residuals, residual_bytes, bitmap, counts = _encode_residuals(
             layers, offsets, steps, plain_steps / 2.0, nbits, coder, level
         )
         # A grid holds on the sample it was found in but may fail elsewhere: such layers
@@ -103,7 +103,7 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         offsets=offsets,
         steps=steps,
     )
-    return _format.pack(header, residuals, exceptions)
+    return _format.pack(header, residuals, residual_bytes, exceptions)
 
 
 def _block_rows(nx: int, nbits: int) -> int:
@@ -111,7 +111,8 @@ def _block_rows(nx: int, nbits: int) -> int:
 
 
 def _encode_residuals(layers, offsets, steps, tolerances, nbits, coder, level):
-    """The coded residual section, the exception bitmap and the exceptions per layer."""
+    """The coded residual section (in parts) and its size before coding, the exception
+    bitmap and the exceptions per layer."""
     nlayers, ny, nx = layers.shape
     rows = layers.reshape(nlayers * ny, nx)
     plane_count = (nbits + 7) // 8
@@ -119,18 +120,23 @@ def _encode_residuals(layers, offsets, steps, tolerances, nbits, coder, level):
     bitmap = np.zeros((layers.size + 7) // 8, np.uint8)
     counts = np.zeros(nlayers, np.int64)
     if not layers.size:
-        return [], bitmap, counts
-    writer = _format.BlockWriter(coder, level, layers.size * plane_count)
-    buffer = np.empty(plane_count * min(block_rows, len(rows)) * nx, np.uint8)
+        return [], 0, bitmap, counts
+    writer = _format.BlockWriter(coder, level)
+    block_size = min(block_rows, len(rows)) * nx
+    # Each block is coded straight into its stored form: a mode byte, then the planes.
+    packed = np.empty(1 + plane_count * block_size, np.uint8)
+    positions = np.empty(block_size, np.int64)
+    upper = np.empty(2 * block_size, np.uint8)
     prev = np.zeros(nx + 1, np.uint32)
     for first in range(0, len(rows), block_rows):
         count = min(block_rows, len(rows) - first)
-        planes = buffer[: plane_count * count * nx].reshape(plane_count, count * nx)
+        block = packed[: 1 + plane_count * count * nx]
+        planes = block[1:].reshape(plane_count, count * nx)
         _kernels.encode_rows(
             rows, first, ny, offsets, steps, tolerances, nbits, planes, bitmap, prev, counts
         )
-        writer.write(planes)
-    return writer.finish(), bitmap, counts
+        writer.write(block[: _kernels.pack_block(block, plane_count, positions, upper)])
+    return writer.finish(), writer.size, bitmap, counts
 
 
 def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
@@ -138,15 +144,55 @@ def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
     nlayers, ny, nx = layers.shape
     rows = layers.reshape(nlayers * ny, nx)
     plane_count = header.plane_count
-    reader = _format.BlockReader(chunk.residuals, header.coder, layers.size * plane_count)
-    buffer = np.empty(plane_count * min(header.block_rows, len(rows)) * nx, np.uint8)
+    reader = _format.BlockReader(chunk.residuals, header.coder, chunk.residual_bytes)
+    block_size = min(header.block_rows, len(rows)) * nx
+    buffer = np.empty(plane_count * block_size, np.uint8)
+    gaps = np.empty(block_size + block_size // 255 + 1, np.uint8)
+    uppers = np.empty((plane_count - 1) * block_size, np.uint8)
+    positions = np.empty(block_size, np.int64)
+    no_escapes = np.empty((max(plane_count - 1, 1), 0), np.uint8)
+    mode = np.empty(1, np.uint8)
+    counts = np.empty(2, "<u4")
     prev = np.zeros(nx, np.uint32)
     for first in range(0, len(rows), header.block_rows):
-        count = min(header.block_rows, len(rows) - first)
-        planes = buffer[: plane_count * count * nx].reshape(plane_count, count * nx)
-        reader.read_into(planes)
+        size = min(header.block_rows, len(rows) - first) * nx
+        planes = buffer[: plane_count * size].reshape(plane_count, size)
+        reader.read_into(mode)
+        reader.read_into(planes[0])
+        escaped, block_positions, block_uppers = False, positions, no_escapes
+        if mode[0] == 0:
+            reader.read_into(planes[1:])
+        elif mode[0] == 1 and plane_count > 1:
+            reader.read_into(counts.view(np.uint8))
+            escapes, gap_bytes = int(counts[0]), int(counts[1])
+            if escapes > size or not escapes <= gap_bytes <= escapes + size // 255 + 1:
+                raise CorruptChunkError(
+                    f"residual block at row {first}: {escapes} escapes and {gap_bytes} gap "
+                    f"bytes for {size} values"
+                )
+            block_gaps = reader.read_into(gaps[:gap_bytes])
+            block_positions = positions[:escapes]
+            if not 0 <= _kernels.escape_positions(block_gaps, block_positions) <= size:
+                raise CorruptChunkError(
+                    f"residual block at row {first}: the gaps do not place {escapes} escapes"
+                )
+            block_uppers = reader.read_into(uppers[: (plane_count - 1) * escapes])
+            block_uppers = block_uppers.reshape(plane_count - 1, escapes)
+            escaped = True
+        else:
+            raise CorruptChunkError(f"residual block at row {first}: unknown mode {mode[0]}")
         _kernels.decode_rows(
-            planes, first, ny, header.nbits, header.offsets, header.steps, rows, prev
+            planes,
+            first,
+            ny,
+            header.nbits,
+            header.offsets,
+            header.steps,
+            rows,
+            prev,
+            escaped,
+            block_positions,
+            block_uppers,
         )
     reader.finish()
 

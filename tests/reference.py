@@ -71,3 +71,48 @@ def byte_planes(codes: np.ndarray, nbits: int) -> np.ndarray:
     """uint8[nbytes, N]: byte k of every code."""
     flat = codes.reshape(-1)
     return np.stack([(flat >> (8 * k)) & 0xFF for k in range((nbits + 7) // 8)]).astype(np.uint8)
+
+
+def pack_block(planes: np.ndarray) -> bytes:
+    """A block's stored form (see layerquantizer._kernels.pack_block), the obvious way."""
+    nbytes, size = planes.shape
+    plain = b"\x00" + planes.tobytes()
+    if nbytes == 1:
+        return plain
+    escaped = np.flatnonzero((planes[1:] != 0).any(axis=0))
+    gaps = bytearray()
+    last = -1
+    for position in escaped:
+        gap = int(position) - last - 1
+        gaps += b"\xff" * (gap // 255) + bytes([gap % 255])
+        last = int(position)
+    stored = (
+        b"\x01"
+        + planes[0].tobytes()
+        + np.array([len(escaped), len(gaps)], "<u4").tobytes()
+        + bytes(gaps)
+        + planes[1:, escaped].tobytes()
+    )
+    return stored if len(stored) < len(plain) else plain
+
+
+def unpack_block(stored: bytes, nbytes: int, size: int) -> np.ndarray:
+    """The planes of a block back from its stored form."""
+    data = np.frombuffer(stored, np.uint8)
+    if data[0] == 0:
+        return data[1:].reshape(nbytes, size).copy()
+    planes = np.zeros((nbytes, size), np.uint8)
+    planes[0] = data[1 : 1 + size]
+    escapes, gap_bytes = np.frombuffer(stored, "<u4", 2, 1 + size)
+    gaps = data[9 + size : 9 + size + gap_bytes]
+    positions, position, gap = [], -1, 0
+    for byte in gaps:
+        gap += int(byte)
+        if byte != 255:
+            position += gap + 1
+            positions.append(position)
+            gap = 0
+    assert len(positions) == escapes
+    uppers = data[9 + size + gap_bytes :].reshape(nbytes - 1, escapes)
+    planes[1:, positions] = uppers
+    return planes

@@ -118,16 +118,17 @@ def test_appended_bytes_are_refused():
 
 
 def body_layout(chunk):
-    """Offsets of the residual section and of what follows it, for a 3-D chunk."""
+    """Offsets of the residual section's two sizes, of its data and of what follows it,
+    for a 3-D chunk of 2 layers."""
     nlayers = 2
     table_end = 16 + 3 * 8 + 16 * nlayers
     (residual_size,) = struct.unpack_from("<Q", chunk, table_end)
-    return table_end + 8, table_end + 8 + residual_size
+    return table_end, table_end + 16, table_end + 16 + residual_size
 
 
 def test_crafted_sections_are_refused():
     chunk = sample_chunk()
-    start, end = body_layout(chunk)
+    _, start, end = body_layout(chunk)
     body = chunk[:-4]
     # A residual section that is not zstd at all.
     junk = body[:start] + bytes(end - start) + body[end:]
@@ -145,17 +146,37 @@ def test_crafted_sections_are_refused():
         CODEC.decode(reseal(bytes(mismatch)))
 
 
-def test_residual_frame_declaring_another_size_is_refused():
+@pytest.mark.parametrize(
+    ("decoded", "match"),
+    [
+        (b"\x00" + bytes(139), "frame ended early"),  # one byte short of mode + 2 planes
+        (b"\x00" + bytes(140) + b"\x00", "holds more than expected"),
+        (b"\x07" + bytes(140), "unknown mode 7"),
+        (b"\x01" + bytes(70) + bytes([200, 0, 0, 0, 1, 0, 0, 0]) + bytes(62), "200 escapes"),
+        (b"\x01" + bytes(70) + bytes([2, 0, 0, 0, 2, 0, 0, 0]) + bytes([80, 0, 9, 9]) +
+         bytes(58), "gaps do not place 2 escapes"),
+    ],
+)  # fmt: skip
+def test_crafted_residual_blocks_are_refused(decoded, match):
+    # A valid zstd frame whose content is not what the header and the blocks say.
     import zstandard
 
-    chunk = sample_chunk(with_exceptions=False)
-    start, end = body_layout(chunk)
+    chunk = sample_chunk(with_exceptions=False)  # 2 x 5 x 7: one block of 70 2-byte codes
+    sizes, start, end = body_layout(chunk)
     body = chunk[:-4]
-    for size in (69, 71, 140):  # the chunk holds 70 values of 2 bytes
-        frame = zstandard.ZstdCompressor(level=1).compress(bytes(size * 2))
-        crafted = body[: start - 8] + struct.pack("<Q", len(frame)) + frame + body[end:]
-        with pytest.raises(CorruptChunkError, match="zstd frame holds"):
-            CODEC.decode(reseal(crafted))
+    frame = zstandard.ZstdCompressor(level=1).compress(decoded)
+    announced = 141  # the most the shape allows: mode byte and two full planes
+    crafted = body[:sizes] + struct.pack("<QQ", len(frame), announced) + frame + body[end:]
+    with pytest.raises(CorruptChunkError, match=match):
+        CODEC.decode(reseal(crafted))
+
+
+def test_residual_size_outside_what_the_shape_allows():
+    chunk = sample_chunk(with_exceptions=False)
+    sizes, _, _ = body_layout(chunk)
+    for announced in (70, 142, 2**40):  # at least 1 + 70, at most 1 + 140 bytes
+        with pytest.raises(CorruptChunkError, match="makes a residual section of 71 to 141"):
+            CODEC.decode(patched(chunk, sizes + 8, "<Q", announced))
 
 
 def test_huge_declared_shape_does_not_allocate():

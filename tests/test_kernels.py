@@ -37,14 +37,22 @@ def encode(layers, offsets, steps, tolerances, nbits, block_rows):
     return planes, bits, counts
 
 
-def decode(planes, layers_shape, offsets, steps, nbits, block_rows):
+def decode(planes, layers_shape, offsets, steps, nbits, block_rows, escaped=False):
+    """Run the decode kernel block by block, from full planes or (escaped) from byte 0 and
+    the positions and upper bytes of the codes that have any."""
     nlayers, ny, nx = layers_shape
     rows = np.empty((nlayers * ny, nx), np.float32)
     prev = np.zeros(nx, np.uint32)
     for first in range(0, len(rows), block_rows):
         count = min(block_rows, len(rows) - first)
         block = np.ascontiguousarray(planes[:, first * nx : (first + count) * nx])
-        _kernels.decode_rows(block, first, ny, nbits, offsets, steps, rows, prev)
+        positions = np.flatnonzero((block[1:] != 0).any(axis=0)).astype(np.int64)
+        uppers = np.ascontiguousarray(block[1:, positions])
+        if escaped:
+            block[1:] = 77  # must not be read
+        _kernels.decode_rows(
+            block, first, ny, nbits, offsets, steps, rows, prev, escaped, positions, uppers
+        )
     return rows.reshape(layers_shape)
 
 
@@ -84,17 +92,71 @@ def test_encode_rows_matches_reference(nbits, shape, block_rows):
     assert codes.max(initial=0) < 2**nbits
 
 
-@pytest.mark.parametrize("nbits", [1, 8, 9, 16, 17, 24])
+@pytest.mark.parametrize(
+    ("nbits", "escaped"),
+    [(n, False) for n in (1, 8, 9, 16, 17, 24)] + [(n, True) for n in (9, 16, 17, 24)],
+)
 @pytest.mark.parametrize("block_rows", [1, 3, 1000])
-def test_decode_rows_inverts_reference_codes(nbits, block_rows):
+def test_decode_rows_inverts_reference_codes(nbits, block_rows, escaped):
     rng = np.random.default_rng(7)
     shape = (3, 11, 17)
-    codes = rng.integers(0, 2**nbits, shape)
+    # Mostly small codes, as from smooth fields, and some of every size.
+    codes = np.where(rng.random(shape) < 0.9, rng.integers(0, 256, shape),
+                     rng.integers(0, 2**nbits, shape)) % 2**nbits  # fmt: skip
     offsets = rng.standard_normal(3) * 100
     steps = rng.random(3)
     want = reference.dequantize(reference.lorenzo_decode(codes, nbits), offsets, steps)
-    got = decode(reference.byte_planes(codes, nbits), shape, offsets, steps, nbits, block_rows)
+    planes = reference.byte_planes(codes, nbits)
+    got = decode(planes, shape, offsets, steps, nbits, block_rows, escaped)
     assert_array_equal(got, want)
+
+
+def pack(planes):
+    stored = np.empty(1 + planes.size, np.uint8)
+    stored[1:] = planes.reshape(-1)
+    size = _kernels.pack_block(
+        stored, planes.shape[0], np.empty(planes.shape[1], np.int64),
+        np.empty(2 * planes.shape[1], np.uint8),
+    )  # fmt: skip
+    return stored[:size].tobytes()
+
+
+@pytest.mark.parametrize("nbytes", [1, 2, 3])
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.04, 0.3, 0.9])
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 300, 4099])
+def test_pack_block_matches_reference(nbytes, density, size):
+    rng = np.random.default_rng(size)
+    planes = rng.integers(0, 256, (nbytes, size)).astype(np.uint8)
+    planes[1:, rng.random(size) >= density] = 0
+    stored = pack(planes)
+    assert stored == reference.pack_block(planes)
+    assert_array_equal(reference.unpack_block(stored, nbytes, size), planes)
+    if stored[0] == 1:
+        gap_bytes = int(np.frombuffer(stored, "<u4", 1, 5 + size)[0])
+        escapes = int(np.frombuffer(stored, "<u4", 1, 1 + size)[0])
+        positions = np.empty(escapes, np.int64)
+        gaps = np.frombuffer(stored, np.uint8, gap_bytes, 9 + size)
+        assert 0 <= _kernels.escape_positions(gaps, positions) <= size
+        assert_array_equal(positions, np.flatnonzero((planes[1:] != 0).any(axis=0)))
+
+
+def test_long_gaps_are_written_in_steps_of_255():
+    planes = np.zeros((2, 2000), np.uint8)
+    planes[1, [0, 255, 256, 1999]] = [1, 2, 3, 4]
+    stored = pack(planes)
+    assert stored[0] == 1
+    gaps = np.frombuffer(stored, np.uint8, -1, 9 + 2000)[:-4]
+    assert gaps.tolist() == [0, 254, 0] + [255] * 6 + [212]  # 1742 = 6 * 255 + 212
+    positions = np.empty(4, np.int64)
+    assert _kernels.escape_positions(gaps, positions) == 2000
+    assert positions.tolist() == [0, 255, 256, 1999]
+
+
+def test_escape_positions_refuses_gaps_that_do_not_add_up():
+    positions = np.empty(2, np.int64)
+    assert _kernels.escape_positions(np.array([3], np.uint8), positions) == -1  # too few
+    assert _kernels.escape_positions(np.array([3, 4, 5], np.uint8), positions) == -1  # extra
+    assert _kernels.escape_positions(np.array([255, 255], np.uint8), positions) == -1
 
 
 def test_lorenzo_reference_round_trip():
