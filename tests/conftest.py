@@ -32,26 +32,20 @@ from servers import (  # noqa: E402, F401
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-@pytest.fixture(scope="session")
-def real_fields():
-    """The real ERA5 / ERA-Interim fields of ../shared (see its README)."""
-    path = SHARED / "data" / "real_fields.npz"
-    if not path.exists():
-        pytest.skip(f"{path} is not there (the project expects ../shared beside the clone)")
-    with np.load(path) as data:
-        return dict(data)
-
-
 REAL_FIELDS = SHARED / "data" / "real_fields.npz"
 
 
 def _load_real() -> dict[str, np.ndarray]:
     if not REAL_FIELDS.exists():
-        pytest.skip(f"{REAL_FIELDS} not found")
+        pytest.skip(f"{REAL_FIELDS} is not there (the project expects ../shared beside the clone)")
     with np.load(REAL_FIELDS) as data:
-        return {key: data[key] for key in data.files}
+        return dict(data)
+
+
+@pytest.fixture(scope="session")
+def real_fields() -> dict[str, np.ndarray]:
+    """The real ERA5 / ERA-Interim fields of ../shared (see its README)."""
+    return _load_real()
 
 
 def real_dataset():

@@ -49,6 +49,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
+# The workers keep every library to one thread, as lq's own local cluster does.
+from layerquantizer.parallel import WORKER_ENV
+
 if TYPE_CHECKING:
     import gcsfs.core
 
@@ -65,18 +68,6 @@ N_WORKERS = 2
 
 #: One thread per worker process for every library that would otherwise start one per core.
 #: numcodecs starts Blosc with min(8, cores) threads on import; c-blosc honours
-#: BLOSC_NTHREADS when it compresses on the main thread, and numcodecs already uses one
-#: thread off the main thread (where dask runs tasks). zarr encodes chunks in its own thread
-#: pool (threading.max_workers, cores + 4 threads by default). numba kernels are not parallel
-#: today; NUMBA_NUM_THREADS keeps it so if one becomes so.
-WORKER_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
-    "BLOSC_NTHREADS": "1",
-    "ZARR_THREADING__MAX_WORKERS": "1",
-}
 
 #: What makes gcsfs talk to the emulator; added to the workers' environment as well.
 EMULATOR_ENV = {"GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
