@@ -214,10 +214,13 @@ def load_config(path: str | Path) -> Config:
 
     Examples
     --------
+    >>> import tempfile
     >>> from pathlib import Path
-    >>> cfg = load_config(Path(__file__).parents[1] / "configs" / "era5.yaml")  # doctest: +SKIP
-    >>> cfg.nbits_for("temperature")  # doctest: +SKIP
-    16
+    >>> path = Path(tempfile.mkdtemp()) / "my.yaml"
+    >>> _ = path.write_text("nbits: 14\\nvariables: {temperature: , ozone: {nbits: 20}}")
+    >>> cfg = load_config(path)
+    >>> cfg.nbits_for("temperature"), cfg.nbits_for("ozone")
+    (14, 20)
     """
     import yaml  # only the CLI's config path needs PyYAML
 
