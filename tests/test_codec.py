@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
-from layerquantizer import LayerQuantizer, max_abs_error
+from layerquantizer import LayerQuantizer, chunk, max_abs_error
 from layerquantizer._format import layer_shape
 
 
@@ -278,3 +278,16 @@ def test_config_repr_pickle_registry():
     assert clone == codec
     data = np.ones((4, 4), np.float32)
     assert clone.encode(data) == codec.encode(data)
+
+
+@pytest.mark.parametrize("nbits", [8, 16, 24])
+@pytest.mark.parametrize("coder", [chunk.CODER_NONE, chunk.CODER_ZSTD])
+def test_both_residual_block_forms_and_coders(nbits, coder):
+    # Mostly small residuals (the escape form) in one layer, large ones (planes) in another.
+    rng = np.random.default_rng(nbits)
+    smooth = np.linspace(0, 1, 200 * 300, dtype=np.float32).reshape(200, 300)
+    smooth[rng.random(smooth.shape) < 0.01] += 0.3
+    noisy = rng.random((200, 300)).astype(np.float32)
+    data = np.stack([smooth, noisy])
+    decoded = chunk.decode(chunk.encode(data, nbits=nbits, level=1, coder=coder))
+    assert_within_bound(data, decoded, nbits)
