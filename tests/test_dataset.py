@@ -227,7 +227,7 @@ def test_write_units_follow_the_source_chunks(tmp_path, monkeypatch):
     assert back["temperature"].encoding["chunks"] == (1, 2, 8, 16)
     assert _layer_bound_holds(ds["temperature"].values[1:], back["temperature"].values, 16)
     # Units too large to hold: one task per output chunk.
-    monkeypatch.setattr(dataset, "MAX_UNIT_BYTES", 1)
+    monkeypatch.setattr(dataset._plan, "MAX_UNIT_BYTES", 1)
     plan = plan_compress(source, variables=["temperature"])
     assert [u[0] for u in units(plan)] == [slice(i, i + 1) for i in range(7)]
 

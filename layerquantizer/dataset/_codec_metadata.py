@@ -1,0 +1,29 @@
+"""What a store records about LayerQuantizer: the attributes written on each quantized
+variable, the codec ids, the lossless codecs, and the bound that ``nbits`` promises.
+"""
+
+from __future__ import annotations
+
+#: Attribute names written on every quantized variable.
+ATTR_CODEC = "layerquantizer_codec"
+ATTR_NBITS = "layerquantizer_nbits"
+ATTR_BOUND = "layerquantizer_error_bound"
+_ATTR_PREFIX = "layerquantizer_"
+_LQ_CODEC_IDS = ("layerquantizer1", "layerquantizer", "layerquantizer0.3b")
+# Codecs that give back every bit; anything else without a LayerQuantizer codec has an
+# unknown error bound.
+_LOSSLESS_CODECS = frozenset(
+    {"blosc", "zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "crc32c", "bytes", "transpose",
+     "shuffle", "delta", "vlen-utf8", "vlen-bytes", "vlen-array", "sharding_indexed", "lzf",
+     "zfpy-lossless", "categorize", "json2", "msgpack2", "pickle", "fletcher32", "adler32",
+     "crc32", "packbits", "pcodec"}
+)  # fmt: skip
+
+
+def full_scale_bound(nbits: int) -> float:
+    """Largest error over a layer's ``max - min`` that the codec allows, ulp aside.
+
+    >>> f"{full_scale_bound(16):.3g}"
+    '7.63e-06'
+    """
+    return 0.5 / (2**nbits - 1)

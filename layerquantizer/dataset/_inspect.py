@@ -1,0 +1,254 @@
+"""Describing a store from its metadata and object sizes (:func:`inspect`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from layerquantizer.dataset._codec_metadata import (
+    _LOSSLESS_CODECS,
+    _LQ_CODEC_IDS,
+    ATTR_NBITS,
+    full_scale_bound,
+)
+from layerquantizer.dataset._errors import SourceError, _one_line
+from layerquantizer.dataset._stores import _token
+
+
+@dataclasses.dataclass
+class ArrayReport:
+    """One array of a store as its metadata and objects describe it."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    codec: str
+    settings: dict[str, Any]
+    codecs: list[dict[str, Any]]
+    logical_bytes: int
+    stored_bytes: int
+    objects: int
+    attrs: dict[str, Any]
+    is_coordinate: bool
+
+    @property
+    def ratio(self) -> float | None:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
+
+    @property
+    def nbits(self) -> int | None:
+        """Bits of LayerQuantizer, from the codec metadata, else from the attributes."""
+        if self.codec in _LQ_CODEC_IDS and "nbits" in self.settings:
+            return int(self.settings["nbits"])
+        value = self.attrs.get(ATTR_NBITS)
+        return int(value) if isinstance(value, int | float) else None
+
+    @property
+    def error_bound(self) -> float | None:
+        """Full-scale bound: LayerQuantizer's, 0.0 for lossless codecs, None if unknown."""
+        if self.nbits is not None:
+            return full_scale_bound(self.nbits)
+        names = {entry.get("id", entry.get("name")) for entry in self.codecs}
+        return 0.0 if names <= _LOSSLESS_CODECS else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dims": list(self.dims),
+            "shape": list(self.shape),
+            "chunks": list(self.chunks),
+            "dtype": self.dtype,
+            "codec": self.codec,
+            "settings": self.settings,
+            "codecs": self.codecs,
+            "error_bound": self.error_bound,
+            "logical_bytes": self.logical_bytes,
+            "stored_bytes": self.stored_bytes,
+            "ratio": None if self.ratio is None else round(self.ratio, 4),
+            "objects": self.objects,
+        }
+
+
+@dataclasses.dataclass
+class StoreReport:
+    """Sizes and codecs of every array in a store; ``variables`` holds the data variables."""
+
+    store: str
+    zarr_format: int
+    consolidated: bool
+    variables: dict[str, ArrayReport]
+    coordinates: dict[str, ArrayReport]
+    stored_bytes: int
+    objects: int
+
+    @property
+    def logical_bytes(self) -> int:
+        arrays = [*self.variables.values(), *self.coordinates.values()]
+        return sum(a.logical_bytes for a in arrays)
+
+    @property
+    def total_ratio(self) -> float | None:
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "zarr_format": self.zarr_format,
+            "consolidated": self.consolidated,
+            "variables": {name: a.to_dict() for name, a in self.variables.items()},
+            "coordinates": {name: a.to_dict() for name, a in self.coordinates.items()},
+            "total": {
+                "variables": len(self.variables),
+                "logical_bytes": self.logical_bytes,
+                "stored_bytes": self.stored_bytes,
+                "ratio": None if self.total_ratio is None else round(self.total_ratio, 4),
+                "objects": self.objects,
+            },
+        }
+
+
+def _summarize_codecs(meta: Mapping, zarr_format: int) -> tuple[str, dict, list[dict]]:
+    """(short name, settings, full list) of an array's codecs from its raw metadata."""
+    if zarr_format == 2:
+        codecs = [dict(f) for f in meta.get("filters") or []]
+        if meta.get("compressor"):
+            codecs.append(dict(meta["compressor"]))
+        names = [c.get("id", "?") for c in codecs]
+        main = codecs[-1] if codecs else None
+        settings = {k: v for k, v in main.items() if k != "id"} if main else {}
+    else:
+        codecs = [dict(c) for c in meta.get("codecs", [])]
+        names = [c.get("name", "?") for c in codecs]
+        # "bytes" is the plain serializer every v3 array has unless another replaces it.
+        shown = [c for c in codecs if c.get("name") != "bytes"] or codecs
+        main = next(
+            (c for c in codecs if c.get("name") in _LQ_CODEC_IDS), shown[-1] if shown else None
+        )
+        settings = dict(main.get("configuration") or {}) if main else {}
+        names = [c.get("name", "?") for c in shown]
+    lq = next((n for n in names if n in _LQ_CODEC_IDS), None)
+    return (lq or "+".join(names) or "none"), settings, codecs
+
+
+def inspect(
+    location: str, *, token: Any = None, storage_options: Mapping | None = None
+) -> StoreReport:
+    """Describe every array of a Zarr store from its metadata and object sizes.
+
+    Reads only metadata documents and the object listing (no chunk is decoded, and no
+    codec needs to be installed). Logical bytes are ``prod(shape) * itemsize``; stored
+    bytes the summed sizes of the array's objects, metadata included. The progress folder
+    of an unfinished ``lq compress`` run (``.lq-progress``) is not counted.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from layerquantizer.dataset import inspect, write_sample
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = write_sample(f"{tmp}/in.zarr", levels=2, grid=(25, 48), times=1)
+    >>> inspect(f"{tmp}/in.zarr").to_dict()["total"]["objects"] > 0
+    True
+    """
+    import json
+
+    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.storage import StoreError, filesystem, store_errors
+
+    token = _token(token, storage_options)
+    try:
+        with store_errors(location):
+            fs, root = filesystem(location, "r", token=token)
+            root = root.rstrip("/")
+            listing = fs.find(root, detail=True)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"cannot list {location}: {_one_line(exc)}") from exc
+    prefix = root + "/"
+    sizes = {
+        path[len(prefix) :]: int(info.get("size") or 0)
+        for path, info in listing.items()
+        if path.startswith(prefix) and not path[len(prefix) :].startswith(PROGRESS_DIR + "/")
+    }
+    if ".zgroup" in sizes:
+        zarr_format = 2
+    elif "zarr.json" in sizes:
+        zarr_format = 3
+    else:
+        raise SourceError(f"{location} is not a Zarr store (no .zgroup or zarr.json at its root)")
+
+    def read_json(key: str) -> dict:
+        try:
+            return json.loads(fs.cat_file(prefix + key))
+        except Exception as exc:
+            raise SourceError(f"cannot read {location}/{key}: {_one_line(exc)}") from exc
+
+    arrays: dict[str, tuple[dict, dict]] = {}
+    if zarr_format == 2:
+        consolidated = ".zmetadata" in sizes
+        for key in sizes:
+            if key.endswith(".zarray"):
+                name = key[: -len("/.zarray")]
+                attrs_key = f"{name}/.zattrs"
+                arrays[name] = (read_json(key), read_json(attrs_key) if attrs_key in sizes else {})
+    else:
+        consolidated = "consolidated_metadata" in read_json("zarr.json")
+        for key in sizes:
+            if key.endswith("/zarr.json"):
+                meta = read_json(key)
+                if meta.get("node_type") == "array":
+                    arrays[key[: -len("/zarr.json")]] = (meta, meta.get("attributes", {}))
+
+    coordinate_names: set[str] = set()
+    for _, attrs in arrays.values():
+        coordinate_names.update(str(attrs.get("coordinates", "")).split())
+    variables: dict[str, ArrayReport] = {}
+    coordinates: dict[str, ArrayReport] = {}
+    for name in sorted(arrays):
+        meta, attrs = arrays[name]
+        if zarr_format == 2:
+            dims = tuple(attrs.get("_ARRAY_DIMENSIONS", ()))
+            chunks = tuple(meta["chunks"])
+            dtype = np.dtype(meta["dtype"]) if isinstance(meta["dtype"], str) else None
+        else:
+            dims = tuple(d for d in meta.get("dimension_names") or () if d is not None)
+            chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+            try:
+                dtype = np.dtype(meta["data_type"])
+            except TypeError:
+                dtype = None
+        shape = tuple(meta["shape"])
+        codec, settings, codecs = _summarize_codecs(meta, zarr_format)
+        own = {k: v for k, v in sizes.items() if k.startswith(name + "/")}
+        report = ArrayReport(
+            name=name,
+            dims=dims,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype.name
+            if dtype is not None
+            else str(meta.get("dtype", meta.get("data_type"))),
+            codec=codec,
+            settings=settings,
+            codecs=codecs,
+            logical_bytes=math.prod(shape) * (dtype.itemsize if dtype is not None else 0),
+            stored_bytes=sum(own.values()),
+            objects=len(own),
+            attrs={k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"},
+            is_coordinate=name in coordinate_names or dims == (name,),
+        )
+        (coordinates if report.is_coordinate else variables)[name] = report
+    return StoreReport(
+        store=location,
+        zarr_format=zarr_format,
+        consolidated=consolidated,
+        variables=variables,
+        coordinates=coordinates,
+        stored_bytes=sum(sizes.values()),
+        objects=len(sizes),
+    )

@@ -1,0 +1,420 @@
+"""Planning a compression: which variables, subset, chunks and encodings, and the write
+units (:class:`Plan`, :func:`plan_compress`); touches no store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from layerquantizer.config import Config
+from layerquantizer.dataset._codec_metadata import (
+    _ATTR_PREFIX,
+    ATTR_BOUND,
+    ATTR_CODEC,
+    ATTR_NBITS,
+    full_scale_bound,
+)
+from layerquantizer.dataset._errors import RequestError, _one_line
+from layerquantizer.dataset._requests import parse_time_range
+
+#: Bits per value when neither the caller nor the config says.
+DEFAULT_NBITS = 16
+#: Pairs of dimension names recognised as the horizontal grid, in (y, x) order.
+GRID_DIMS: tuple[tuple[str, str], ...] = (
+    ("latitude", "longitude"),
+    ("lat", "lon"),
+    ("y", "x"),
+    ("rlat", "rlon"),
+)
+#: Largest region one task reads and writes when grouping output chunks (see Plan.tasks).
+MAX_UNIT_BYTES = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkTask:
+    """A region of one variable to write: one or more whole Zarr chunks.
+
+    ``index`` is the chunk-grid index of its first chunk and ``chunks`` how many it holds.
+    """
+
+    variable: str
+    index: tuple[int, ...]
+    region: Mapping[str, slice]
+    nbytes: int
+    chunks: int = 1
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything :func:`write_plan` needs; built by :func:`plan_compress`, touches no store.
+
+    Attributes
+    ----------
+    source : xarray.Dataset
+        The selected, subset source: lazily indexed, not dask, coordinates loaded.
+    template : xarray.Dataset
+        The same with every data variable as a dask array chunked like the output.
+    encoding : dict
+        The explicit Zarr encoding of every data variable (source encodings are dropped).
+    quantized : dict
+        Variable -> nbits of the variables LayerQuantizer encodes.
+    copied, dropped, skipped : tuple of str
+        Data variables copied losslessly, left out on purpose, and named in the config
+        but missing from the source (with ``on_missing: skip``).
+    chunks : dict
+        Output chunk size per dimension.
+    source_chunk_ids : dict
+        Variable -> dim -> the source chunk each position along ``dim`` comes from (only
+        for variables whose source chunking is known); see :meth:`tasks`.
+    source_positions : dict
+        Dim -> the position in the source of each kept position along it.
+    raw_read : frozenset of str
+        Variables whose stored values need no CF decoding (no scale, offset or masked fill
+        value), so that workers may read them from Zarr directly.
+    location, token
+        Where the source is and its credentials, for workers to open it again.
+    """
+
+    source: xr.Dataset
+    template: xr.Dataset
+    encoding: dict[str, dict]
+    quantized: dict[str, int]
+    copied: tuple[str, ...]
+    dropped: tuple[str, ...]
+    skipped: tuple[str, ...]
+    chunks: dict[str, int]
+    zarr_format: int
+    source_chunk_ids: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    source_positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    raw_read: frozenset[str] = frozenset()
+    location: str | None = None
+    token: Any = None
+
+    def variable_chunks(self, name: str) -> tuple[int, ...]:
+        return tuple(self.chunks[dim] for dim in self.source[name].dims)
+
+    def _units(self, name: str) -> list[list[tuple[int, int]]]:
+        """Per dim of ``name``: the (start, stop) of each write unit, in whole output chunks.
+
+        A unit is cut only where a source chunk also ends, so each source chunk is read
+        and decoded once even when the output chunks are smaller; if that makes a unit
+        larger than :data:`MAX_UNIT_BYTES`, every output chunk is its own unit.
+        """
+        var = self.source[name]
+        out = self.variable_chunks(name)
+        plain = [
+            [(start, min(start + c, n)) for start in range(0, n, c)]
+            for n, c in zip(var.shape, out, strict=True)
+        ]
+        ids = self.source_chunk_ids.get(name)
+        if not ids:
+            return plain
+        grouped = []
+        for dim, edges in zip(var.dims, plain, strict=True):
+            source_chunk = ids[dim]
+            units, start = [], 0
+            for _, stop in edges:
+                if stop == source_chunk.size or source_chunk[stop - 1] != source_chunk[stop]:
+                    units.append((start, stop))
+                    start = stop
+            grouped.append(units)
+        largest = math.prod(max(b - a for a, b in units) for units in grouped)
+        return grouped if largest * var.dtype.itemsize <= MAX_UNIT_BYTES else plain
+
+    def tasks(self, variables: Sequence[str] | None = None) -> Iterator[ChunkTask]:
+        """Every write unit, variable by variable, in C order of the chunk grid."""
+        for name in variables if variables is not None else self.source.data_vars:
+            var = self.source[name]
+            out = self.variable_chunks(name)
+            units = self._units(str(name))
+            itemsize = var.dtype.itemsize
+            for picks in itertools.product(*units):
+                region = {dim: slice(a, b) for dim, (a, b) in zip(var.dims, picks, strict=True)}
+                index = tuple(a // c for (a, _), c in zip(picks, out, strict=True))
+                count = math.prod(
+                    math.ceil((b - a) / c) for (a, b), c in zip(picks, out, strict=True)
+                )
+                size = math.prod(b - a for a, b in picks) * itemsize
+                yield ChunkTask(str(name), index, region, size, count)
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(
+            math.prod(
+                math.ceil(n / c)
+                for n, c in zip(self.source[name].shape, self.variable_chunks(name), strict=True)
+            )
+            for name in self.source.data_vars
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(self.source[name].nbytes) for name in self.source.data_vars)
+
+
+def grid_dims(ds: xr.Dataset) -> tuple[str, str] | None:
+    """The (y, x) horizontal dimensions of ``ds``, if it uses one of :data:`GRID_DIMS`."""
+    for pair in GRID_DIMS:
+        if all(dim in ds.dims for dim in pair):
+            return pair
+    return None
+
+
+def select_subset(
+    ds: xr.Dataset,
+    time: tuple[str | None, str | None] | None = None,
+    levels: Sequence[float] | None = None,
+) -> xr.Dataset:
+    """Select a time range (inclusive labels) and a list of levels.
+
+    Raises
+    ------
+    RequestError
+        If the dataset has no such dimension or the selection is empty or incomplete.
+    """
+    if time is not None:
+        if "time" not in ds.dims:
+            raise RequestError("cannot select a time range: the source has no 'time' dimension")
+        start, end = time
+        try:
+            subset = ds.sel(time=slice(start, end))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise RequestError(f"cannot select time {start}:{end}: {_one_line(exc)}") from exc
+        if subset.sizes["time"] == 0:
+            times = ds["time"].values
+            raise RequestError(
+                f"time range {start or ''}:{end or ''} selects no time step; the source has "
+                f"{times.size} from {times[0]} to {times[-1]}"
+                if times.size
+                else "the source has no time steps"
+            )
+        ds = subset
+    if levels is not None:
+        if "level" not in ds.dims:
+            raise RequestError("cannot select levels: the source has no 'level' dimension")
+        available = ds["level"].values
+        missing = [lev for lev in levels if not np.isin(lev, available)]
+        if missing:
+            raise RequestError(
+                f"level(s) {', '.join(map(str, missing))} not in the source; available: "
+                f"{', '.join(str(v) for v in available.tolist())}"
+            )
+        ds = ds.sel(level=list(levels))
+    return ds
+
+
+def _build_codec(nbits: int, zarr_format: int) -> dict[str, Any]:
+    """The xarray encoding entries that make Zarr write ``name`` with LayerQuantizer."""
+    if zarr_format == 2:
+        from layerquantizer.codec import LayerQuantizer
+
+        return {"compressors": (LayerQuantizer(nbits=nbits),), "filters": None}
+    from layerquantizer.zarr3 import LayerQuantizerCodec
+
+    return {"serializer": LayerQuantizerCodec(nbits=nbits), "compressors": None, "filters": None}
+
+
+def _codec_name(zarr_format: int) -> str:
+    return "layerquantizer1" if zarr_format == 2 else "layerquantizer"
+
+
+def plan_compress(
+    ds: xr.Dataset,
+    *,
+    variables: Sequence[str] | None = None,
+    config: Config | None = None,
+    nbits: int | None = None,
+    time: tuple[str | None, str | None] | None = None,
+    levels: Sequence[float] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    zarr_format: int | None = None,
+) -> Plan:
+    """Decide what :func:`write_plan` writes; arguments override the config.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        The source, as :func:`open_dataset` returns it.
+    variables : sequence of str, optional
+        Variables to quantize; default: the config's ``variables``.
+    config : Config, optional
+        See :mod:`layerquantizer.config`.
+    nbits : int, optional
+        Bits for every quantized variable; default: per variable from the config, else 16.
+    time : (start, end), optional
+        Inclusive time labels; either may be None.
+    levels : sequence of float, optional
+        Levels to keep.
+    chunks : mapping, optional
+        Output chunk size per dimension (-1: whole). Default: 1 along ``time``, the whole
+        extent along every other dimension, so that each chunk-layer holds a full
+        level's grid and the error bound is relative to the whole level's range.
+    zarr_format : {2, 3}, optional
+        Default: the config's, else 2.
+
+    Raises
+    ------
+    RequestError
+        On an unknown variable, a variable the codec cannot take, a bad subset or chunks.
+    """
+    config = config if config is not None else Config()
+    from_config = variables is None
+    wanted = list(config.variables) if from_config else list(variables)
+    if not wanted:
+        candidates = [
+            str(name) for name, var in ds.data_vars.items()
+            if var.dtype == np.float32 and var.ndim >= 2
+        ]  # fmt: skip
+        raise RequestError(
+            "no variables to quantize: name them with --vars or in a config's 'variables'; "
+            f"float32 candidates: {', '.join(candidates) or 'none'}"
+        )
+    available = [str(name) for name in ds.data_vars]
+    quantize: list[str] = []
+    skipped: list[str] = []
+    for name in wanted:
+        if name in ds.data_vars:
+            quantize.append(name)
+        elif from_config and config.on_missing == "skip":
+            skipped.append(name)
+        else:
+            where = f" (from {config.source})" if from_config else ""
+            kind = " is a coordinate, not a data variable" if name in ds.coords else " not found"
+            raise RequestError(f"variable {name!r}{where}{kind}; available: {', '.join(available)}")
+
+    zarr_format = zarr_format if zarr_format is not None else (config.zarr_format or 2)
+    if zarr_format not in (2, 3):
+        raise RequestError(f"zarr format must be 2 or 3, got {zarr_format!r}")
+
+    time = (
+        time
+        if time is not None
+        else (parse_time_range(config.time) if config.time is not None else None)
+    )
+    levels = levels if levels is not None else config.levels
+    # Where each kept position lies in the source, to align the writes with its chunks.
+    positions = {f"_lq_position_{dim}": (dim, np.arange(size)) for dim, size in ds.sizes.items()}
+    ds = select_subset(ds.assign_coords(positions), time=time, levels=levels)
+    source_positions = {str(dim): ds[f"_lq_position_{dim}"].values for dim in ds.dims}
+    ds = ds.drop_vars(list(positions))
+
+    grid = grid_dims(ds)
+    quantized: dict[str, int] = {}
+    for name in quantize:
+        var = ds[name]
+        if var.dtype != np.float32:
+            raise RequestError(
+                f"cannot quantize {name!r}: its dtype is {var.dtype}, and the layerquantizer "
+                "codec encodes float32 only; leave it out to copy it losslessly"
+            )
+        if var.ndim < 2 or (grid is not None and var.dims[-2:] != grid):
+            expected = f"({', '.join(grid)})" if grid else "a 2-D grid"
+            raise RequestError(
+                f"cannot quantize {name!r} with dims ({', '.join(map(str, var.dims))}): the "
+                f"codec quantizes 2-D layers over the last two dims, which must be {expected}"
+            )
+        bits = nbits if nbits is not None else (config.nbits_for(name) or DEFAULT_NBITS)
+        try:
+            _build_codec(bits, zarr_format)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"{name}: {exc}") from exc
+        quantized[name] = bits
+
+    dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
+    copied = tuple(name for name in available if name not in quantized and name not in dropped)
+    raw_read = frozenset(name for name in (*quantized, *copied) if _reads_raw(ds[name]))
+    location, token = ds.encoding.get("lq_location"), ds.encoding.get("lq_token")
+    source_chunk_ids = {}
+    for name in (*quantized, *copied):
+        source_chunks = ds[name].encoding.get("chunks")
+        if source_chunks is not None and len(source_chunks) == ds[name].ndim:
+            source_chunk_ids[name] = {
+                str(dim): source_positions[str(dim)] // size
+                for dim, size in zip(ds[name].dims, source_chunks, strict=True)
+            }
+    # A shallow copy has its own attribute dicts: the caller's dataset stays as it was.
+    ds = ds[[*quantized, *copied]].copy(deep=False).drop_encoding()
+    # A source written by lq records its codec in attributes; they are ours to rewrite.
+    for name in ds.variables:
+        ds[name].attrs = {
+            k: v for k, v in ds[name].attrs.items() if not str(k).startswith(_ATTR_PREFIX)
+        }
+
+    sizes = dict(ds.sizes)
+    for dim, size in sizes.items():
+        if size == 0:
+            raise RequestError(f"dimension {dim!r} is empty after subsetting")
+    requested = {**config.chunks, **(chunks or {})}
+    unknown = sorted(set(requested) - set(sizes))
+    if unknown:
+        raise RequestError(
+            f"chunks name unknown dimension(s) {', '.join(unknown)}; dimensions: "
+            f"{', '.join(map(str, sizes))}"
+        )
+    chosen: dict[str, int] = {}
+    for dim, size in sizes.items():
+        default = 1 if dim == "time" else -1
+        value = requested.get(dim, default)
+        chosen[str(dim)] = size if value == -1 else min(int(value), size)
+
+    for name in ds.coords:  # small, and written once with the metadata
+        ds[name].variable.load()
+    encoding: dict[str, dict] = {}
+    data_vars = {}
+    for name in ds.data_vars:
+        var = ds[name].variable
+        var_chunks = tuple(chosen[dim] for dim in var.dims)
+        encoding[name] = {"chunks": var_chunks}
+        if name in quantized:
+            bits = quantized[name]
+            encoding[name].update(_build_codec(bits, zarr_format))
+            var.attrs.update(
+                {
+                    ATTR_CODEC: _codec_name(zarr_format),
+                    ATTR_NBITS: bits,
+                    ATTR_BOUND: full_scale_bound(bits),
+                }
+            )
+        # The template is never computed: its dask chunks equal the Zarr chunks, which is
+        # what lets xarray check the layout and write the metadata alone.
+        data_vars[name] = var.chunk(dict(zip(var.dims, var_chunks, strict=True)))
+    template = xr.Dataset(data_vars, coords=ds.coords, attrs=ds.attrs)
+    return Plan(
+        source=ds,
+        template=template,
+        encoding=encoding,
+        quantized=quantized,
+        copied=copied,
+        dropped=dropped,
+        skipped=tuple(skipped),
+        chunks=chosen,
+        zarr_format=zarr_format,
+        source_chunk_ids=source_chunk_ids,
+        source_positions=source_positions,
+        raw_read=raw_read,
+        location=location,
+        token=token,
+    )
+
+
+def _reads_raw(var: xr.DataArray) -> bool:
+    """Whether the stored values of ``var`` are its values: xarray applied no CF decoding
+    (scale, offset, masking of a fill value other than NaN, time units)."""
+    encoding = var.encoding
+    stored = encoding.get("dtype")
+    if stored is None or np.dtype(stored) != var.dtype or var.dtype.kind not in "fiu":
+        return False
+    if any(key in encoding for key in ("scale_factor", "add_offset", "units", "calendar")):
+        return False
+    for key in ("_FillValue", "missing_value"):
+        fill = encoding.get(key)
+        if fill is not None and not (var.dtype.kind == "f" and np.isnan(fill)):
+            return False
+    return True

@@ -1,0 +1,103 @@
+"""Parsing of command-line style arguments (pure, tested on their own)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from layerquantizer.dataset._errors import RequestError
+
+
+def parse_variables(text: str) -> list[str]:
+    """``"a, b,c"`` -> ``["a", "b", "c"]``; duplicates and empty names are errors.
+
+    >>> parse_variables("temperature,geopotential")
+    ['temperature', 'geopotential']
+    """
+    names = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(not name for name in names):
+        raise RequestError(f"expected comma-separated variable names, got {text!r}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise RequestError(f"variable listed twice: {', '.join(duplicates)}")
+    return names
+
+
+def _parses_as_time(text: str) -> bool:
+    if not text:
+        return True
+    try:
+        np.datetime64(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_time_range(text: str) -> tuple[str | None, str | None]:
+    """``"START:END"`` -> ``(START, END)``, both inclusive and either one may be empty.
+
+    Dates may hold colons themselves (``2020-01-01T06:00``), so the split is the colon
+    that leaves a valid date on both sides; ``START..END`` is accepted as well.
+
+    >>> parse_time_range("2020-01-01T06:00:2020-01-02")
+    ('2020-01-01T06:00', '2020-01-02')
+    >>> parse_time_range("2020-01-03:")
+    ('2020-01-03', None)
+    """
+    text = text.strip()
+    if ".." in text:
+        candidates = [tuple(text.split("..", 1))]
+    else:
+        candidates = [(text[:i], text[i + 1 :]) for i, char in enumerate(text) if char == ":"]
+    for start, end in candidates:
+        start, end = start.strip(), end.strip()
+        if _parses_as_time(start) and _parses_as_time(end) and (start or end):
+            if start and end and np.datetime64(start) > np.datetime64(end):
+                raise RequestError(f"time range {text!r} ends before it starts")
+            return (start or None, end or None)
+    raise RequestError(
+        f"expected a time range START:END of ISO dates (either may be empty), got {text!r}"
+    )
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``"500,850"`` -> ``(500, 850)``; integers stay integers.
+
+    >>> parse_levels("500, 850")
+    (500, 850)
+    """
+    values: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(int(part))
+        except ValueError:
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise RequestError(
+                    f"expected comma-separated pressure levels such as 500,850, got {text!r}"
+                ) from None
+    return tuple(values)
+
+
+def parse_chunks(text: str) -> dict[str, int]:
+    """``"time=1,level=-1"`` -> ``{"time": 1, "level": -1}`` (-1: the whole dimension).
+
+    >>> parse_chunks("time=4, latitude=-1")
+    {'time': 4, 'latitude': -1}
+    """
+    chunks: dict[str, int] = {}
+    for part in text.split(","):
+        dim, sep, size = part.partition("=")
+        dim = dim.strip()
+        try:
+            value = int(size)
+        except ValueError:
+            value = 0
+        if not sep or not dim or value == 0 or value < -1:
+            raise RequestError(
+                f"expected DIM=SIZE pairs such as time=1,level=37 (SIZE a positive integer "
+                f"or -1 for the whole dimension), got {text!r}"
+            )
+        chunks[dim] = value
+    return chunks

@@ -1,0 +1,277 @@
+"""Writing a plan to its destination (:func:`write_plan`), and the checks of an existing
+destination before a write: overwrite, resume, or nothing left to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from layerquantizer.dataset._codec_metadata import ATTR_CODEC
+from layerquantizer.dataset._errors import (
+    DestinationExistsError,
+    RequestError,
+    ResumeMismatchError,
+    SourceError,
+)
+from layerquantizer.dataset._inspect import inspect
+from layerquantizer.dataset._plan import Plan
+from layerquantizer.dataset._stores import (
+    _quiet_consolidated,
+    _same_or_nested,
+    _single_threaded_blosc,
+    _token,
+)
+
+ProgressCallback = Callable[[int, int, int, int], None]
+"""``progress(chunks_done, chunks_total, bytes_done, bytes_total)``, called as units finish."""
+
+
+def _describe_region(region: Mapping[str, slice], labels: Mapping[str, np.ndarray]) -> str:
+    parts = []
+    for dim, where in region.items():
+        values = labels.get(dim)
+        if values is not None and where.stop - where.start < values.size:
+            first, last = values[where.start], values[where.stop - 1]
+            parts.append(f"{dim}={first}" if first == last else f"{dim}={first}..{last}")
+        elif values is None:
+            parts.append(f"{dim}[{where.start}:{where.stop}]")
+    return ", ".join(parts) or "the whole array"
+
+
+def _source_selection(positions: Mapping[str, np.ndarray], region: Mapping[str, slice]):
+    """The unit's region in the source's own positions: slices where the kept positions
+    are consecutive (time ranges), index arrays where they are not (a list of levels)."""
+    selection = []
+    for dim, where in region.items():
+        picked = positions[dim][where]
+        if picked.size and np.array_equal(picked, np.arange(picked[0], picked[0] + picked.size)):
+            selection.append(slice(int(picked[0]), int(picked[0]) + picked.size))
+        else:
+            selection.append(picked)
+    return tuple(selection)
+
+
+@dataclasses.dataclass
+class WriteResult:
+    """What :func:`write_plan` did: units and bytes written now, and those found written
+    by an earlier, interrupted run."""
+
+    units: int
+    units_skipped: int
+    chunks_written: int
+    bytes_written: int
+    bytes_skipped: int
+    runner: str
+    pids: frozenset[int]
+
+
+def write_plan(
+    plan: Plan,
+    dst: str,
+    *,
+    token: Any = None,
+    storage_options: Mapping | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: ProgressCallback | None = None,
+    resume: bool = False,
+) -> WriteResult:
+    """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
+    consolidated metadata; resumable at every step (see :mod:`layerquantizer.resume`).
+
+    ``dst`` must be new, or (``resume=True``) hold the progress of a run of the same plan;
+    :func:`compress` checks which. ``scheduler`` and ``workers`` choose where the units run
+    (see :func:`layerquantizer.parallel.open_runner`): by default one thread per core here,
+    ``workers=N`` a local cluster of N processes, ``scheduler="tcp://HOST:PORT"`` an
+    existing dask cluster.
+    """
+    import zarr
+
+    from layerquantizer import parallel
+    from layerquantizer._unit import UnitJob
+    from layerquantizer.resume import PROGRESS_DIR, Progress, describe_plan, differences
+    from layerquantizer.storage import open_store, remove_store, store_errors
+
+    if plan.location is None:
+        raise RequestError(
+            "the plan's source was not opened with open_dataset(), so workers cannot read it"
+        )
+    token = _token(token, storage_options)
+    if scheduler not in (None, "threads", "synchronous") or workers is not None:
+        if dst.startswith("memory://") or plan.location.startswith("memory://"):
+            raise RequestError(
+                "memory:// stores live in one process; with --workers or --scheduler use a "
+                "path or a gs:// URL"
+            )
+    description = describe_plan(plan, plan.location)
+    state = Progress(dst, token)
+    with store_errors(dst):
+        manifest = state.manifest() if resume else None
+        if manifest is not None:
+            found = differences(manifest.get("description", {}), description)
+            if found:
+                raise ResumeMismatchError(
+                    f"{dst} holds an interrupted run with other options ("
+                    f"{'; '.join(found[:4])}{'; ...' if len(found) > 4 else ''}); resume with "
+                    "the same source and options, or pass --overwrite to start again"
+                )
+        if manifest is None or not state.marked("metadata"):
+            # Nothing of this run's data is there yet: start from an empty destination.
+            if resume:
+                remove_store(dst, token=token, markers=(f"{PROGRESS_DIR}/manifest.json",))
+            state.start(description)
+            with _quiet_consolidated():
+                plan.template.to_zarr(
+                    open_store(dst, "w", token=token),
+                    mode="a",
+                    compute=False,
+                    encoding=plan.encoding,
+                    consolidated=False,
+                    zarr_format=plan.zarr_format,
+                )
+            state.mark("metadata")
+            done: set[str] = set()
+        else:
+            state.remove_partial_files()
+            done = state.done_units()
+            if state.marked("complete"):
+                state.remove()
+                return WriteResult(0, len(done), 0, 0, plan.total_bytes, "none", frozenset())
+
+    labels = {
+        str(dim): plan.source.indexes[dim].values
+        for dim in plan.source.dims
+        if dim in plan.source.indexes
+    }
+    total_chunks, total_bytes = plan.total_chunks, plan.total_bytes
+    counts = {"chunks": 0, "bytes": 0, "units": 0, "skipped": 0, "skipped_bytes": 0}
+    pids: set[int] = set()
+    run = uuid.uuid4().hex
+
+    def jobs() -> Iterator[UnitJob]:
+        for task in plan.tasks():
+            marker = Progress.marker_key(task.variable, task.index)
+            if marker in done:
+                counts["skipped"] += 1
+                counts["skipped_bytes"] += task.nbytes
+                _report(task.chunks, task.nbytes)
+                continue
+            yield UnitJob(
+                run=run, src=plan.location, src_token=plan.token, dst=dst, dst_token=token,
+                variable=task.variable, index=task.index,
+                region=tuple(task.region.values()),
+                source=_source_selection(plan.source_positions, task.region),
+                raw_read=task.variable in plan.raw_read, marker=marker,
+                nbytes=task.nbytes, chunks=task.chunks,
+                label=_describe_region(task.region, labels),
+            )  # fmt: skip
+
+    def _report(chunks: int, nbytes: int) -> None:
+        counts["chunks"] += chunks
+        counts["bytes"] += nbytes
+        if progress is not None:
+            progress(counts["chunks"], total_chunks, counts["bytes"], total_bytes)
+
+    def on_done(result) -> None:
+        counts["units"] += 1
+        pids.add(result.pid)
+        _report(result.chunks, result.nbytes)
+
+    if progress is not None:
+        progress(0, total_chunks, 0, total_bytes)
+    try:
+        runner_context = parallel.open_runner(scheduler, workers)
+        with _single_threaded_blosc(), runner_context as runner:
+            parallel.run_jobs(jobs(), runner, on_done)
+    except parallel.SchedulerError as exc:
+        raise RequestError(str(exc)) from exc
+    with store_errors(dst), _quiet_consolidated():
+        zarr.consolidate_metadata(open_store(dst, "r+", token=token))
+        state.mark("complete")
+        state.remove()
+    return WriteResult(
+        units=counts["units"],
+        units_skipped=counts["skipped"],
+        chunks_written=counts["chunks"],
+        bytes_written=counts["bytes"] - counts["skipped_bytes"],
+        bytes_skipped=counts["skipped_bytes"],
+        runner=runner.description,
+        pids=frozenset(pids),
+    )
+
+
+def _destination_action(
+    src: str | None, dst: str, token: Any, overwrite: bool, resume: bool
+) -> str:
+    """``"new"``, ``"resume"`` or ``"complete"``: what to do with ``dst``, after the checks
+    (and the removal of an old ``dst`` for ``overwrite``)."""
+    from layerquantizer.resume import PROGRESS_DIR, Progress
+    from layerquantizer.storage import remove_store, store_errors, store_exists
+
+    if overwrite and resume:
+        raise RequestError("--overwrite and --resume exclude each other")
+    if src is not None and _same_or_nested(src, dst):
+        raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
+    with store_errors(dst):
+        if not store_exists(dst, token=token):
+            return "new"
+        if overwrite:
+            try:
+                remove_store(dst, token=token, markers=(f"{PROGRESS_DIR}/manifest.json",))
+            except ValueError as exc:
+                raise DestinationExistsError(str(exc)) from exc
+            return "new"
+        if not resume:
+            raise DestinationExistsError(
+                f"destination {dst} already exists; pass --overwrite to replace it, or "
+                "--resume to finish an interrupted run"
+            )
+        if Progress(dst, token).exists():
+            return "resume"
+        if _is_finished_lq_store(dst, token):
+            return "complete"
+        raise DestinationExistsError(
+            f"{dst} is not an interrupted lq compress run (no {PROGRESS_DIR} inside, no "
+            "layerquantizer attributes); nothing to resume: pass --overwrite to replace it, "
+            "or choose another destination"
+        )
+
+
+def _is_finished_lq_store(dst: str, token: Any) -> bool:
+    try:
+        report = inspect(dst, token=token)
+    except SourceError:
+        return False
+    return report.consolidated and any(
+        ATTR_CODEC in array.attrs for array in report.variables.values()
+    )
+
+
+def _check_finished(plan: Plan, dst: str, token: Any) -> None:
+    """Refuse to call a finished store complete when it was written with other options."""
+    report = inspect(dst, token=token)
+    problems = []
+    for name in plan.source.data_vars:
+        name = str(name)
+        array = report.variables.get(name)
+        if array is None:
+            problems.append(f"{name} missing")
+            continue
+        if array.shape != tuple(plan.source[name].shape):
+            problems.append(f"{name} shape {array.shape}")
+        if array.chunks != plan.variable_chunks(name):
+            problems.append(f"{name} chunks {array.chunks}")
+        if array.nbits != plan.quantized.get(name):
+            problems.append(f"{name} nbits {array.nbits}")
+    extra = sorted(set(report.variables) - {str(n) for n in plan.source.data_vars})
+    problems.extend(f"{name} not asked for" for name in extra)
+    if problems:
+        raise ResumeMismatchError(
+            f"{dst} is a finished store written with other options ({'; '.join(problems[:4])}"
+            f"{'; ...' if len(problems) > 4 else ''}); pass --overwrite to write it again"
+        )
