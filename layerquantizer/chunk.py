@@ -95,7 +95,7 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         )
     header = Header(
         flags=_format.FLAG_FORTRAN if fortran else 0,
-        dtype_code=1,
+        dtype_code=_dtype_code(array.dtype),
         nbits=nbits,
         coder=coder,
         block_rows=_block_rows(layers.shape[2], nbits),
@@ -104,6 +104,12 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         steps=steps,
     )
     return _format.pack(header, residuals, residual_bytes, exceptions)
+
+
+def _dtype_code(dtype: np.dtype) -> int:
+    """The code of the byte order the decoder must give back: big-endian input gets a
+    big-endian array (Zarr v2 views the decoded bytes as the array's dtype)."""
+    return 2 if dtype == _format.DTYPE_CODES[2] else 1
 
 
 def _block_rows(nx: int, nbits: int) -> int:
@@ -202,7 +208,9 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
 
     ``buf`` may be any object exposing the buffer protocol. ``out``, when given, must
     hold exactly as many bytes as the decoded chunk; it is filled and returned (as is
-    when it is a C-contiguous float32 array, else through a copy).
+    when it is a C-contiguous float32 array, else through a copy). A float32 ``out`` of
+    either byte order receives the values; a new array, or the bytes written into any
+    other ``out``, have the byte order of the array that was encoded.
     """
     view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
     chunk = _format.parse(view)
@@ -240,11 +248,22 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
 
     if header.flags & _format.FLAG_FORTRAN:
         result = np.asfortranarray(result)
-    if out is None or direct:
-        return out if direct else result
+    if direct:
+        return out
+    # A float32 `out` of either byte order receives the values; anything else (bytes), and
+    # a new array, the bytes in the byte order the chunk was encoded from.
+    order = out.dtype if _is_float32(out) else header.dtype
+    if result.dtype != order:
+        result = result.astype(order, order="K")
+    if out is None:
+        return result
     from numcodecs.compat import ndarray_copy
 
     return ndarray_copy(result, out)
+
+
+def _is_float32(array) -> bool:
+    return isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.dtype.itemsize == 4
 
 
 __all__ = ["CODER_NONE", "CODER_ZSTD", "MAX_NBITS", "decode", "encode", "max_abs_error"]

@@ -229,10 +229,45 @@ def test_decode_accepts_any_buffer_and_out():
         codec.decode(encoded, out=np.empty(1, np.float32))
 
 
-def test_big_endian_float32_is_accepted():
-    data = np.random.default_rng(1).standard_normal((4, 5)).astype(">f4")
-    decoded = LayerQuantizer().decode(LayerQuantizer().encode(data))
-    assert_within_bound(data.astype(np.float32), decoded, 16)
+@pytest.mark.parametrize(
+    ("written", "out"),
+    [
+        pytest.param(">f4", None, id="big-new-array"),
+        pytest.param(">f4", ">f4", id="big-into-big"),
+        pytest.param(">f4", "<f4", id="big-into-little"),
+        pytest.param("<f4", ">f4", id="little-into-big"),
+        pytest.param(">f4", "bytes", id="big-into-bytes"),
+        pytest.param("<f4", None, id="little-new-array"),
+    ],
+)
+def test_byte_order_is_kept(written, out):
+    # Zarr v2 views the decoded bytes as the array's dtype (netCDF3 files load as >f4):
+    # a new array or raw bytes keep the byte order that was encoded; a float32 `out` of
+    # either order receives the values.
+    data = np.random.default_rng(1).standard_normal((4, 5)).astype(written)
+    codec = LayerQuantizer()
+    encoded = codec.encode(data)
+    if out is None:
+        decoded = codec.decode(encoded)
+        assert decoded.dtype == np.dtype(written)
+    elif out == "bytes":
+        target = bytearray(data.nbytes)
+        codec.decode(encoded, out=target)
+        decoded = np.frombuffer(target, written).reshape(data.shape)
+    else:
+        target = np.empty(data.shape, out)
+        assert codec.decode(encoded, out=target) is target
+        decoded = target
+    assert_within_bound(data.astype(np.float32), decoded.astype(np.float32), 16)
+
+
+def test_big_endian_chunk_differs_only_in_its_dtype_code():
+    data = np.random.default_rng(1).standard_normal((3, 8, 9)).astype(np.float32)
+    data[0, 0, 0] = np.nan  # the exception values stay little-endian
+    little = LayerQuantizer().encode(data)
+    big = LayerQuantizer().encode(data.astype(">f4"))
+    assert (little[6], big[6]) == (1, 2)
+    assert little[:6] + little[7:-4] == big[:6] + big[7:-4]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float16", "int32", "uint8", "complex64"])

@@ -204,3 +204,30 @@ def test_v2_and_v3_chunks_are_the_same_bytes(tmp_path):
     chunk_v2 = (tmp_path / "v2.zarr" / "0.0.0").read_bytes()
     chunk_v3 = (tmp_path / "v3.zarr" / "c" / "0" / "0" / "0").read_bytes()
     assert chunk_v2 == chunk_v3
+
+
+@pytest.mark.parametrize(
+    ("zarr_format", "dtype"),
+    [(2, ">f4"), (2, "<f4"), (3, ">f4"), (3, "<f4")],
+    ids=["v2-big", "v2-little", "v3-big", "v3-little"],
+)
+def test_byte_order_of_the_array_is_honoured(zarr_format, dtype):
+    # netCDF3 files load as >f4; Zarr v2 views the codec's output bytes as the array's dtype.
+    data = sample()
+    z = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype=dtype,
+        zarr_format=zarr_format,
+        fill_value=np.nan,
+        **(
+            {"compressors": [LayerQuantizer()]}
+            if zarr_format == 2
+            else {"serializer": LayerQuantizerCodec(), "compressors": None}
+        ),
+    )
+    z[:] = data
+    back = z[:]
+    assert back.dtype == np.dtype(dtype)
+    check_decoded(data, back.astype(np.float32), 16)
