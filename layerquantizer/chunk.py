@@ -52,8 +52,19 @@ def as_float32_layers(array: np.ndarray) -> tuple[np.ndarray, bool]:
     return native.reshape(_format.layer_shape(array.shape)), fortran
 
 
-def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -> bytes:
+def encode(
+    array: np.ndarray,
+    nbits: int,
+    level: int,
+    coder: int = CODER_ZSTD,
+    fill_value: float | None = None,
+) -> bytes:
     """Encode a float32 array of any shape into one chunk.
+
+    Values equal to ``fill_value`` (what Zarr pads edge chunks with) do not widen a layer's
+    range: the bound is that of the other values, and the fill values, when they lie
+    outside it, are stored exactly as exceptions. NaN and infinities never enter a range,
+    so a non-finite ``fill_value`` is the same as None.
 
     Examples
     --------
@@ -64,10 +75,20 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
     """
     layers, fortran = as_float32_layers(array)
     nlayers, ny, nx = layers.shape
-    mins, maxs, _ = _kernels.finite_ranges(layers.reshape(nlayers, ny * nx).view(np.int32))
+    bits = layers.reshape(nlayers, ny * nx).view(np.int32)
+    fill = _fill_bits(fill_value)
+    if fill is None:
+        mins, maxs, _ = _kernels.finite_ranges(bits)
+        fills = np.zeros(nlayers, np.int64)
+    else:
+        mins, maxs, _, fills = _kernels.finite_ranges_except(bits, *fill)
     plain_steps = (maxs - mins) / ((1 << nbits) - 1)
     grid_offsets, grids = _grid.coarse_grids(
-        layers.reshape(nlayers, ny * nx), mins, maxs, plain_steps
+        layers.reshape(nlayers, ny * nx),
+        mins,
+        maxs,
+        plain_steps,
+        fill=None if fill is None else np.float32(fill_value),
     )
     snapped = ~np.isnan(grids)
     offsets = np.where(snapped, grid_offsets, mins)
@@ -78,7 +99,8 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         )
         # A grid holds on the sample it was found in but may fail elsewhere: such layers
         # are quantized again with the plain step (rare, so the whole chunk is redone).
-        failed = snapped & (counts > ny * nx * _GRID_EXCEPTION_SHARE)
+        # (Fill values outside the range are exceptions whatever the step: not counted.)
+        failed = snapped & (counts - fills > ny * nx * _GRID_EXCEPTION_SHARE)
         if not failed.any():
             break
         offsets[failed], steps[failed] = mins[failed], plain_steps[failed]
@@ -104,6 +126,15 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         steps=steps,
     )
     return _format.pack(header, residuals, residual_bytes, exceptions)
+
+
+def _fill_bits(fill_value: float | None) -> tuple[int, int] | None:
+    """The int32 bits of a finite fill value as float32, twice (+0 and -0 for zero)."""
+    if fill_value is None or not np.isfinite(np.float32(fill_value)):
+        return None
+    fill = np.float32(fill_value)
+    other = -fill if fill == 0 else fill
+    return int(fill.view(np.int32)), int(np.float32(other).view(np.int32))
 
 
 def _dtype_code(dtype: np.dtype) -> int:

@@ -91,7 +91,10 @@ class LayerQuantizerCodec(ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         data = np.asarray(chunk_array.as_numpy_array())
-        encoded = chunk.encode(data, nbits=self.nbits, level=self.level)
+        # Zarr pads edge chunks with the fill value: it must not widen the layers' range.
+        fill = chunk_spec.fill_value
+        fill = float(fill) if isinstance(fill, float | np.floating) else None
+        encoded = chunk.encode(data, nbits=self.nbits, level=self.level, fill_value=fill)
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

@@ -326,3 +326,47 @@ def test_both_residual_block_forms_and_coders(nbits, coder):
     data = np.stack([smooth, noisy])
     decoded = chunk.decode(chunk.encode(data, nbits=nbits, level=1, coder=coder))
     assert_within_bound(data, decoded, nbits)
+
+
+@pytest.mark.parametrize(
+    ("fill", "padding", "exceptions", "as_without_fill"),
+    [
+        pytest.param(0.0, 0.0, True, False, id="fill-outside-the-range-is-an-exception"),
+        pytest.param(-0.0, 0.0, True, False, id="negative-zero-fill-matches-zero"),
+        pytest.param(280.5, 280.5, False, True, id="fill-inside-the-range-changes-nothing"),
+        pytest.param(np.nan, 0.0, False, True, id="nan-fill-is-no-fill"),
+        pytest.param(0.0, None, False, True, id="all-fill-layer-is-exact"),
+    ],
+)
+def test_fill_value_does_not_widen_the_range(fill, padding, exceptions, as_without_fill):
+    # Zarr pads edge chunks with the fill value: values equal to it must not widen the
+    # range of the layer they sit in, and come back exactly.
+    rng = np.random.default_rng(3)
+    data = (280 + rng.standard_normal((2, 20, 30)).cumsum(axis=-1) / 10).astype(np.float32)
+    if padding is None:
+        data[1] = fill
+    else:
+        data[0, 15:] = padding
+    encoded = chunk.encode(data, nbits=12, level=1, fill_value=fill)
+    decoded = chunk.decode(encoded)
+    if as_without_fill:  # the bound of all the values, as without a fill value
+        assert_within_bound(data, decoded, 12)
+    else:  # the bound of the other values; the fill values exact
+        is_fill = data == fill
+        assert_array_equal(decoded[is_fill], data[is_fill])
+        masked = np.where(is_fill, np.nan, data), np.where(is_fill, np.nan, decoded)
+        assert_within_bound(*masked, 12)
+    assert bool(encoded[5] & 1) == exceptions  # the flag of the exception section
+    assert (encoded == chunk.encode(data, nbits=12, level=1)) == as_without_fill
+
+
+def test_fill_value_of_the_v2_codec():
+    codec = LayerQuantizer(nbits=12, fill_value=0.0)
+    assert codec.get_config() == {"id": "layerquantizer1", "nbits": 12, "level": 1,
+                                  "fill_value": 0.0}  # fmt: skip
+    assert numcodecs.get_codec(codec.get_config()) == codec
+    assert repr(codec) == "LayerQuantizer(nbits=12, level=1, fill_value=0.0)"
+    # NaN and infinities never enter a range: no parameter, the config of old.
+    assert LayerQuantizer(fill_value=np.nan).get_config() == LayerQuantizer().get_config()
+    with pytest.raises(TypeError, match="fill_value must be a real number or None, got str"):
+        LayerQuantizer(fill_value="0")

@@ -231,3 +231,54 @@ def test_byte_order_of_the_array_is_honoured(zarr_format, dtype):
     back = z[:]
     assert back.dtype == np.dtype(dtype)
     check_decoded(data, back.astype(np.float32), 16)
+
+
+def assert_within_chunk_bound(data, decoded, chunks, nbits):
+    """Every finite value within half a step of the range of its own chunk-layer's data
+    (the padding that fills edge chunks is not data), plus one float32 ulp."""
+    for corner in np.ndindex(*(-(-n // c) for n, c in zip(data.shape, chunks, strict=True))):
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(corner, chunks, strict=True))
+        block = data[region].reshape(-1, *data[region].shape[-2:]).astype(np.float64)
+        back = decoded[region].reshape(block.shape).astype(np.float64)
+        for x, y in zip(block, back, strict=True):
+            finite = np.isfinite(x)
+            values = x[finite]
+            bound = max_abs_error(values.min(), values.max(), nbits)
+            slack = np.spacing(np.abs(values).astype(np.float32)).astype(np.float64)
+            error = np.abs(values - y[finite])
+            assert (error <= bound + slack).all(), (
+                f"chunk {corner}: error {error.max()} > bound {bound} of the data's range"
+            )
+
+
+@pytest.mark.parametrize(
+    ("zarr_format", "fill_value", "codec_fill"),
+    [
+        pytest.param(3, None, None, id="v3-default-fill-0"),
+        pytest.param(3, -999.0, None, id="v3-fill-minus-999"),
+        pytest.param(2, 0.0, 0.0, id="v2-fill-0-given-to-the-codec"),
+        pytest.param(2, np.nan, None, id="v2-nan-fill"),
+    ],
+)
+def test_padding_of_edge_chunks_does_not_widen_the_bound(zarr_format, fill_value, codec_fill):
+    # Zarr pads edge chunks with the fill value (0 by default): with data near 280 it used
+    # to enter the layer's range, and the error reached ~100 times what the data implies.
+    data = sample()
+    data[0, 3, 4] = 281.0  # no NaN: the bound is checked on every value
+    data[2, 49, 69] = 279.0
+    nbits = 12
+    if zarr_format == 2:
+        codecs = {"compressors": [LayerQuantizer(nbits=nbits, fill_value=codec_fill)]}
+    else:
+        codecs = {"serializer": LayerQuantizerCodec(nbits=nbits), "compressors": None}
+    z = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype="float32",
+        zarr_format=zarr_format,
+        **({} if fill_value is None else {"fill_value": fill_value}),
+        **codecs,
+    )
+    z[:] = data
+    assert_within_chunk_bound(data, z[:], CHUNKS, nbits)
