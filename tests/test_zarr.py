@@ -158,16 +158,33 @@ def test_xarray_round_trip_in_a_fresh_process(tmp_path, zarr_format):
     assert_array_equal(np.load(tmp_path / "out.npy"), back.temperature.values)
 
 
-def test_v3_serializer_refuses_other_dtypes(tmp_path):
-    with pytest.raises(TypeError, match="encodes float32 arrays, got dtype float64"):
-        zarr.create_array(
-            tmp_path / "bad.zarr",
+@pytest.mark.parametrize(
+    ("dtype", "when", "match"),
+    [
+        # No numeric cast makes float32 of these: refused when the array is created.
+        ("complex64", "create", "got dtype complex64; store this array with another"),
+        ("bool", "create", "got dtype bool"),
+        # A filter (AsType) could make float32 of these, so only a chunk that arrives as
+        # something else is refused, on the first write.
+        ("float64", "write", "got dtype float64; convert the array to float32 or put a filter"),
+        ("int16", "write", "got dtype int16"),
+    ],
+)
+def test_v3_serializer_refuses_other_dtypes(dtype, when, match):
+    def create():
+        return zarr.create_array(
+            zarr.storage.MemoryStore(),
             shape=(4, 4),
-            dtype="float64",
+            dtype=dtype,
             serializer=LayerQuantizerCodec(),
             compressors=None,
             zarr_format=3,
         )
+
+    with pytest.raises(TypeError, match=match):
+        create()[:] = 1
+    if when == "write":
+        create()
 
 
 def test_v3_codec_dict_round_trip():
@@ -282,3 +299,27 @@ def test_padding_of_edge_chunks_does_not_widen_the_bound(zarr_format, fill_value
     )
     z[:] = data
     assert_within_chunk_bound(data, z[:], CHUNKS, nbits)
+
+
+@pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")
+def test_v3_serializer_after_an_astype_filter():
+    # zarr validates every codec against the array's dtype (float64): the serializer must
+    # accept what the filters before it produce (float32) instead.
+    from zarr.codecs.numcodecs import AsType
+
+    data = sample().astype(np.float64)
+    z = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype="float64",
+        fill_value=np.nan,
+        filters=[AsType(encode_dtype="float32", decode_dtype="float64")],
+        serializer=LayerQuantizerCodec(),
+        compressors=None,
+        zarr_format=3,
+    )
+    z[:] = data
+    back = z[:]
+    assert back.dtype == np.float64
+    check_decoded(data.astype(np.float32), back.astype(np.float32), 16)
