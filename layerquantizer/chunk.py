@@ -247,6 +247,12 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
     chunk = _format.parse(view)
     header = chunk.header
     size = header.size
+    if out is not None and np.asarray(out).dtype.hasobject:
+        # As the numcodecs compressors do: the bytes of pointers are no place for values.
+        raise TypeError(
+            f"out has dtype {np.asarray(out).dtype}: object arrays are not supported; pass "
+            "a float32 array or a buffer of the chunk's size"
+        )
     if out is not None and np.asarray(out).nbytes != size * 4:
         raise ValueError(
             f"out holds {np.asarray(out).nbytes} bytes; the chunk decodes to {size * 4} "

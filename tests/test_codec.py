@@ -230,6 +230,30 @@ def test_decode_accepts_any_buffer_and_out():
 
 
 @pytest.mark.parametrize(
+    "codec", [LayerQuantizer(), numcodecs.Zstd(), numcodecs.Blosc()], ids=lambda c: c.codec_id
+)
+@pytest.mark.parametrize(
+    ("out", "error", "match"),
+    [
+        pytest.param(np.empty(20, object), TypeError, "object", id="object-array"),
+        pytest.param(np.empty((2, 10), object), TypeError, "object", id="object-array-2d"),
+        pytest.param(np.empty(19, np.float32), ValueError, None, id="too-small"),
+        pytest.param(bytearray(79), ValueError, None, id="too-small-bytes"),
+    ],
+)
+def test_unusable_out_is_refused_like_the_numcodecs_compressors(codec, out, error, match):
+    encoded = codec.encode(np.arange(20, dtype=np.float32))
+    with pytest.raises(error, match=match):
+        codec.decode(encoded, out=out)
+
+
+def test_out_of_another_size_is_refused_by_size():
+    encoded = LayerQuantizer().encode(np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"out holds 84 bytes; the chunk decodes to 80 \(shape"):
+        LayerQuantizer().decode(encoded, out=np.empty(21, np.float32))
+
+
+@pytest.mark.parametrize(
     ("written", "out"),
     [
         pytest.param(">f4", None, id="big-new-array"),
