@@ -7,7 +7,8 @@ and the Zarr v3 codec (:mod:`layerquantizer.zarr3`); the numerics live in
 The promise, for every finite value ``x`` of a 2-D layer whose finite values span
 ``[vmin, vmax]``: ``|x - decoded| <= (vmax - vmin) / (2**nbits - 1) / 2 + ulp(x)``, with
 ``ulp`` the float32 spacing at ``x``. NaN, +inf and -inf (and any value that would miss
-the bound by float32 rounding) are stored exactly, beside the quantized stream.
+the bound by float32 rounding) are stored exactly, beside the quantized stream. Values equal
+to a given fill value (Zarr's padding of edge chunks) are left out of ``[vmin, vmax]``.
 """
 
 from __future__ import annotations
