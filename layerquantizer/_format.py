@@ -6,7 +6,7 @@ A chunk is, all integers little-endian::
     0       4        magic b"\\x89LQZ"
     4       1        format version (1)
     5       1        flags: bit 0 exception section present, bit 1 Fortran order; others 0
-    6       1        dtype code (1 = float32)
+    6       1        dtype code (1 = float32, 2 = float32 returned big-endian)
     7       1        nbits (1-24 for float32)
     8       1        entropy coder (0 = none, 1 = zstd)
     9       1        ndim (0-32)
@@ -50,8 +50,11 @@ FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2
 _KNOWN_FLAGS = FLAG_EXCEPTIONS | FLAG_FORTRAN
 
-DTYPE_CODES = {1: np.dtype("<f4")}
-DTYPE_NBITS = {1: 24}  # the most bits a dtype's significand can use
+# The dtype the decoder returns: code 2 is float32 given big-endian (netCDF3 data), which
+# Zarr v2 reads back by viewing the decoded bytes as the array's dtype. The chunk's own
+# fields are little-endian whatever the code.
+DTYPE_CODES = {1: np.dtype("<f4"), 2: np.dtype(">f4")}
+DTYPE_NBITS = {1: 24, 2: 24}  # the most bits a dtype's significand can use
 CODER_NONE = 0
 CODER_ZSTD = 1
 CODER_NAMES = {CODER_NONE: "none", CODER_ZSTD: "zstd"}

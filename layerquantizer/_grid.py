@@ -63,7 +63,11 @@ def _fit(values, gaps, grid, noise):
 
 
 def coarse_grids(
-    layers: np.ndarray, mins: np.ndarray, maxs: np.ndarray, steps: np.ndarray
+    layers: np.ndarray,
+    mins: np.ndarray,
+    maxs: np.ndarray,
+    steps: np.ndarray,
+    fill: np.float32 | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each layer, the offset and step of a grid coarser than ``steps`` holding its
     values, or NaN when there is none.
@@ -76,10 +80,15 @@ def coarse_grids(
         Each layer's finite minimum and maximum.
     steps : float64[L]
         The quantization step the error bound allows; a grid must be coarser to be used.
+    fill : float32, optional
+        The fill value Zarr pads edge chunks with: left out of the sample, like NaN.
     """
     stride = max(1, layers.shape[1] // SAMPLE_SIZE)
+    samples = layers[:, ::stride]
+    if fill is not None:
+        samples = np.where(samples == fill, np.float32(np.nan), samples)
     # NumPy's sort is vectorized, numba's is not: sort here, the rest in the kernel.
-    samples = np.sort(layers[:, ::stride], axis=1)
+    samples = np.sort(samples, axis=1)
     return _coarse_grids(samples, mins, maxs, steps)
 
 

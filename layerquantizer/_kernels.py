@@ -392,3 +392,47 @@ def scatter_exceptions(flat, exception_bits, values):
                 flat[n] = values[found]
                 found += 1
     return found if found == count else -1
+
+
+@numba.njit(**_JIT)
+def finite_ranges_except(bits, fill, other_fill):
+    """:func:`finite_ranges` of the values that are not the fill value, and how many are.
+
+    ``fill`` and ``other_fill`` are the int32 bits of the fill value (the same twice, or
+    +0 and -0, which compare equal). Zarr pads edge chunks with the fill value: it must
+    not widen a layer's range. A layer of fill values only gets min = max = the fill.
+    """
+    nlayers, size = bits.shape
+    mins = np.zeros(nlayers)
+    maxs = np.zeros(nlayers)
+    counts = np.zeros(nlayers, np.int64)
+    fills = np.zeros(nlayers, np.int64)
+    keys = np.empty(3, np.int32)
+    values = keys.view(np.float32)
+    keys[2] = fill
+    for layer in range(nlayers):
+        row = bits[layer]
+        lo = np.int32(0x7FFFFFFF)
+        hi = np.int32(-0x80000000)
+        count = 0
+        filled = 0
+        for n in range(size):
+            b = row[n]
+            is_fill = (b == fill) | (b == other_fill)
+            kept = ((b & 0x7F800000) != 0x7F800000) & (b != fill) & (b != other_fill)
+            key = _float_key(b)
+            lo = min(lo, key if kept else np.int32(0x7FFFFFFF))
+            hi = max(hi, key if kept else np.int32(-0x80000000))
+            count += kept
+            filled += is_fill
+        counts[layer] = count
+        fills[layer] = filled
+        if count:
+            keys[0] = _float_key(lo)
+            keys[1] = _float_key(hi)
+            mins[layer] = values[0]
+            maxs[layer] = values[1]
+        elif filled:
+            mins[layer] = values[2]
+            maxs[layer] = values[2]
+    return mins, maxs, counts, fills

@@ -7,7 +7,8 @@ and the Zarr v3 codec (:mod:`layerquantizer.zarr3`); the numerics live in
 The promise, for every finite value ``x`` of a 2-D layer whose finite values span
 ``[vmin, vmax]``: ``|x - decoded| <= (vmax - vmin) / (2**nbits - 1) / 2 + ulp(x)``, with
 ``ulp`` the float32 spacing at ``x``. NaN, +inf and -inf (and any value that would miss
-the bound by float32 rounding) are stored exactly, beside the quantized stream.
+the bound by float32 rounding) are stored exactly, beside the quantized stream. Values equal
+to a given fill value (Zarr's padding of edge chunks) are left out of ``[vmin, vmax]``.
 """
 
 from __future__ import annotations
@@ -52,8 +53,19 @@ def as_float32_layers(array: np.ndarray) -> tuple[np.ndarray, bool]:
     return native.reshape(_format.layer_shape(array.shape)), fortran
 
 
-def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -> bytes:
+def encode(
+    array: np.ndarray,
+    nbits: int,
+    level: int,
+    coder: int = CODER_ZSTD,
+    fill_value: float | None = None,
+) -> bytes:
     """Encode a float32 array of any shape into one chunk.
+
+    Values equal to ``fill_value`` (what Zarr pads edge chunks with) do not widen a layer's
+    range: the bound is that of the other values, and the fill values, when they lie
+    outside it, are stored exactly as exceptions. NaN and infinities never enter a range,
+    so a non-finite ``fill_value`` is the same as None.
 
     Examples
     --------
@@ -64,10 +76,20 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
     """
     layers, fortran = as_float32_layers(array)
     nlayers, ny, nx = layers.shape
-    mins, maxs, _ = _kernels.finite_ranges(layers.reshape(nlayers, ny * nx).view(np.int32))
+    bits = layers.reshape(nlayers, ny * nx).view(np.int32)
+    fill = _fill_bits(fill_value)
+    if fill is None:
+        mins, maxs, _ = _kernels.finite_ranges(bits)
+        fills = np.zeros(nlayers, np.int64)
+    else:
+        mins, maxs, _, fills = _kernels.finite_ranges_except(bits, *fill)
     plain_steps = (maxs - mins) / ((1 << nbits) - 1)
     grid_offsets, grids = _grid.coarse_grids(
-        layers.reshape(nlayers, ny * nx), mins, maxs, plain_steps
+        layers.reshape(nlayers, ny * nx),
+        mins,
+        maxs,
+        plain_steps,
+        fill=None if fill is None else np.float32(fill_value),
     )
     snapped = ~np.isnan(grids)
     offsets = np.where(snapped, grid_offsets, mins)
@@ -78,7 +100,8 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         )
         # A grid holds on the sample it was found in but may fail elsewhere: such layers
         # are quantized again with the plain step (rare, so the whole chunk is redone).
-        failed = snapped & (counts > ny * nx * _GRID_EXCEPTION_SHARE)
+        # (Fill values outside the range are exceptions whatever the step: not counted.)
+        failed = snapped & (counts - fills > ny * nx * _GRID_EXCEPTION_SHARE)
         if not failed.any():
             break
         offsets[failed], steps[failed] = mins[failed], plain_steps[failed]
@@ -95,7 +118,7 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         )
     header = Header(
         flags=_format.FLAG_FORTRAN if fortran else 0,
-        dtype_code=1,
+        dtype_code=_dtype_code(array.dtype),
         nbits=nbits,
         coder=coder,
         block_rows=_block_rows(layers.shape[2], nbits),
@@ -104,6 +127,21 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         steps=steps,
     )
     return _format.pack(header, residuals, residual_bytes, exceptions)
+
+
+def _fill_bits(fill_value: float | None) -> tuple[int, int] | None:
+    """The int32 bits of a finite fill value as float32, twice (+0 and -0 for zero)."""
+    if fill_value is None or not np.isfinite(np.float32(fill_value)):
+        return None
+    fill = np.float32(fill_value)
+    other = -fill if fill == 0 else fill
+    return int(fill.view(np.int32)), int(np.float32(other).view(np.int32))
+
+
+def _dtype_code(dtype: np.dtype) -> int:
+    """The code of the byte order the decoder must give back: big-endian input gets a
+    big-endian array (Zarr v2 views the decoded bytes as the array's dtype)."""
+    return 2 if dtype == _format.DTYPE_CODES[2] else 1
 
 
 def _block_rows(nx: int, nbits: int) -> int:
@@ -202,12 +240,20 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
 
     ``buf`` may be any object exposing the buffer protocol. ``out``, when given, must
     hold exactly as many bytes as the decoded chunk; it is filled and returned (as is
-    when it is a C-contiguous float32 array, else through a copy).
+    when it is a C-contiguous float32 array, else through a copy). A float32 ``out`` of
+    either byte order receives the values; a new array, or the bytes written into any
+    other ``out``, have the byte order of the array that was encoded.
     """
     view = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
     chunk = _format.parse(view)
     header = chunk.header
     size = header.size
+    if out is not None and np.asarray(out).dtype.hasobject:
+        # As the numcodecs compressors do: the bytes of pointers are no place for values.
+        raise TypeError(
+            f"out has dtype {np.asarray(out).dtype}: object arrays are not supported; pass "
+            "a float32 array or a buffer of the chunk's size"
+        )
     if out is not None and np.asarray(out).nbytes != size * 4:
         raise ValueError(
             f"out holds {np.asarray(out).nbytes} bytes; the chunk decodes to {size * 4} "
@@ -240,11 +286,22 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
 
     if header.flags & _format.FLAG_FORTRAN:
         result = np.asfortranarray(result)
-    if out is None or direct:
-        return out if direct else result
+    if direct:
+        return out
+    # A float32 `out` of either byte order receives the values; anything else (bytes), and
+    # a new array, the bytes in the byte order the chunk was encoded from.
+    order = out.dtype if _is_float32(out) else header.dtype
+    if result.dtype != order:
+        result = result.astype(order, order="K")
+    if out is None:
+        return result
     from numcodecs.compat import ndarray_copy
 
     return ndarray_copy(result, out)
+
+
+def _is_float32(array) -> bool:
+    return isinstance(array, np.ndarray) and array.dtype.kind == "f" and array.dtype.itemsize == 4
 
 
 __all__ = ["CODER_NONE", "CODER_ZSTD", "MAX_NBITS", "decode", "encode", "max_abs_error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray
 
@@ -33,6 +34,22 @@ def parse_level(level: object) -> int:
     return level
 
 
+def parse_fill_value(fill_value: object) -> float | None:
+    """Check ``fill_value``: a real number or None; NaN and infinities become None, since
+    they never enter a layer's range."""
+    if fill_value is None:
+        return None
+    if isinstance(fill_value, bool) or not isinstance(fill_value, int | float | np.number):
+        raise TypeError(
+            f"fill_value must be a real number or None, got {type(fill_value).__name__} "
+            f"{fill_value!r}"
+        )
+    if isinstance(fill_value, np.complexfloating):
+        raise TypeError(f"fill_value must be a real number or None, got {fill_value!r}")
+    value = float(fill_value)
+    return value if np.isfinite(np.float32(value)) else None
+
+
 class LayerQuantizer(Codec):
     """Error-bounded lossy compression of float32 fields, one 2-D layer at a time.
 
@@ -50,6 +67,12 @@ class LayerQuantizer(Codec):
     level : int
         zstd level, -7 to 22. Higher levels compress slightly better and encode slower;
         decoding speed hardly changes.
+    fill_value : float, optional
+        The array's fill value, which Zarr pads edge chunks with: values equal to it do
+        not widen a layer's range (and come back exactly). Zarr v2 does not tell a
+        compressor the fill value, so give it here when it is finite; with None (and with
+        a NaN fill value, which ``lq`` writes) the padding of edge chunks enters the range
+        only when it is finite.
 
     Examples
     --------
@@ -64,18 +87,25 @@ class LayerQuantizer(Codec):
 
     codec_id = "layerquantizer1"
 
-    def __init__(self, nbits: int = 16, level: int = DEFAULT_LEVEL):
+    def __init__(self, nbits: int = 16, level: int = DEFAULT_LEVEL, fill_value=None):
         self.nbits = parse_nbits(nbits)
         self.level = parse_level(level)
+        self.fill_value = parse_fill_value(fill_value)
 
     def encode(self, buf):
-        return chunk.encode(ensure_ndarray(buf), nbits=self.nbits, level=self.level)
+        return chunk.encode(
+            ensure_ndarray(buf), nbits=self.nbits, level=self.level, fill_value=self.fill_value
+        )
 
     def decode(self, buf, out=None):
         return chunk.decode(ensure_contiguous_ndarray(buf), out=out)
 
     def get_config(self):
-        return {"id": self.codec_id, "nbits": self.nbits, "level": self.level}
+        config = {"id": self.codec_id, "nbits": self.nbits, "level": self.level}
+        if self.fill_value is not None:  # only then: the configs of before stay the same
+            config["fill_value"] = self.fill_value
+        return config
 
     def __repr__(self):
-        return f"{type(self).__name__}(nbits={self.nbits}, level={self.level})"
+        fill = "" if self.fill_value is None else f", fill_value={self.fill_value!r}"
+        return f"{type(self).__name__}(nbits={self.nbits}, level={self.level}{fill})"

@@ -73,11 +73,25 @@ class LayerQuantizerCodec(ArrayBytesCodec):
         dtype: ZDType[TBaseDType, TBaseScalar],
         chunk_grid: ChunkGrid,
     ) -> None:
+        # zarr checks every codec against the array's dtype, not against what the filters
+        # before it make (e.g. AsType from float64 to float32): refuse here only what no
+        # numeric cast can turn into float32; each chunk's own dtype is checked on encode.
         native = dtype.to_native_dtype()
-        if native.kind != "f" or native.itemsize != 4:
+        if native.kind not in "fiu":
             raise TypeError(
                 f"the {CODEC_NAME} codec encodes float32 arrays, got dtype {native}; store "
-                "this array with another serializer or convert it to float32 first"
+                "this array with another serializer"
+            )
+
+    @staticmethod
+    def _check_chunk_dtype(chunk_spec: ArraySpec) -> None:
+        native = chunk_spec.dtype.to_native_dtype()
+        if native.kind != "f" or native.itemsize != 4:
+            raise TypeError(
+                f"the {CODEC_NAME} codec encodes float32 arrays, got dtype {native}; convert "
+                "the array to float32 or put a filter before it that does (e.g. "
+                "zarr.codecs.numcodecs.AsType(encode_dtype='float32', "
+                f"decode_dtype='{native}'))"
             )
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
@@ -90,8 +104,12 @@ class LayerQuantizerCodec(ArrayBytesCodec):
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(decoded)
 
     def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        self._check_chunk_dtype(chunk_spec)
         data = np.asarray(chunk_array.as_numpy_array())
-        encoded = chunk.encode(data, nbits=self.nbits, level=self.level)
+        # Zarr pads edge chunks with the fill value: it must not widen the layers' range.
+        fill = chunk_spec.fill_value
+        fill = float(fill) if isinstance(fill, float | np.floating) else None
+        encoded = chunk.encode(data, nbits=self.nbits, level=self.level, fill_value=fill)
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:

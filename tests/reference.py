@@ -21,6 +21,18 @@ def finite_ranges(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return mins, maxs, counts
 
 
+def finite_ranges_except(layers: np.ndarray, fill: float):
+    """:func:`finite_ranges` of the values other than ``fill``, and the count of those;
+    a layer of fill values only spans [fill, fill]."""
+    flat = layers.reshape(len(layers), -1)
+    is_fill = flat == np.float32(fill)
+    mins, maxs, counts = finite_ranges(np.where(is_fill, np.nan, flat))
+    fills = is_fill.sum(axis=1)
+    only_fill = (counts == 0) & (fills > 0)
+    mins[only_fill] = maxs[only_fill] = fill
+    return mins, maxs, counts, fills
+
+
 def quantize(layers, offsets, steps, tolerances, nbits):
     """Levels (int64) and the exception mask, as the format defines them."""
     x = layers.astype(np.float64)

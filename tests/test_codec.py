@@ -229,10 +229,69 @@ def test_decode_accepts_any_buffer_and_out():
         codec.decode(encoded, out=np.empty(1, np.float32))
 
 
-def test_big_endian_float32_is_accepted():
-    data = np.random.default_rng(1).standard_normal((4, 5)).astype(">f4")
-    decoded = LayerQuantizer().decode(LayerQuantizer().encode(data))
-    assert_within_bound(data.astype(np.float32), decoded, 16)
+@pytest.mark.parametrize(
+    "codec", [LayerQuantizer(), numcodecs.Zstd(), numcodecs.Blosc()], ids=lambda c: c.codec_id
+)
+@pytest.mark.parametrize(
+    ("out", "error", "match"),
+    [
+        pytest.param(np.empty(20, object), TypeError, "object", id="object-array"),
+        pytest.param(np.empty((2, 10), object), TypeError, "object", id="object-array-2d"),
+        pytest.param(np.empty(19, np.float32), ValueError, None, id="too-small"),
+        pytest.param(bytearray(79), ValueError, None, id="too-small-bytes"),
+    ],
+)
+def test_unusable_out_is_refused_like_the_numcodecs_compressors(codec, out, error, match):
+    encoded = codec.encode(np.arange(20, dtype=np.float32))
+    with pytest.raises(error, match=match):
+        codec.decode(encoded, out=out)
+
+
+def test_out_of_another_size_is_refused_by_size():
+    encoded = LayerQuantizer().encode(np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match=r"out holds 84 bytes; the chunk decodes to 80 \(shape"):
+        LayerQuantizer().decode(encoded, out=np.empty(21, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("written", "out"),
+    [
+        pytest.param(">f4", None, id="big-new-array"),
+        pytest.param(">f4", ">f4", id="big-into-big"),
+        pytest.param(">f4", "<f4", id="big-into-little"),
+        pytest.param("<f4", ">f4", id="little-into-big"),
+        pytest.param(">f4", "bytes", id="big-into-bytes"),
+        pytest.param("<f4", None, id="little-new-array"),
+    ],
+)
+def test_byte_order_is_kept(written, out):
+    # Zarr v2 views the decoded bytes as the array's dtype (netCDF3 files load as >f4):
+    # a new array or raw bytes keep the byte order that was encoded; a float32 `out` of
+    # either order receives the values.
+    data = np.random.default_rng(1).standard_normal((4, 5)).astype(written)
+    codec = LayerQuantizer()
+    encoded = codec.encode(data)
+    if out is None:
+        decoded = codec.decode(encoded)
+        assert decoded.dtype == np.dtype(written)
+    elif out == "bytes":
+        target = bytearray(data.nbytes)
+        codec.decode(encoded, out=target)
+        decoded = np.frombuffer(target, written).reshape(data.shape)
+    else:
+        target = np.empty(data.shape, out)
+        assert codec.decode(encoded, out=target) is target
+        decoded = target
+    assert_within_bound(data.astype(np.float32), decoded.astype(np.float32), 16)
+
+
+def test_big_endian_chunk_differs_only_in_its_dtype_code():
+    data = np.random.default_rng(1).standard_normal((3, 8, 9)).astype(np.float32)
+    data[0, 0, 0] = np.nan  # the exception values stay little-endian
+    little = LayerQuantizer().encode(data)
+    big = LayerQuantizer().encode(data.astype(">f4"))
+    assert (little[6], big[6]) == (1, 2)
+    assert little[:6] + little[7:-4] == big[:6] + big[7:-4]
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float16", "int32", "uint8", "complex64"])
@@ -291,3 +350,47 @@ def test_both_residual_block_forms_and_coders(nbits, coder):
     data = np.stack([smooth, noisy])
     decoded = chunk.decode(chunk.encode(data, nbits=nbits, level=1, coder=coder))
     assert_within_bound(data, decoded, nbits)
+
+
+@pytest.mark.parametrize(
+    ("fill", "padding", "exceptions", "as_without_fill"),
+    [
+        pytest.param(0.0, 0.0, True, False, id="fill-outside-the-range-is-an-exception"),
+        pytest.param(-0.0, 0.0, True, False, id="negative-zero-fill-matches-zero"),
+        pytest.param(280.5, 280.5, False, True, id="fill-inside-the-range-changes-nothing"),
+        pytest.param(np.nan, 0.0, False, True, id="nan-fill-is-no-fill"),
+        pytest.param(0.0, None, False, True, id="all-fill-layer-is-exact"),
+    ],
+)
+def test_fill_value_does_not_widen_the_range(fill, padding, exceptions, as_without_fill):
+    # Zarr pads edge chunks with the fill value: values equal to it must not widen the
+    # range of the layer they sit in, and come back exactly.
+    rng = np.random.default_rng(3)
+    data = (280 + rng.standard_normal((2, 20, 30)).cumsum(axis=-1) / 10).astype(np.float32)
+    if padding is None:
+        data[1] = fill
+    else:
+        data[0, 15:] = padding
+    encoded = chunk.encode(data, nbits=12, level=1, fill_value=fill)
+    decoded = chunk.decode(encoded)
+    if as_without_fill:  # the bound of all the values, as without a fill value
+        assert_within_bound(data, decoded, 12)
+    else:  # the bound of the other values; the fill values exact
+        is_fill = data == fill
+        assert_array_equal(decoded[is_fill], data[is_fill])
+        masked = np.where(is_fill, np.nan, data), np.where(is_fill, np.nan, decoded)
+        assert_within_bound(*masked, 12)
+    assert bool(encoded[5] & 1) == exceptions  # the flag of the exception section
+    assert (encoded == chunk.encode(data, nbits=12, level=1)) == as_without_fill
+
+
+def test_fill_value_of_the_v2_codec():
+    codec = LayerQuantizer(nbits=12, fill_value=0.0)
+    assert codec.get_config() == {"id": "layerquantizer1", "nbits": 12, "level": 1,
+                                  "fill_value": 0.0}  # fmt: skip
+    assert numcodecs.get_codec(codec.get_config()) == codec
+    assert repr(codec) == "LayerQuantizer(nbits=12, level=1, fill_value=0.0)"
+    # NaN and infinities never enter a range: no parameter, the config of old.
+    assert LayerQuantizer(fill_value=np.nan).get_config() == LayerQuantizer().get_config()
+    with pytest.raises(TypeError, match="fill_value must be a real number or None, got str"):
+        LayerQuantizer(fill_value="0")

@@ -70,7 +70,7 @@ def test_foreign_bytes(chunk, match):
     ("offset", "fmt", "value", "match"),
     [
         (5, "<B", 0x80, "unknown flags"),
-        (6, "<B", 2, "unknown dtype code 2"),
+        (6, "<B", 3, "unknown dtype code 3"),
         (7, "<B", 0, "nbits 0 out of range"),
         (7, "<B", 25, "nbits 25 out of range"),
         (8, "<B", 9, "unknown entropy coder 9"),

@@ -72,6 +72,24 @@ def test_finite_ranges_extremes():
     assert (mins[0], maxs[0], counts[0]) == (-big, big, 5)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fill", [0.0, -0.0, -999.0])
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_finite_ranges_except(shape, fill, share):
+    rng = np.random.default_rng(2)
+    layers = random_layers(shape, rng, specials=0.1)
+    pick = rng.random(shape) < share
+    layers[pick] = rng.choice(np.array([0.0, -0.0, -999.0], np.float32), pick.sum())
+    fill32 = np.float32(fill)
+    other = -fill32 if fill32 == 0 else fill32
+    bits = layers.reshape(shape[0], -1).view(np.int32)
+    got = _kernels.finite_ranges_except(
+        bits, int(fill32.view(np.int32)), int(np.float32(other).view(np.int32))
+    )
+    for g, want in zip(got, reference.finite_ranges_except(layers, fill), strict=True):
+        assert_array_equal(g, want)
+
+
 @pytest.mark.parametrize("nbits", [1, 2, 7, 8, 9, 15, 16, 17, 23, 24])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("block_rows", [1, 4, 1000])

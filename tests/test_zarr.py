@@ -158,16 +158,33 @@ def test_xarray_round_trip_in_a_fresh_process(tmp_path, zarr_format):
     assert_array_equal(np.load(tmp_path / "out.npy"), back.temperature.values)
 
 
-def test_v3_serializer_refuses_other_dtypes(tmp_path):
-    with pytest.raises(TypeError, match="encodes float32 arrays, got dtype float64"):
-        zarr.create_array(
-            tmp_path / "bad.zarr",
+@pytest.mark.parametrize(
+    ("dtype", "when", "match"),
+    [
+        # No numeric cast makes float32 of these: refused when the array is created.
+        ("complex64", "create", "got dtype complex64; store this array with another"),
+        ("bool", "create", "got dtype bool"),
+        # A filter (AsType) could make float32 of these, so only a chunk that arrives as
+        # something else is refused, on the first write.
+        ("float64", "write", "got dtype float64; convert the array to float32 or put a filter"),
+        ("int16", "write", "got dtype int16"),
+    ],
+)
+def test_v3_serializer_refuses_other_dtypes(dtype, when, match):
+    def create():
+        return zarr.create_array(
+            zarr.storage.MemoryStore(),
             shape=(4, 4),
-            dtype="float64",
+            dtype=dtype,
             serializer=LayerQuantizerCodec(),
             compressors=None,
             zarr_format=3,
         )
+
+    with pytest.raises(TypeError, match=match):
+        create()[:] = 1
+    if when == "write":
+        create()
 
 
 def test_v3_codec_dict_round_trip():
@@ -204,3 +221,105 @@ def test_v2_and_v3_chunks_are_the_same_bytes(tmp_path):
     chunk_v2 = (tmp_path / "v2.zarr" / "0.0.0").read_bytes()
     chunk_v3 = (tmp_path / "v3.zarr" / "c" / "0" / "0" / "0").read_bytes()
     assert chunk_v2 == chunk_v3
+
+
+@pytest.mark.parametrize(
+    ("zarr_format", "dtype"),
+    [(2, ">f4"), (2, "<f4"), (3, ">f4"), (3, "<f4")],
+    ids=["v2-big", "v2-little", "v3-big", "v3-little"],
+)
+def test_byte_order_of_the_array_is_honoured(zarr_format, dtype):
+    # netCDF3 files load as >f4; Zarr v2 views the codec's output bytes as the array's dtype.
+    data = sample()
+    z = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype=dtype,
+        zarr_format=zarr_format,
+        fill_value=np.nan,
+        **(
+            {"compressors": [LayerQuantizer()]}
+            if zarr_format == 2
+            else {"serializer": LayerQuantizerCodec(), "compressors": None}
+        ),
+    )
+    z[:] = data
+    back = z[:]
+    assert back.dtype == np.dtype(dtype)
+    check_decoded(data, back.astype(np.float32), 16)
+
+
+def assert_within_chunk_bound(data, decoded, chunks, nbits):
+    """Every finite value within half a step of the range of its own chunk-layer's data
+    (the padding that fills edge chunks is not data), plus one float32 ulp."""
+    for corner in np.ndindex(*(-(-n // c) for n, c in zip(data.shape, chunks, strict=True))):
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(corner, chunks, strict=True))
+        block = data[region].reshape(-1, *data[region].shape[-2:]).astype(np.float64)
+        back = decoded[region].reshape(block.shape).astype(np.float64)
+        for x, y in zip(block, back, strict=True):
+            finite = np.isfinite(x)
+            values = x[finite]
+            bound = max_abs_error(values.min(), values.max(), nbits)
+            slack = np.spacing(np.abs(values).astype(np.float32)).astype(np.float64)
+            error = np.abs(values - y[finite])
+            assert (error <= bound + slack).all(), (
+                f"chunk {corner}: error {error.max()} > bound {bound} of the data's range"
+            )
+
+
+@pytest.mark.parametrize(
+    ("zarr_format", "fill_value", "codec_fill"),
+    [
+        pytest.param(3, None, None, id="v3-default-fill-0"),
+        pytest.param(3, -999.0, None, id="v3-fill-minus-999"),
+        pytest.param(2, 0.0, 0.0, id="v2-fill-0-given-to-the-codec"),
+        pytest.param(2, np.nan, None, id="v2-nan-fill"),
+    ],
+)
+def test_padding_of_edge_chunks_does_not_widen_the_bound(zarr_format, fill_value, codec_fill):
+    # Zarr pads edge chunks with the fill value (0 by default): with data near 280 it used
+    # to enter the layer's range, and the error reached ~100 times what the data implies.
+    data = sample()
+    data[0, 3, 4] = 281.0  # no NaN: the bound is checked on every value
+    data[2, 49, 69] = 279.0
+    nbits = 12
+    if zarr_format == 2:
+        codecs = {"compressors": [LayerQuantizer(nbits=nbits, fill_value=codec_fill)]}
+    else:
+        codecs = {"serializer": LayerQuantizerCodec(nbits=nbits), "compressors": None}
+    z = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype="float32",
+        zarr_format=zarr_format,
+        **({} if fill_value is None else {"fill_value": fill_value}),
+        **codecs,
+    )
+    z[:] = data
+    assert_within_chunk_bound(data, z[:], CHUNKS, nbits)
+
+
+@pytest.mark.filterwarnings("ignore:Numcodecs codecs are not in the Zarr version 3")
+def test_v3_serializer_after_an_astype_filter():
+    # zarr validates every codec against the array's dtype (float64): the serializer must
+    # accept what the filters before it produce (float32) instead.
+    from zarr.codecs.numcodecs import AsType
+
+    data = sample().astype(np.float64)
+    z = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=SHAPE,
+        chunks=CHUNKS,
+        dtype="float64",
+        fill_value=np.nan,
+        filters=[AsType(encode_dtype="float32", decode_dtype="float64")],
+        serializer=LayerQuantizerCodec(),
+        compressors=None,
+        zarr_format=3,
+    )
+    z[:] = data
+    back = z[:]
+    assert back.dtype == np.float64
+    check_decoded(data.astype(np.float32), back.astype(np.float32), 16)
