@@ -223,3 +223,30 @@ def test_float64_chunk_refuses_values_beyond_float32():
         float64_chunk(x, nbits=16, level=1)
     with pytest.raises(ValueError, match=r"tolerances must hold one value per layer \(1\)"):
         chunk.encode(np.ones((3, 4), np.float32), nbits=16, level=1, tolerances=np.zeros(2))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_time_variables_are_copied_as_stored(tmp_path, zarr_format):
+    """Datetimes and timedeltas: int64 with their units (and a timedelta's dtype attribute)."""
+    from layerquantizer.dataset import compress, open_dataset
+
+    times = np.datetime64("2020-01-01", "ns") + np.arange(3) * np.timedelta64(6, "h")
+    grid = np.random.default_rng(0).normal(280, 10, (3, 8, 16)).astype(np.float32)
+    ds = xr.Dataset(
+        {
+            "t": (("time", "latitude", "longitude"), grid),
+            "valid_time": ("time", times + np.timedelta64(3, "h")),
+            "lead": ("time", np.arange(3) * np.timedelta64(1, "h")),
+        },
+        coords={"time": times, "latitude": np.arange(8.0), "longitude": np.arange(16.0)},
+    )
+    src, dst = str(tmp_path / "src.zarr"), str(tmp_path / "dst.zarr")
+    ds.to_zarr(src, zarr_format=zarr_format, consolidated=zarr_format == 2)
+    compress(src, dst, variables=["t"], zarr_format=zarr_format)
+    for name in ("valid_time", "lead"):
+        a = zarr.open_array(src, path=name, mode="r")
+        b = zarr.open_array(dst, path=name, mode="r")
+        assert (b.dtype, dict(b.attrs)) == (a.dtype, dict(a.attrs)), name
+        assert np.array_equal(b[...], a[...]), name
+    names = ["valid_time", "lead"]
+    xr.testing.assert_identical(open_dataset(dst)[names].load(), open_dataset(src)[names].load())

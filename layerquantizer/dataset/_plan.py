@@ -458,6 +458,9 @@ def _stored_form(var: xr.DataArray) -> _StoredForm | None:
         return None
     keys = _CF_ATTRIBUTES + (_TIME_ATTRIBUTES if var.dtype.kind in "mM" else ())
     attrs.update({key: encoding[key] for key in keys if encoding.get(key) is not None})
+    if var.dtype.kind == "m":
+        # xarray writes a timedelta's unit as this attribute and consumes it on decoding.
+        attrs.setdefault("dtype", str(var.dtype))
     return _StoredForm(stored, attrs, encoding.get("fill_value"))
 
 
