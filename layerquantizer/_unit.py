@@ -285,14 +285,13 @@ def _chunk_encoder(array, data: np.ndarray):
     """A function turning one complete chunk of ``array`` into the bytes zarr would store,
     or None when zarr's own pipeline must write it."""
     from layerquantizer import chunk as lq_chunk
-    from layerquantizer.zarr3 import LayerQuantizerCodec
 
     meta = array.metadata
     if not (isinstance(meta.fill_value, float | np.floating) and np.isnan(meta.fill_value)):
         return None
     stored = meta.dtype.to_native_dtype()
+    settings = _layerquantizer_settings(meta)
     if data.dtype == np.float64 and stored == np.float32:
-        settings = _layerquantizer_settings(meta)
         if settings is None:
             return None
         nbits, level = settings
@@ -303,10 +302,9 @@ def _chunk_encoder(array, data: np.ndarray):
         if meta.filters or meta.compressor is None or meta.order != "C":
             return None
         return meta.compressor.encode
-    codecs = meta.codecs
-    if len(codecs) == 1 and isinstance(codecs[0], LayerQuantizerCodec):
-        codec = codecs[0]
-        return lambda block: lq_chunk.encode(block, nbits=codec.nbits, level=codec.level)
+    if settings is not None:
+        nbits, level = settings
+        return lambda block: lq_chunk.encode(block, nbits=nbits, level=level)
     return None
 
 
