@@ -59,6 +59,8 @@ def encode(
     level: int,
     coder: int = CODER_ZSTD,
     fill_value: float | None = None,
+    *,
+    tolerances: np.ndarray | None = None,
 ) -> bytes:
     """Encode a float32 array of any shape into one chunk.
 
@@ -66,6 +68,11 @@ def encode(
     range: the bound is that of the other values, and the fill values, when they lie
     outside it, are stored exactly as exceptions. NaN and infinities never enter a range,
     so a non-finite ``fill_value`` is the same as None.
+
+    ``tolerances`` (float64, one per layer), when given, tightens the error a value may
+    have (besides one float32 ulp) before it is stored exactly: the smaller of it and the
+    half step. The bytes stay a valid chunk of this format; more values become
+    exceptions. Used to hold the float32 rounding of float64 data to the float64 bound.
 
     Examples
     --------
@@ -94,9 +101,18 @@ def encode(
     snapped = ~np.isnan(grids)
     offsets = np.where(snapped, grid_offsets, mins)
     steps = np.where(snapped, grids, plain_steps)
+    allowed = plain_steps / 2.0
+    if tolerances is not None:
+        tolerances = np.asarray(tolerances, np.float64)
+        if tolerances.shape != (nlayers,):
+            raise ValueError(
+                f"tolerances must hold one value per layer ({nlayers}), got shape "
+                f"{tolerances.shape}"
+            )
+        allowed = np.minimum(allowed, tolerances)
     while True:
         residuals, residual_bytes, bitmap, counts = _encode_residuals(
-            layers, offsets, steps, plain_steps / 2.0, nbits, coder, level
+            layers, offsets, steps, allowed, nbits, coder, level
         )
         # A grid holds on the sample it was found in but may fail elsewhere: such layers
         # are quantized again with the plain step (rare, so the whole chunk is redone).

@@ -7,7 +7,7 @@ Stores shared by the CLI and dataset tests, made once per session in a temporary
 - ``sample_store``: ``lq sample`` output as Zarr v2 and v3 (WeatherBench2 names and dims).
 - ``real_store``: ERA-Interim monthly means of geopotential and wind from
   ``../shared/data/real_fields.npz`` under WeatherBench2 names, plus a static
-  ``land_sea_mask`` derived from them and a float64 variable the codec must refuse.
+  ``land_sea_mask`` derived from them and a float64 variable.
 - ``ensemble_store``: ERA5 ensemble geopotential and temperature with a ``number``
   dimension, as Zarr v3 without consolidated metadata.
 """
@@ -66,7 +66,7 @@ def real_dataset():
                 ("latitude", "longitude"),
                 (z[0, -1] < np.median(z[0, -1])).astype(np.float32),
             ),
-            # The codec takes float32 only.
+            # float64: quantized through float32 when asked, else copied.
             "geopotential_float64": (dims[1:], z[0].astype(np.float64)),
         },
         coords={

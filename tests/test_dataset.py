@@ -164,6 +164,14 @@ def test_plan_defaults(small):
     assert tasks[1].region["time"] == slice(1, 2)
 
 
+def test_plan_quantizes_float64_through_float32(small):
+    plan = plan_compress(small, variables=["t64"])
+    assert plan.source["t64"].dtype == np.float64  # what the workers read
+    assert plan.template["t64"].dtype == np.float32  # what the store holds
+    assert plan.template["t64"].attrs["layerquantizer_source_dtype"] == "float64"
+    assert "layerquantizer_source_dtype" not in plan.template["temperature"].attrs
+
+
 def test_plan_zarr3_uses_the_serializer(small):
     from layerquantizer.zarr3 import LayerQuantizerCodec
 
@@ -248,11 +256,9 @@ def test_plan_subset(small):
                      id="unknown"),
         pytest.param({"variables": ["level"]}, r"'level' is a coordinate, not a data variable",
                      id="coordinate"),
-        pytest.param({"variables": ["t64"]},
-                     r"cannot quantize 't64': its dtype is float64, and the layerquantizer codec "
-                     r"encodes float32 only", id="float64"),
-        pytest.param({"variables": ["flag"]}, r"cannot quantize 'flag': its dtype is int16",
-                     id="int16"),
+        pytest.param({"variables": ["flag"]},
+                     r"cannot quantize 'flag': its dtype is int16, and the layerquantizer codec "
+                     r"encodes float32 \(and float64 through float32\) only", id="int16"),
         pytest.param({"variables": ["transposed"]},
                      r"cannot quantize 'transposed' with dims \(time, latitude, longitude, level\)"
                      r": .* must be \(latitude, longitude\)", id="dims"),

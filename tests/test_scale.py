@@ -290,7 +290,8 @@ def test_nan_chunks_are_not_stored_as_zarr_does(tmp_path):
 
 
 def test_sources_with_cf_encoding_are_decoded(tmp_path):
-    """Packed int16 with scale and offset: workers read it through xarray, decoded."""
+    """Packed int16 with scale and offset: workers read it through xarray, decoded, to
+    quantize it; a copy is read and written as stored."""
     values = np.linspace(200, 300, 2 * 8 * 16, dtype="float32").reshape(2, 8, 16)
     dims = ("time", "latitude", "longitude")
     ds = xr.Dataset({"t": (dims, values), "u": (dims, values - 250)})
@@ -298,11 +299,16 @@ def test_sources_with_cf_encoding_are_decoded(tmp_path):
     encoding = {"t": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 250.0,
                       "_FillValue": -32768}}  # fmt: skip
     ds.to_zarr(src, zarr_format=2, consolidated=True, encoding=encoding)
-    plan = dataset.plan_compress(dataset.open_dataset(str(src)), variables=["u"])
+    plan = dataset.plan_compress(dataset.open_dataset(str(src)), variables=["t"])
     assert plan.raw_read == frozenset({"u"})
+    plan = dataset.plan_compress(dataset.open_dataset(str(src)), variables=["u"])
+    assert plan.raw_read == frozenset({"t", "u"})
     dataset.compress(str(src), str(dst), variables=["u"])
     back = xr.open_zarr(dst)
     xr.testing.assert_identical(back["t"].load(), xr.open_zarr(src)["t"].load())
+    assert back["t"].encoding["dtype"] == np.int16
+    assert dataset.verify(str(src), str(dst)).ok
+    dataset.compress(str(src), str(dst), variables=["t"], overwrite=True)
     assert dataset.verify(str(src), str(dst)).ok
 
 

@@ -100,10 +100,14 @@ def compress(
 
     The chosen variables are written with LayerQuantizer (Zarr v2: the ``layerquantizer1``
     compressor; v3: the ``layerquantizer`` serializer), every other data variable with
-    Zarr's default lossless compressor; coordinates and attributes are kept, and each
+    Zarr's default lossless compressor, in its stored form (raw values, dtype, fill value
+    and attributes, netCDF packing included); coordinates and attributes are kept, and each
     quantized variable records ``layerquantizer_codec``, ``layerquantizer_nbits`` and
-    ``layerquantizer_error_bound`` (full scale) in its attributes. Metadata is consolidated.
-    The source is only read. See :func:`plan_compress` for the selection arguments.
+    ``layerquantizer_error_bound`` (full scale) in its attributes. float64 and packed
+    variables (decoded to float64) are quantized through float32 within the bound of their
+    float64 values, and written as float32 with ``layerquantizer_source_dtype``. Metadata
+    is consolidated. The source is only read. See :func:`plan_compress` for the selection
+    arguments.
 
     Parameters
     ----------

@@ -19,6 +19,7 @@ from layerquantizer.dataset._codec_metadata import (
     ATTR_BOUND,
     ATTR_CODEC,
     ATTR_NBITS,
+    ATTR_SOURCE_DTYPE,
     full_scale_bound,
 )
 from layerquantizer.dataset._errors import RequestError, _one_line
@@ -58,9 +59,12 @@ class Plan:
     Attributes
     ----------
     source : xarray.Dataset
-        The selected, subset source: lazily indexed, not dask, coordinates loaded.
+        The selected, subset source: lazily indexed, not dask, coordinates loaded; a
+        variable copied in its stored form (see ``raw_read``) is described by its stored
+        dtype and attributes over lazy zeros, since the workers copy its stored values.
     template : xarray.Dataset
-        The same with every data variable as a dask array chunked like the output.
+        The same with every data variable as a dask array chunked like the output (and
+        float32 for a quantized float64 variable).
     encoding : dict
         The explicit Zarr encoding of every data variable (source encodings are dropped).
     quantized : dict
@@ -76,8 +80,10 @@ class Plan:
     source_positions : dict
         Dim -> the position in the source of each kept position along it.
     raw_read : frozenset of str
-        Variables whose stored values need no CF decoding (no scale, offset or masked fill
-        value), so that workers may read them from Zarr directly.
+        Variables whose stored values workers read from Zarr directly: copies (kept in
+        their stored form: dtype, fill value, ``scale_factor``/``add_offset`` and the other
+        CF attributes, raw values, so that they decode as the source does) and quantized
+        variables that need no CF decoding.
     location, token
         Where the source is and its credentials, for workers to open it again.
     """
@@ -270,11 +276,11 @@ def plan_compress(
     if not wanted:
         candidates = [
             str(name) for name, var in ds.data_vars.items()
-            if var.dtype == np.float32 and var.ndim >= 2
+            if var.dtype in (np.float32, np.float64) and var.ndim >= 2
         ]  # fmt: skip
         raise RequestError(
             "no variables to quantize: name them with --vars or in a config's 'variables'; "
-            f"float32 candidates: {', '.join(candidates) or 'none'}"
+            f"floating-point candidates: {', '.join(candidates) or 'none'}"
         )
     available = [str(name) for name in ds.data_vars]
     quantize: list[str] = []
@@ -309,10 +315,11 @@ def plan_compress(
     quantized: dict[str, int] = {}
     for name in quantize:
         var = ds[name]
-        if var.dtype != np.float32:
+        if var.dtype not in (np.float32, np.float64):
             raise RequestError(
                 f"cannot quantize {name!r}: its dtype is {var.dtype}, and the layerquantizer "
-                "codec encodes float32 only; leave it out to copy it losslessly"
+                "codec encodes float32 (and float64 through float32) only; leave it out to "
+                "copy it losslessly"
             )
         if var.ndim < 2 or (grid is not None and var.dims[-2:] != grid):
             expected = f"({', '.join(grid)})" if grid else "a 2-D grid"
@@ -329,7 +336,11 @@ def plan_compress(
 
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
     copied = tuple(name for name in available if name not in quantized and name not in dropped)
-    raw_read = frozenset(name for name in (*quantized, *copied) if _reads_raw(ds[name]))
+    # Copies keep their stored form: the raw values, dtype, fill value and CF attributes.
+    stored_forms = {name: form for name in copied if (form := _stored_form(ds[name])) is not None}
+    raw_read = frozenset(
+        name for name in (*quantized, *copied) if name in stored_forms or _reads_raw(ds[name])
+    )
     location, token = ds.encoding.get("lq_location"), ds.encoding.get("lq_token")
     source_chunk_ids = {}
     for name in (*quantized, *copied):
@@ -368,10 +379,17 @@ def plan_compress(
         ds[name].variable.load()
     encoding: dict[str, dict] = {}
     data_vars = {}
-    for name in ds.data_vars:
+    for name in list(ds.data_vars):
         var = ds[name].variable
         var_chunks = tuple(chosen[dim] for dim in var.dims)
         encoding[name] = {"chunks": var_chunks}
+        if name in stored_forms:
+            var, zarr_fill = _stored_variable(var, stored_forms[name], var_chunks)
+            ds[name] = var  # what the workers read and write: the stored values
+            if zarr_fill is not None and zarr_format == 3:
+                encoding[name]["fill_value"] = zarr_fill
+            data_vars[name] = var
+            continue
         if name in quantized:
             bits = quantized[name]
             encoding[name].update(_build_codec(bits, zarr_format))
@@ -382,6 +400,11 @@ def plan_compress(
                     ATTR_BOUND: full_scale_bound(bits),
                 }
             )
+            if var.dtype != np.float32:
+                # Decoded (packed int16 is float64 once decoded) values, quantized through
+                # float32 within the bound of the float64 values (see _unit.float64_chunk).
+                var.attrs[ATTR_SOURCE_DTYPE] = str(var.dtype)
+                var = var.astype(np.float32)
         # The template is never computed: its dask chunks equal the Zarr chunks, which is
         # what lets xarray check the layout and write the metadata alone.
         data_vars[name] = var.chunk(dict(zip(var.dims, var_chunks, strict=True)))
@@ -402,6 +425,55 @@ def plan_compress(
         location=location,
         token=token,
     )
+
+
+#: Encoding entries that xarray's CF decoding takes out of a variable's stored attributes.
+_CF_ATTRIBUTES = ("scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned")
+_TIME_ATTRIBUTES = ("units", "calendar")
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredForm:
+    """A variable as its store holds it: the stored dtype, the attributes in the store
+    (the CF ones included), and the Zarr v3 ``fill_value`` where the source says."""
+
+    dtype: np.dtype
+    attrs: dict[str, Any]
+    zarr_fill: Any = None
+
+
+def _stored_form(var: xr.DataArray) -> _StoredForm | None:
+    """How ``var`` is stored, from what xarray's decoding moved into its encoding, or None
+    when that cannot be told (strings, objects, an opened-in-memory dataset)."""
+    encoding = var.encoding
+    stored = encoding.get("dtype")
+    if stored is None:
+        return None
+    attrs = dict(var.attrs)
+    if isinstance(stored, str) and stored == "bool" and var.dtype == bool:
+        # xarray's own spelling of a boolean stored as int8 with the attribute dtype: bool.
+        stored, attrs["dtype"] = np.dtype("int8"), "bool"
+    stored = np.dtype(stored)
+    if stored.kind not in "biuf" or var.dtype.kind not in "biufmM":
+        return None
+    keys = _CF_ATTRIBUTES + (_TIME_ATTRIBUTES if var.dtype.kind in "mM" else ())
+    attrs.update({key: encoding[key] for key in keys if encoding.get(key) is not None})
+    if var.dtype.kind == "m":
+        # xarray writes a timedelta's unit as this attribute and consumes it on decoding.
+        attrs.setdefault("dtype", str(var.dtype))
+    return _StoredForm(stored, attrs, encoding.get("fill_value"))
+
+
+def _stored_variable(
+    var: xr.Variable, form: _StoredForm, chunks: tuple[int, ...]
+) -> tuple[xr.Variable, Any]:
+    """The template variable of a copy: the stored dtype and attributes over lazy zeros
+    (a template is never computed; the workers copy the stored values themselves)."""
+    import dask.array as da
+
+    data = da.zeros(var.shape, dtype=form.dtype, chunks=chunks)
+    attrs = {k: v for k, v in form.attrs.items() if not str(k).startswith(_ATTR_PREFIX)}
+    return xr.Variable(var.dims, data, attrs=attrs), form.zarr_fill
 
 
 def _reads_raw(var: xr.DataArray) -> bool:

@@ -34,8 +34,9 @@ def _layer_stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     stats = np.empty((layers_a.shape[0], 7))
     with np.errstate(invalid="ignore", over="ignore"):
         for index, (layer_a, layer_b) in enumerate(zip(layers_a, layers_b, strict=True)):
-            if layer_a.dtype == np.float32:
-                ulp = np.spacing(np.abs(layer_a)).astype(np.float64)
+            if layer_a.dtype == np.float32 or layer_b.dtype == np.float32:
+                # Stored as float32 (float64 sources too): one float32 ulp of the value.
+                ulp = np.spacing(np.abs(layer_a).astype(np.float32)).astype(np.float64)
             elif layer_a.dtype.kind == "f":
                 ulp = np.spacing(np.abs(layer_a.astype(np.float64)))
             else:
