@@ -8,6 +8,8 @@ from __future__ import annotations
 ATTR_CODEC = "layerquantizer_codec"
 ATTR_NBITS = "layerquantizer_nbits"
 ATTR_BOUND = "layerquantizer_error_bound"
+#: Root attribute: the source's data variables that the config dropped on purpose.
+ATTR_DROPPED = "layerquantizer_dropped"
 _ATTR_PREFIX = "layerquantizer_"
 _LQ_CODEC_IDS = ("layerquantizer1", "layerquantizer", "layerquantizer0.3b")
 # Codecs that give back every bit; anything else without a LayerQuantizer codec has an
