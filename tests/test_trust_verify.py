@@ -240,3 +240,29 @@ def test_the_table_lists_problems_capped(small_source, store):
     assert sum(line.startswith("corrupt_chunk: temperature") for line in lines) == 3
     assert sum(line.startswith("missing_chunk: geopotential") for line in lines) == 3
     assert any(line.startswith("FAILED:") and "geopotential" in line for line in lines)
+
+
+def test_resume_redoes_the_units_whose_source_changed(small_source, tmp_path):
+    from layerquantizer.resume import Progress
+
+    src, dst = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    shutil.copytree(small_source, src)
+    calls = []
+
+    def progress(*_):
+        calls.append(1)
+        if len(calls) > 3:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        dataset.compress(str(src), str(dst), variables=["temperature"], progress=progress,
+                         scheduler="synchronous")  # fmt: skip
+    done = Progress(str(dst)).done_units()
+    assert f"{PROGRESS_DIR}/done/temperature/0.0.0.0" in done
+    # Between the runs the source changes under a unit already written.
+    array = zarr.open_array(str(src), path="temperature", mode="r+")
+    array[0] = array[0] + np.float32(1.0)
+    report = dataset.compress(str(src), str(dst), variables=["temperature"], resume=True)
+    assert report.units_resumed == len(done) - 1
+    code, verified = lq_json("verify", src, dst)
+    assert code == 0, verified["variables"]["temperature"]["problems"]
