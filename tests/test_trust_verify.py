@@ -189,6 +189,7 @@ def test_a_variable_dropped_by_the_config_is_not_missing(small_source, tmp_path)
     assert xr.open_zarr(dst).attrs["layerquantizer_dropped"] == ["geopotential"]
     code, report = lq_json("verify", small_source, dst)
     assert code == 0 and "geopotential" not in report["variables"]
+    assert report["skipped"] == {"geopotential": "dropped by the config it was written with"}
 
 
 class _Interrupted(Exception):

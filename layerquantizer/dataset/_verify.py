@@ -421,8 +421,8 @@ def _check_variable(
         ))  # fmt: skip
     for coords, count in _failing_chunks(bad, per_block[..., _BAD], lead_ids, pad):
         problems.append(Problem(
-            "nonfinite", f"{name}: chunk {coords}: {count:.0f} NaN or infinite values of a "
-            "layer differ from the source", coords,
+            "nonfinite", f"{name}: chunk {coords}: NaN or infinite values differ from the "
+            f"source's ({count:.0f} in one layer)", coords,
         ))  # fmt: skip
     if differ.any():
         problems.append(Problem(
@@ -595,9 +595,7 @@ def verify(
         names = [str(n) for n in dst_ds.data_vars if n in src_ds.data_vars]
         if not names:
             raise RequestError(f"{src} and {dst} have no data variable in common")
-        missing = [
-            str(n) for n in src_ds.data_vars if n not in dst_ds.data_vars and n not in dropped
-        ]
+        missing = [str(n) for n in src_ds.data_vars if n not in dst_ds.data_vars]
     else:
         names, missing = [], []
         for name in variables:
@@ -607,7 +605,10 @@ def verify(
                     f"{', '.join(map(str, src_ds.data_vars))}"
                 )
             (names if name in dst_ds.data_vars else missing).append(name)
-    skipped: dict[str, str] = {}
+    skipped = {
+        name: "dropped by the config it was written with" for name in missing if name in dropped
+    }
+    missing = [name for name in missing if name not in skipped]
     pending = []
     fs, root = filesystem(dst, "r", token=dst_token)
     zarr_store = open_store(dst, "r", token=dst_token)
