@@ -228,19 +228,48 @@ def test_a_store_without_its_completion_state_is_incomplete(small_source, store)
     assert [p["kind"] for p in report["problems"]] == ["incomplete"]
 
 
-def test_the_table_lists_problems_capped(small_source, store):
-    for index in range(3):
-        _flip(store / "temperature" / f"{index}.0.0.0", 40)
-        (store / "geopotential" / f"{index}.0.0.0").unlink()
+def test_the_table_lists_problems_capped(small_source, tmp_path):
+    store = tmp_path / "out.zarr"
+    dataset.compress(small_source, str(store), variables=["temperature"], chunks={"level": 1})
+    for time in range(3):
+        for level in range(2):
+            _flip(store / "temperature" / f"{time}.{level}.0.0", 40)
+    (store / "geopotential" / "1.1.0.0").unlink()
     result = subprocess.run(
         [*lq_command(), "verify", small_source, str(store)], capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
-    assert sum(line.startswith("corrupt_chunk: temperature") for line in lines) == 3
-    assert sum(line.startswith("missing_chunk: geopotential") for line in lines) == 3
-    assert any(line.startswith("FAILED:") and "geopotential" in line for line in lines)
+    assert sum(line.startswith("corrupt_chunk: temperature: chunk (") for line in lines) == 5
+    assert "... and 1 more problem of temperature (see --json)" in lines
+    assert (
+        "missing_chunk: geopotential: chunk (1, 1, 0, 0) (geopotential/1.1.0.0) is missing, "
+        "but the source there is not all fill values"
+    ) in lines
+    assert lines[-1] == "FAILED: geopotential (missing_chunk); temperature (corrupt_chunk)"
+
+
+def test_a_variable_gone_from_a_consolidated_store_has_its_chunks_missing(small_source, store):
+    shutil.rmtree(store / "u_component_of_wind")  # still listed by the consolidated metadata
+    code, report = lq_json("verify", small_source, store)
+    assert code == 1
+    assert kinds(report["variables"]["u_component_of_wind"]) == [
+        ("missing_chunk", [t, 0, 0, 0]) for t in range(3)
+    ]
+
+
+def test_attributes_that_contradict_the_codec(small_source, store):
+    array = zarr.open_array(str(store), path="temperature", mode="r+")
+    array.attrs["layerquantizer_nbits"] = 20  # the codec metadata says 16
+    zarr.consolidate_metadata(str(store))
+    code, report = lq_json("verify", small_source, store)
+    assert code == 1
+    assert kinds(report["variables"]["temperature"]) == [
+        ("metadata_mismatch", None),  # nbits 20 vs the codec's 16
+        ("metadata_mismatch", None),  # the error bound attribute is that of 16 bits
+        *[("metadata_mismatch", [t, 0, 0, 0]) for t in range(3)],  # chunks at 16 bits
+    ]
 
 
 def test_resume_redoes_the_units_whose_source_changed(small_source, tmp_path):

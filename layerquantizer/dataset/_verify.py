@@ -20,7 +20,12 @@ from layerquantizer.dataset._codec_metadata import (
 )
 from layerquantizer.dataset._errors import RequestError, _one_line
 from layerquantizer.dataset._inspect import ArrayReport, inspect
-from layerquantizer.dataset._stores import _single_threaded_blosc, _token, open_dataset
+from layerquantizer.dataset._stores import (
+    _quiet_consolidated,
+    _single_threaded_blosc,
+    _token,
+    open_dataset,
+)
 
 # Columns of the per-layer statistics that _layer_stats returns.
 _LO, _HI, _MAX_ERR, _MAX_EXCESS, _SUM_SQ, _COUNT, _BAD = range(7)
@@ -306,8 +311,8 @@ class _ChunkReader:
             # hold nothing else, so any other source value there was lost.
             problems.append(Problem(
                 "missing_chunk",
-                f"{self.name}: {where} is missing, and the source holds values other than "
-                "the fill value there; write the store again (lq compress --overwrite)",
+                f"{self.name}: {where} is missing, but the source there is not all fill "
+                "values",
                 coords,
             ))  # fmt: skip
             return _layer_stats(a, a), problems
@@ -507,9 +512,9 @@ def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
     return problems
 
 
-def _chunk_reader(name, dst_var, array, store, keys, fs, root, location, pad) -> _ChunkReader:
-    """How to read ``name``'s chunks from the destination; ``keys``: the store's objects."""
-    import zarr
+def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) -> _ChunkReader:
+    """How to read ``name``'s chunks from the destination; ``keys``: the store's objects,
+    ``group``: the destination's root Zarr group (consolidated metadata if there is)."""
     from dask.array.core import normalize_chunks
 
     grid = normalize_chunks(tuple(dst_var.encoding.get("chunks") or dst_var.shape), dst_var.shape)
@@ -517,10 +522,12 @@ def _chunk_reader(name, dst_var, array, store, keys, fs, root, location, pad) ->
     sharded = array is not None and any(
         entry.get("name") == "sharding_indexed" for entry in array.codecs
     )
-    if array is not None and not sharded:
+    try:
+        metadata = group[name].metadata
+    except (KeyError, ValueError):
+        metadata = None
+    if metadata is not None and not sharded:
         # Zarr's own spelling of the key: v2 "0.0" or "0/0", v3 "c/0/0" or the v2 encoding.
-        metadata = zarr.open_array(store, path=name, mode="r").metadata
-
         def key(coords: tuple[int, ...]) -> str:
             return f"{name}/{metadata.encode_chunk_key(coords)}"
 
@@ -580,6 +587,7 @@ def verify(
     True
     """
     import dask
+    import zarr
 
     from layerquantizer.storage import filesystem, open_store
 
@@ -611,7 +619,8 @@ def verify(
     missing = [name for name in missing if name not in skipped]
     pending = []
     fs, root = filesystem(dst, "r", token=dst_token)
-    zarr_store = open_store(dst, "r", token=dst_token)
+    with _quiet_consolidated():
+        group = zarr.open_group(open_store(dst, "r", token=dst_token), mode="r")
     for name in names:
         src_var, dst_var = src_ds[name], dst_ds[name]
         if src_var.dtype.kind not in "fiub" or dst_var.dtype.kind not in "fiub":
@@ -620,7 +629,7 @@ def verify(
         src_var = _align_to(src_var, dst_var, name)
         pad = max(0, 2 - dst_var.ndim)
         reader = _chunk_reader(
-            name, dst_var, store.variables.get(name), zarr_store, store.keys, fs,
+            name, dst_var, store.variables.get(name), group, store.keys, fs,
             root.rstrip("/"), dst, pad,
         )  # fmt: skip
         a = src_var.data.rechunk(reader.chunks)
