@@ -296,3 +296,19 @@ def test_resume_redoes_the_units_whose_source_changed(small_source, tmp_path):
     assert report.units_resumed == len(done) - 1
     code, verified = lq_json("verify", src, dst)
     assert code == 0, verified["variables"]["temperature"]["problems"]
+
+
+def test_a_run_killed_before_its_metadata_is_named(small_source, tmp_path):
+    from layerquantizer.resume import Progress
+
+    dst = tmp_path / "early.zarr"
+    Progress(str(dst)).start({"src": "in.zarr"})  # what a run writes first
+    for command in (["inspect", dst], ["verify", small_source, dst]):
+        result = subprocess.run(
+            [*lq_command(), *map(str, command)], capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"lq: error: {dst} holds an interrupted lq compress run that wrote no metadata "
+            "yet; run the same lq compress command with --resume or --overwrite"
+        )

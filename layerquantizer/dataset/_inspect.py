@@ -205,6 +205,8 @@ def inspect(
         zarr_format = 2
     elif "zarr.json" in sizes:
         zarr_format = 3
+    elif progress:
+        raise SourceError(_no_metadata_yet(location))
     else:
         raise SourceError(f"{location} is not a Zarr store (no .zgroup or zarr.json at its root)")
 
@@ -285,6 +287,13 @@ def inspect(
         incomplete=incomplete,
         attrs=dict(root_attrs),
         keys=frozenset(sizes),
+    )
+
+
+def _no_metadata_yet(location: str) -> str:
+    return (
+        f"{location} holds an interrupted lq compress run that wrote no metadata yet; run "
+        "the same lq compress command with --resume or --overwrite"
     )
 
 

@@ -18,8 +18,8 @@ from layerquantizer.dataset._codec_metadata import (
     ATTR_NBITS,
     full_scale_bound,
 )
-from layerquantizer.dataset._errors import RequestError, _one_line
-from layerquantizer.dataset._inspect import ArrayReport, inspect
+from layerquantizer.dataset._errors import RequestError, SourceError, _one_line
+from layerquantizer.dataset._inspect import ArrayReport, _no_metadata_yet, inspect
 from layerquantizer.dataset._stores import (
     _quiet_consolidated,
     _single_threaded_blosc,
@@ -589,6 +589,7 @@ def verify(
     import dask
     import zarr
 
+    from layerquantizer.resume import PROGRESS_DIR
     from layerquantizer.storage import filesystem, open_store
 
     user_abs = _positive("--max-abs-error", max_abs_error)
@@ -596,7 +597,13 @@ def verify(
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
     src_ds = open_dataset(src, token=src_token, chunks={})
-    dst_ds = open_dataset(dst, token=dst_token)  # lazily indexed: read chunk by chunk
+    try:
+        dst_ds = open_dataset(dst, token=dst_token)  # lazily indexed: read chunk by chunk
+    except SourceError as exc:
+        fs, root = filesystem(dst, "r", token=dst_token)
+        if fs.exists(f"{root.rstrip('/')}/{PROGRESS_DIR}/manifest.json"):
+            raise SourceError(_no_metadata_yet(dst)) from exc
+        raise
     store = inspect(dst, token=dst_token)
     dropped = {str(n) for n in store.attrs.get(ATTR_DROPPED) or ()}
     if variables is None:
