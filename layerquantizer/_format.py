@@ -380,3 +380,21 @@ def parse(buf: memoryview) -> Chunk:
     if reader.pos != len(body):
         raise CorruptChunkError(f"{len(body) - reader.pos} stray bytes after the chunk's data")
     return Chunk(header, residuals, residual_bytes, count, bitmap, values)
+
+
+#: Bytes at the start of a chunk that :func:`peek_nbits` needs.
+PREFIX_SIZE = _PREFIX.size
+
+
+def peek_nbits(prefix: bytes) -> int | None:
+    """The nbits a chunk was encoded with, from its first :data:`PREFIX_SIZE` bytes; None
+    when they are not the start of a version-1 chunk (no checksum is checked: this is for
+    telling what a store holds, not for decoding).
+
+    >>> peek_nbits(MAGIC + bytes([FORMAT_VERSION, 0, 1, 12, 1, 2, 0, 0, 1, 0, 0, 0]))
+    12
+    """
+    if len(prefix) < _PREFIX.size:
+        return None
+    magic, version, _, _, nbits, *_ = _PREFIX.unpack(bytes(prefix[: _PREFIX.size]))
+    return nbits if magic == MAGIC and version == FORMAT_VERSION else None

@@ -156,11 +156,7 @@ def write_plan(
     def jobs() -> Iterator[UnitJob]:
         for task in plan.tasks():
             marker = Progress.marker_key(task.variable, task.index)
-            if marker in done:
-                counts["skipped"] += 1
-                counts["skipped_bytes"] += task.nbytes
-                _report(task.chunks, task.nbytes)
-                continue
+            # A unit marked done is still sent: the worker skips it unless its source changed.
             yield UnitJob(
                 run=run, src=plan.location, src_token=plan.token, dst=dst, dst_token=token,
                 variable=task.variable, index=task.index,
@@ -168,7 +164,7 @@ def write_plan(
                 source=_source_selection(plan.source_positions, task.region),
                 raw_read=task.variable in plan.raw_read, marker=marker,
                 nbytes=task.nbytes, chunks=task.chunks,
-                label=_describe_region(task.region, labels),
+                label=_describe_region(task.region, labels), recorded=marker in done,
             )  # fmt: skip
 
     def _report(chunks: int, nbytes: int) -> None:
@@ -178,7 +174,11 @@ def write_plan(
             progress(counts["chunks"], total_chunks, counts["bytes"], total_bytes)
 
     def on_done(result) -> None:
-        counts["units"] += 1
+        if result.resumed:
+            counts["skipped"] += 1
+            counts["skipped_bytes"] += result.nbytes
+        else:
+            counts["units"] += 1
         pids.add(result.pid)
         _report(result.chunks, result.nbytes)
 
