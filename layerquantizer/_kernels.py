@@ -392,3 +392,203 @@ def scatter_exceptions(flat, exception_bits, values):
                 flat[n] = values[found]
                 found += 1
     return found if found == count else -1
+
+
+# --- Interpolation predictor (format version 2) ------------------------------------------
+#
+# SZ3's multilevel interpolation, on integers so that the decoder reproduces every
+# prediction exactly. A layer's values are reconstructed on a *fine lattice*,
+# ``offset + r * unit`` with ``unit = step / 2**FINE_BITS``; each value is predicted from
+# values already reconstructed (cubic ``(-a + 9b + 9c - d) / 16`` inside the layer, linear
+# or the nearest neighbour at its edges, rounded down), and the residual is counted in bins
+# of ``BIN_UNITS = 2**FINE_BITS - 1`` units: ``r = prediction + b * BIN_UNITS``. Rounding a
+# value to the fine lattice costs at most ``unit / 2`` and binning at most
+# ``(BIN_UNITS - 1) / 2`` units, so the error stays under ``step / 2``. Unlike a prediction
+# on the quantization levels themselves, the reconstruction of a smooth field stays smooth
+# (a residual of 0 reconstructs the prediction, not a level), which is what lets most
+# residuals of smooth fields at low nbits be 0.
+
+#: Bits of the fine lattice below one quantization step.
+FINE_BITS = 8
+#: Width of a residual bin, in fine-lattice units (odd, so that bins centre on integers).
+BIN_UNITS = (1 << FINE_BITS) - 1
+
+
+@numba.njit(**_JIT)
+def _interpolate(r, i, j, s, along_rows, ny, nx, top):
+    """The integer prediction at ``(i, j)`` from the values ``s`` apart along one axis
+    (``along_rows``: along j), clipped to ``[0, top]``."""
+    n = nx if along_rows else ny
+    p = j if along_rows else i
+    if along_rows:
+        a = r[i, j - s]
+    else:
+        a = r[i - s, j]
+    if p + s >= n:
+        pred = a
+    else:
+        b = r[i, j + s] if along_rows else r[i + s, j]
+        if p - 3 * s >= 0 and p + 3 * s < n:
+            if along_rows:
+                c = r[i, j - 3 * s]
+                d = r[i, j + 3 * s]
+            else:
+                c = r[i - 3 * s, j]
+                d = r[i + 3 * s, j]
+            pred = (9 * (a + b) - c - d + 8) >> 4
+        else:
+            pred = (a + b + 1) >> 1
+    return min(max(pred, 0), top)
+
+
+@numba.njit(**_JIT)
+def _top_stride(ny, nx):
+    s = 1
+    while s < max(ny, nx):
+        s *= 2
+    return s
+
+
+@numba.njit(**_JIT)
+def _settle(x, pred, offset, unit, scale, tolerance, nbits, top):
+    """The bin of ``x`` around ``pred``, its fine level, and whether it is an exception."""
+    half = np.int64(1) << (nbits - 1)
+    level = np.floor((x - offset) * scale + 0.5)
+    level = level if level >= 0.0 else 0.0  # NaN too: no undefined cast below
+    level = level if level <= top else float(top)
+    d = np.int64(level) - pred
+    b = (d + (BIN_UNITS - 1) // 2) // BIN_UNITS
+    b = min(max(b, -half), half - 1)
+    if not math.isfinite(x):
+        return np.int64(0), pred, True
+    rebuilt_level = pred + b * BIN_UNITS
+    rebuilt = np.float64(np.float32(offset + np.float64(rebuilt_level) * unit))
+    error = abs(x - rebuilt)
+    # Within one float32 ulp of the bound: still kept, as with the Lorenzo predictor.
+    bad = error > tolerance and error > tolerance + float32_ulp(x)
+    return b, rebuilt_level, bad
+
+
+@numba.njit(**_JIT)
+def interpolation_encode(layer, offset, unit, tolerance, nbits, fine, planes, bits, bit_base):
+    """Predict and code one layer with the interpolation predictor.
+
+    Parameters
+    ----------
+    layer : float32[ny, nx]
+    offset, unit : float
+        The value of fine level 0 and the fine step (the quantization step / 2**FINE_BITS).
+    tolerance : float
+        The error a value may have (besides one float32 ulp) before it becomes an exception.
+    nbits : int
+        Residual bins are signed ``nbits``-bit numbers, zigzag-coded.
+    fine : int64[ny, nx], scratch
+        The fine levels as the decoder will rebuild them.
+    planes : uint8[nbytes, ny * nx], out
+        The codes, byte-planar, in row order.
+    bits : uint8[...], in/out
+        Exception bitmap; value ``(i, j)`` is bit ``bit_base + i * nx + j``.
+    bit_base : int
+
+    Returns
+    -------
+    int
+        The number of exceptions.
+    """
+    ny, nx = layer.shape
+    if ny == 0 or nx == 0:
+        return 0
+    nbytes = planes.shape[0]
+    top = ((np.int64(1) << nbits) - 1) << FINE_BITS
+    scale = 1.0 / unit if unit > 0.0 else 0.0
+    codes = np.empty(nx, np.uint32)
+    count = 0
+    # Codes are stored in row order; the traversal fills them level by level.
+    zig = np.zeros((ny, nx), np.uint32)
+    s = _top_stride(ny, nx)
+    for level in range(-1, 64):
+        if level >= 0:
+            s //= 2
+            if s == 0:
+                break
+        for along_rows in (True, False):
+            if level < 0:
+                if not along_rows:
+                    continue
+                i_start, i_step, j_start, j_step = 0, ny + 1, 0, nx + 1
+            elif along_rows:
+                i_start, i_step, j_start, j_step = 0, 2 * s, s, 2 * s
+            else:
+                i_start, i_step, j_start, j_step = s, 2 * s, 0, s
+            for i in range(i_start, ny, i_step):
+                for j in range(j_start, nx, j_step):
+                    if level < 0:
+                        pred = (np.int64(1) << (nbits - 1)) * BIN_UNITS
+                        pred = min(pred, top)
+                    else:
+                        pred = _interpolate(fine, i, j, s, along_rows, ny, nx, top)
+                    b, rebuilt, bad = _settle(
+                        np.float64(layer[i, j]), pred, offset, unit, scale, tolerance, nbits, top
+                    )
+                    fine[i, j] = rebuilt
+                    if bad:
+                        n = bit_base + i * nx + j
+                        bits[n >> 3] |= np.uint8(1 << (n & 7))
+                        count += 1
+                    zig[i, j] = np.uint32(2 * b) if b >= 0 else np.uint32(-2 * b - 1)
+    for i in range(ny):
+        for j in range(nx):
+            codes[j] = zig[i, j]
+        _store_codes(codes, planes, i * nx, nbytes)
+    return count
+
+
+@numba.njit(**_JIT)
+def interpolation_decode(planes, nbits, offset, unit, fine, out):
+    """Inverse of :func:`interpolation_encode` but for the exceptions: fills ``out``
+    (float32[ny, nx]) from the layer's codes ``planes`` (uint8[nbytes, ny * nx]);
+    ``fine`` (int64[ny, nx]) is scratch. Any codes decode to some values: the fine levels
+    stay within ``[-2**(nbits-1) * BIN_UNITS, top + 2**(nbits-1) * BIN_UNITS]``."""
+    ny, nx = out.shape
+    if ny == 0 or nx == 0:
+        return
+    nbytes = planes.shape[0]
+    top = ((np.int64(1) << nbits) - 1) << FINE_BITS
+    codes = np.empty(nx, np.uint32)
+    bins = np.empty((ny, nx), np.int64)
+    for i in range(ny):
+        _load_codes(planes, i * nx, codes, nbytes)
+        for j in range(nx):
+            code = np.int64(codes[j])
+            bins[i, j] = (code >> 1) ^ -(code & 1)
+    s = _top_stride(ny, nx)
+    fine[0, 0] = min((np.int64(1) << (nbits - 1)) * BIN_UNITS, top) + bins[0, 0] * BIN_UNITS
+    while s > 1:
+        s //= 2
+        for i in range(0, ny, 2 * s):
+            for j in range(s, nx, 2 * s):
+                pred = _interpolate(fine, i, j, s, True, ny, nx, top)
+                fine[i, j] = pred + bins[i, j] * BIN_UNITS
+        for i in range(s, ny, 2 * s):
+            for j in range(0, nx, s):
+                pred = _interpolate(fine, i, j, s, False, ny, nx, top)
+                fine[i, j] = pred + bins[i, j] * BIN_UNITS
+    for i in range(ny):
+        for j in range(nx):
+            out[i, j] = np.float32(offset + np.float64(fine[i, j]) * unit)
+
+
+@numba.njit(**_JIT)
+def copy_bits(source, target, start, count):
+    """Set in ``target`` the bits ``start`` to ``start + count - 1`` that are set in
+    ``source`` (both uint8 bitmaps, bit ``n % 8`` of byte ``n // 8``)."""
+    for n in range(start, start + count):
+        if source[n >> 3] & (1 << (n & 7)):
+            target[n >> 3] |= np.uint8(1 << (n & 7))
+
+
+@numba.njit(**_JIT)
+def clear_bits(target, start, count):
+    """Clear the bits ``start`` to ``start + count - 1`` of the bitmap ``target``."""
+    for n in range(start, start + count):
+        target[n >> 3] &= np.uint8(~(1 << (n & 7)) & 0xFF)

@@ -13,6 +13,7 @@ the bound by float32 rounding) are stored exactly, beside the quantized stream.
 from __future__ import annotations
 
 import numpy as np
+import zstandard
 
 from layerquantizer import _format, _grid, _kernels
 from layerquantizer._format import CODER_NONE, CODER_ZSTD, Header
@@ -52,8 +53,14 @@ def as_float32_layers(array: np.ndarray) -> tuple[np.ndarray, bool]:
     return native.reshape(_format.layer_shape(array.shape)), fortran
 
 
-def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -> bytes:
+def encode(
+    array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD, predictor: str = "auto"
+) -> bytes:
     """Encode a float32 array of any shape into one chunk.
+
+    ``predictor`` is ``"auto"`` (per layer, the Lorenzo or the interpolation predictor,
+    whichever promises fewer bytes), ``"lorenzo"`` or ``"interpolation"``. A chunk whose
+    layers all use Lorenzo is written in format version 1, as before; any other in version 2.
 
     Examples
     --------
@@ -72,7 +79,18 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
     snapped = ~np.isnan(grids)
     offsets = np.where(snapped, grid_offsets, mins)
     steps = np.where(snapped, grids, plain_steps)
-    while True:
+    if predictor not in ("auto", "lorenzo", "interpolation"):
+        raise ValueError(
+            f"predictor must be 'auto', 'lorenzo' or 'interpolation', got {predictor!r}"
+        )
+    predictors = None
+    if predictor != "lorenzo" and layers.size:
+        predicted = _encode_predicted(
+            layers, offsets, steps, snapped, mins, plain_steps, nbits, coder, level, predictor
+        )
+        if predicted is not None:
+            residuals, residual_bytes, bitmap, counts, predictors, offsets, steps = predicted
+    while predictors is None:
         residuals, residual_bytes, bitmap, counts = _encode_residuals(
             layers, offsets, steps, plain_steps / 2.0, nbits, coder, level
         )
@@ -102,6 +120,7 @@ def encode(array: np.ndarray, nbits: int, level: int, coder: int = CODER_ZSTD) -
         shape=tuple(array.shape),
         offsets=offsets,
         steps=steps,
+        predictors=predictors,
     )
     return _format.pack(header, residuals, residual_bytes, exceptions)
 
@@ -139,48 +158,256 @@ def _encode_residuals(layers, offsets, steps, tolerances, nbits, coder, level):
     return writer.finish(), writer.size, bitmap, counts
 
 
+def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper) -> int:
+    """The size of a layer's codes (byte-planar) in their stored form through zstd at its
+    fastest level: to compare predictors, which an entropy estimate does badly (zstd
+    codes runs of zero residuals far below their order-0 entropy)."""
+    nbytes, size = planes.shape
+    block = scratch[: 1 + nbytes * size]
+    block[1:] = planes.reshape(-1)
+    stored = _kernels.pack_block(block, nbytes, positions, upper)
+    return len(_ESTIMATOR.compress(block[:stored]))
+
+
+# The compressor that compares predictors (see _coded_size); zstandard releases the GIL.
+_ESTIMATOR = zstandard.ZstdCompressor(level=1)
+
+
+class _BlockStream:
+    """Cuts codes given layer by layer into the residual section's blocks of rows."""
+
+    def __init__(self, writer, nrows: int, nx: int, block_rows: int, plane_count: int):
+        self.writer, self.nx, self.block_rows = writer, nx, block_rows
+        self.plane_count, self.rows_left = plane_count, nrows
+        block_size = min(block_rows, nrows) * nx
+        self.packed = np.empty(1 + plane_count * block_size, np.uint8)
+        self.positions = np.empty(block_size, np.int64)
+        self.upper = np.empty(2 * block_size, np.uint8)
+        self._start_block()
+
+    def _start_block(self) -> None:
+        rows = min(self.block_rows, self.rows_left)
+        self.rows_left -= rows
+        self.size = rows * self.nx
+        self.block = self.packed[: 1 + self.plane_count * self.size]
+        self.planes = self.block[1:].reshape(self.plane_count, self.size)
+        self.filled = 0
+
+    def write(self, planes: np.ndarray) -> None:
+        """Append a layer's codes, uint8[plane_count, ny * nx]."""
+        done = 0
+        while done < planes.shape[1]:
+            take = min(self.size - self.filled, planes.shape[1] - done)
+            self.planes[:, self.filled : self.filled + take] = planes[:, done : done + take]
+            self.filled += take
+            done += take
+            if self.filled == self.size:
+                stored = _kernels.pack_block(
+                    self.block, self.plane_count, self.positions, self.upper
+                )
+                self.writer.write(self.block[:stored])
+                self._start_block()
+
+
+def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits, coder, level, how):
+    """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
+    picks the one with the smaller estimate), into a version 2 residual section. Returns
+    None when "auto" picked Lorenzo everywhere (the chunk is then written in version 1),
+    else the section, its size before coding, the exception bitmap, the exceptions per
+    layer, the predictors and the layer table."""
+    nlayers, ny, nx = layers.shape
+    rows = layers.reshape(nlayers * ny, nx)
+    size = ny * nx
+    plane_count = (nbits + 7) // 8
+    tolerances = plain_steps / 2.0
+    offsets, steps, snapped = offsets.copy(), steps.copy(), snapped.copy()
+    lorenzo_bits = np.zeros((rows.size + 7) // 8, np.uint8)
+    interpolation_bits = np.zeros_like(lorenzo_bits)
+    lorenzo_counts = np.zeros(nlayers, np.int64)
+    lorenzo = np.empty((plane_count, size), np.uint8)
+    interpolation = np.empty((plane_count, size), np.uint8)
+    fine = np.empty((ny, nx), np.int64)
+    prev = np.zeros(nx + 1, np.uint32)
+    units = plain_steps / (1 << _kernels.FINE_BITS)
+    choices, interpolation_counts, results = [], np.zeros(nlayers, np.int64), []
+    scratch = np.empty(1 + plane_count * size, np.uint8)
+    positions = np.empty(size, np.int64)
+    upper = np.empty(2 * size, np.uint8)
+    for layer in range(nlayers):
+        interpolation_counts[layer] = _kernels.interpolation_encode(
+            layers[layer],
+            mins[layer],
+            units[layer],
+            tolerances[layer],
+            nbits,
+            fine,
+            interpolation,
+            interpolation_bits,
+            layer * size,
+        )
+        use_interpolation = how == "interpolation"
+        if how == "auto":
+            _lorenzo_layer(
+                rows, layer, ny, offsets, steps, snapped, mins, plain_steps, tolerances,
+                nbits, lorenzo, lorenzo_bits, prev, lorenzo_counts,
+            )  # fmt: skip
+            exception_bytes = 5  # the value and some bitmap
+            use_interpolation = (
+                _coded_size(interpolation, scratch, positions, upper)
+                + exception_bytes * interpolation_counts[layer]
+                < _coded_size(lorenzo, scratch, positions, upper)
+                + exception_bytes * lorenzo_counts[layer]
+            )
+        choices.append(use_interpolation)
+        results.append((interpolation if use_interpolation else lorenzo).copy())
+    if not any(choices):
+        return None
+    writer = _format.BlockWriter(coder, level)
+    stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count)
+    for planes in results:
+        stream.write(planes)
+    bitmap = np.zeros_like(lorenzo_bits)
+    counts = np.where(choices, interpolation_counts, lorenzo_counts)
+    for layer, use_interpolation in enumerate(choices):
+        if counts[layer]:
+            source = interpolation_bits if use_interpolation else lorenzo_bits
+            _kernels.copy_bits(source, bitmap, layer * size, size)
+    choices = np.array(choices)
+    offsets = np.where(choices, mins, offsets)
+    steps = np.where(choices, units, steps)
+    predictors = np.where(
+        choices, _format.PREDICTOR_INTERPOLATION, _format.PREDICTOR_LORENZO
+    ).astype(np.uint8)
+    return writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps
+
+
+def _lorenzo_layer(
+    rows, layer, ny, offsets, steps, snapped, mins, plain_steps, tolerances,
+    nbits, planes, bits, prev, counts,
+):  # fmt: skip
+    """Lorenzo codes of one layer into ``planes``, on the plain step when the layer's
+    coarse grid fails (as :func:`encode` does for whole chunks)."""
+    nx = rows.shape[1]
+    while True:
+        _kernels.encode_rows(
+            rows, layer * ny, ny, offsets, steps, tolerances, nbits, planes, bits, prev, counts
+        )
+        if not snapped[layer] or counts[layer] <= ny * nx * _GRID_EXCEPTION_SHARE:
+            return
+        _kernels.clear_bits(bits, layer * ny * nx, ny * nx)
+        counts[layer] = 0
+        offsets[layer], steps[layer] = mins[layer], plain_steps[layer]
+        snapped[layer] = False
+
+
+class _BlockReader:
+    """Reads the residual section's blocks back, checking each block's own fields."""
+
+    def __init__(self, chunk: _format.Chunk, nrows: int, nx: int):
+        header = chunk.header
+        self.plane_count = plane_count = header.plane_count
+        self.reader = _format.BlockReader(chunk.residuals, header.coder, chunk.residual_bytes)
+        block_size = min(header.block_rows, nrows) * nx
+        self.buffer = np.empty(plane_count * block_size, np.uint8)
+        self.gaps = np.empty(block_size + block_size // 255 + 1, np.uint8)
+        self.uppers = np.empty((plane_count - 1) * block_size, np.uint8)
+        self.positions = np.empty(block_size, np.int64)
+        self.no_escapes = np.empty((max(plane_count - 1, 1), 0), np.uint8)
+        self.mode = np.empty(1, np.uint8)
+        self.counts = np.empty(2, "<u4")
+
+    def read(self, first: int, size: int):
+        """The next block, of ``size`` codes starting at row ``first``: its planes (only
+        byte 0 is read for an escaped block), whether it is escaped, and the escapes'
+        positions and upper bytes."""
+        plane_count, reader = self.plane_count, self.reader
+        planes = self.buffer[: plane_count * size].reshape(plane_count, size)
+        reader.read_into(self.mode)
+        reader.read_into(planes[0])
+        mode = self.mode[0]
+        if mode == 0:
+            reader.read_into(planes[1:])
+            return planes, False, self.positions, self.no_escapes
+        if mode != 1 or plane_count == 1:
+            raise CorruptChunkError(f"residual block at row {first}: unknown mode {mode}")
+        reader.read_into(self.counts.view(np.uint8))
+        escapes, gap_bytes = int(self.counts[0]), int(self.counts[1])
+        if escapes > size or not escapes <= gap_bytes <= escapes + size // 255 + 1:
+            raise CorruptChunkError(
+                f"residual block at row {first}: {escapes} escapes and {gap_bytes} gap "
+                f"bytes for {size} values"
+            )
+        block_gaps = reader.read_into(self.gaps[:gap_bytes])
+        positions = self.positions[:escapes]
+        if not 0 <= _kernels.escape_positions(block_gaps, positions) <= size:
+            raise CorruptChunkError(
+                f"residual block at row {first}: the gaps do not place {escapes} escapes"
+            )
+        uppers = reader.read_into(self.uppers[: (plane_count - 1) * escapes])
+        return planes, True, positions, uppers.reshape(plane_count - 1, escapes)
+
+
+def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
+    """Decode a version 2 residual section: the blocks' codes are gathered per layer, then
+    each layer is decoded with its predictor."""
+    header = chunk.header
+    nlayers, ny, nx = layers.shape
+    rows = layers.reshape(nlayers * ny, nx)
+    size = ny * nx
+    blocks = _BlockReader(chunk, len(rows), nx)
+    layer_planes = np.empty((header.plane_count, size), np.uint8)
+    fine = np.empty((ny, nx), np.int64)
+    prev = np.zeros(nx, np.uint32)
+    layer, filled = 0, 0
+    for first in range(0, len(rows), header.block_rows):
+        block_size = min(header.block_rows, len(rows) - first) * nx
+        planes, escaped, positions, uppers = blocks.read(first, block_size)
+        if escaped:
+            planes[1:] = 0
+            planes[1:, positions] = uppers
+        done = 0
+        while done < block_size:
+            take = min(size - filled, block_size - done)
+            layer_planes[:, filled : filled + take] = planes[:, done : done + take]
+            filled += take
+            done += take
+            if filled == size:
+                if header.predictors[layer] == _format.PREDICTOR_INTERPOLATION:
+                    _kernels.interpolation_decode(
+                        layer_planes,
+                        header.nbits,
+                        header.offsets[layer],
+                        header.steps[layer],
+                        fine,
+                        layers[layer],
+                    )
+                else:
+                    _kernels.decode_rows(
+                        layer_planes,
+                        layer * ny,
+                        ny,
+                        header.nbits,
+                        header.offsets,
+                        header.steps,
+                        rows,
+                        prev,
+                        False,
+                        blocks.positions,
+                        blocks.no_escapes,
+                    )
+                layer, filled = layer + 1, 0
+    blocks.reader.finish()
+
+
 def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
     header = chunk.header
     nlayers, ny, nx = layers.shape
     rows = layers.reshape(nlayers * ny, nx)
-    plane_count = header.plane_count
-    reader = _format.BlockReader(chunk.residuals, header.coder, chunk.residual_bytes)
-    block_size = min(header.block_rows, len(rows)) * nx
-    buffer = np.empty(plane_count * block_size, np.uint8)
-    gaps = np.empty(block_size + block_size // 255 + 1, np.uint8)
-    uppers = np.empty((plane_count - 1) * block_size, np.uint8)
-    positions = np.empty(block_size, np.int64)
-    no_escapes = np.empty((max(plane_count - 1, 1), 0), np.uint8)
-    mode = np.empty(1, np.uint8)
-    counts = np.empty(2, "<u4")
+    blocks = _BlockReader(chunk, len(rows), nx)
     prev = np.zeros(nx, np.uint32)
     for first in range(0, len(rows), header.block_rows):
         size = min(header.block_rows, len(rows) - first) * nx
-        planes = buffer[: plane_count * size].reshape(plane_count, size)
-        reader.read_into(mode)
-        reader.read_into(planes[0])
-        escaped, block_positions, block_uppers = False, positions, no_escapes
-        if mode[0] == 0:
-            reader.read_into(planes[1:])
-        elif mode[0] == 1 and plane_count > 1:
-            reader.read_into(counts.view(np.uint8))
-            escapes, gap_bytes = int(counts[0]), int(counts[1])
-            if escapes > size or not escapes <= gap_bytes <= escapes + size // 255 + 1:
-                raise CorruptChunkError(
-                    f"residual block at row {first}: {escapes} escapes and {gap_bytes} gap "
-                    f"bytes for {size} values"
-                )
-            block_gaps = reader.read_into(gaps[:gap_bytes])
-            block_positions = positions[:escapes]
-            if not 0 <= _kernels.escape_positions(block_gaps, block_positions) <= size:
-                raise CorruptChunkError(
-                    f"residual block at row {first}: the gaps do not place {escapes} escapes"
-                )
-            block_uppers = reader.read_into(uppers[: (plane_count - 1) * escapes])
-            block_uppers = block_uppers.reshape(plane_count - 1, escapes)
-            escaped = True
-        else:
-            raise CorruptChunkError(f"residual block at row {first}: unknown mode {mode[0]}")
+        planes, escaped, positions, uppers = blocks.read(first, size)
         _kernels.decode_rows(
             planes,
             first,
@@ -191,10 +418,10 @@ def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
             rows,
             prev,
             escaped,
-            block_positions,
-            block_uppers,
+            positions,
+            uppers,
         )
-    reader.finish()
+    blocks.reader.finish()
 
 
 def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
@@ -224,7 +451,9 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
     )
     result = out.reshape(header.shape) if direct else np.empty(header.shape, np.float32)
     layers = result.reshape(_format.layer_shape(header.shape))
-    if size:
+    if size and header.predictors is not None:
+        _decode_predicted(chunk, layers)
+    elif size:
         _decode_residuals(chunk, layers)
     if chunk.exception_count:
         bitmap = _format.decompress(

@@ -58,7 +58,10 @@ def test_header_layout():
         (b"", "shorter than any chunk"),
         (b"\x89LQZ", "shorter than any chunk"),
         (b"PK\x03\x04" + bytes(40), "not a layerquantizer1 chunk: magic"),
-        (MAGIC + b"\x02" + bytes(40), "format version 2"),
+        (
+            MAGIC + b"\x03" + bytes(40),
+            "format version 3; this layerquantizer reads versions 1 and 2",
+        ),
     ],
 )
 def test_foreign_bytes(chunk, match):
