@@ -229,7 +229,10 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
     fine = np.empty((ny, nx), np.int64)
     prev = np.zeros(nx + 1, np.uint32)
     units = plain_steps / (1 << _kernels.FINE_BITS)
-    choices, interpolation_counts, results = [], np.zeros(nlayers, np.int64), []
+    choices, interpolation_counts = [], np.zeros(nlayers, np.int64)
+    # Streamed as the layers are chosen (and dropped if Lorenzo wins everywhere).
+    writer = _format.BlockWriter(coder, level)
+    stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count)
     scratch = np.empty(1 + plane_count * size, np.uint8)
     positions = np.empty(size, np.int64)
     upper = np.empty(2 * size, np.uint8)
@@ -259,13 +262,9 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
                 + exception_bytes * lorenzo_counts[layer]
             )
         choices.append(use_interpolation)
-        results.append((interpolation if use_interpolation else lorenzo).copy())
+        stream.write(interpolation if use_interpolation else lorenzo)
     if not any(choices):
         return None
-    writer = _format.BlockWriter(coder, level)
-    stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count)
-    for planes in results:
-        stream.write(planes)
     bitmap = np.zeros_like(lorenzo_bits)
     counts = np.where(choices, interpolation_counts, lorenzo_counts)
     for layer, use_interpolation in enumerate(choices):
