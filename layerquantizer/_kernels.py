@@ -547,8 +547,9 @@ def interpolation_encode(layer, offset, unit, tolerance, nbits, fine, planes, bi
 def interpolation_decode(planes, nbits, offset, unit, fine, out):
     """Inverse of :func:`interpolation_encode` but for the exceptions: fills ``out``
     (float32[ny, nx]) from the layer's codes ``planes`` (uint8[nbytes, ny * nx]);
-    ``fine`` (int64[ny, nx]) is scratch. Any codes decode to some values: the fine levels
-    stay within ``[-2**(nbits-1) * BIN_UNITS, top + 2**(nbits-1) * BIN_UNITS]``."""
+    ``fine`` (int64[ny, nx]) is scratch. Any codes decode to some values without overflow:
+    predictions are clipped to ``[0, top]`` and a bin moves a level by less than
+    ``2**24 * BIN_UNITS``."""
     ny, nx = out.shape
     if ny == 0 or nx == 0:
         return
