@@ -251,9 +251,21 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
         use_interpolation = how == "interpolation"
         if how == "auto":
             _lorenzo_layer(
-                rows, layer, ny, offsets, steps, snapped, mins, plain_steps, tolerances,
-                nbits, lorenzo, lorenzo_bits, prev, lorenzo_counts,
-            )  # fmt: skip
+                rows,
+                layer,
+                ny,
+                offsets,
+                steps,
+                snapped,
+                mins,
+                plain_steps,
+                tolerances,
+                nbits,
+                lorenzo,
+                lorenzo_bits,
+                prev,
+                lorenzo_counts,
+            )
             exception_bytes = 5  # the value and some bitmap
             use_interpolation = (
                 _coded_size(interpolation, scratch, positions, upper)
@@ -281,9 +293,21 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
 
 
 def _lorenzo_layer(
-    rows, layer, ny, offsets, steps, snapped, mins, plain_steps, tolerances,
-    nbits, planes, bits, prev, counts,
-):  # fmt: skip
+    rows,
+    layer,
+    ny,
+    offsets,
+    steps,
+    snapped,
+    mins,
+    plain_steps,
+    tolerances,
+    nbits,
+    planes,
+    bits,
+    prev,
+    counts,
+):
     """Lorenzo codes of one layer into ``planes``, on the plain step when the layer's
     coarse grid fails (as :func:`encode` does for whole chunks)."""
     nx = rows.shape[1]
