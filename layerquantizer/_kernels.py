@@ -580,15 +580,6 @@ def interpolation_decode(planes, nbits, offset, unit, fine, out):
 
 
 @numba.njit(**_JIT)
-def copy_bits(source, target, start, count):
-    """Set in ``target`` the bits ``start`` to ``start + count - 1`` that are set in
-    ``source`` (both uint8 bitmaps, bit ``n % 8`` of byte ``n // 8``)."""
-    for n in range(start, start + count):
-        if source[n >> 3] & (1 << (n & 7)):
-            target[n >> 3] |= np.uint8(1 << (n & 7))
-
-
-@numba.njit(**_JIT)
 def clear_bits(target, start, count):
     """Clear the bits ``start`` to ``start + count - 1`` of the bitmap ``target``."""
     for n in range(start, start + count):

@@ -209,47 +209,113 @@ class _BlockStream:
                 self._start_block()
 
 
+# "auto" compares the predictors on a band of this many rows in the middle of each layer
+# (the whole layer when it has fewer than twice as many), then codes only the one chosen.
+TRIAL_ROWS = 64
+
+
+def _prefers_interpolation(layer, offset, step, snapped, low, plain_step, nbits) -> bool:
+    """Whether the interpolation predictor codes a band of ``layer`` in fewer bytes than
+    Lorenzo (zstd at its fastest level on the stored form, exceptions at 5 bytes each)."""
+    ny, nx = layer.shape
+    rows = TRIAL_ROWS if ny >= 2 * TRIAL_ROWS else ny
+    start = (ny - rows) // 2
+    band = np.ascontiguousarray(layer[start : start + rows])
+    plane_count = (nbits + 7) // 8
+    planes = np.empty((plane_count, band.size), np.uint8)
+    bits = np.zeros((band.size + 7) // 8, np.uint8)
+    scratch = np.empty(1 + plane_count * band.size, np.uint8)
+    positions = np.empty(band.size, np.int64)
+    upper = np.empty(2 * band.size, np.uint8)
+    tolerance = plain_step / 2.0
+    counts = np.zeros(1, np.int64)
+    table = np.array([offset]), np.array([step])
+    _lorenzo_layer(
+        band,
+        0,
+        rows,
+        *table,
+        np.array([snapped]),
+        np.array([low]),
+        np.array([plain_step]),
+        np.array([tolerance]),
+        nbits,
+        planes,
+        bits,
+        np.zeros(nx + 1, np.uint32),
+        counts,
+    )
+    lorenzo = _coded_size(planes, scratch, positions, upper) + 5 * int(counts[0])
+    bits[:] = 0
+    exceptions = _kernels.interpolation_encode(
+        band,
+        low,
+        plain_step / (1 << _kernels.FINE_BITS),
+        tolerance,
+        nbits,
+        np.empty(band.shape, np.int64),
+        planes,
+        bits,
+        0,
+    )
+    return _coded_size(planes, scratch, positions, upper) + 5 * exceptions < lorenzo
+
+
 def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits, coder, level, how):
     """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
-    picks the one with the smaller estimate), into a version 2 residual section. Returns
-    None when "auto" picked Lorenzo everywhere (the chunk is then written in version 1),
-    else the section, its size before coding, the exception bitmap, the exceptions per
-    layer, the predictors and the layer table."""
+    picks per layer by a trial on a band of rows, see :func:`_prefers_interpolation`), into
+    a version 2 residual section. Returns None when "auto" picked Lorenzo everywhere (the
+    chunk is then written in version 1), else the section, its size before coding, the
+    exception bitmap, the exceptions per layer, the predictors and the layer table."""
     nlayers, ny, nx = layers.shape
+    if how == "auto":
+        choices = np.array(
+            [
+                _prefers_interpolation(
+                    layers[layer],
+                    offsets[layer],
+                    steps[layer],
+                    snapped[layer],
+                    mins[layer],
+                    plain_steps[layer],
+                    nbits,
+                )
+                for layer in range(nlayers)
+            ]
+        )
+        if not choices.any():
+            return None
+    else:
+        choices = np.ones(nlayers, bool)
     rows = layers.reshape(nlayers * ny, nx)
     size = ny * nx
     plane_count = (nbits + 7) // 8
     tolerances = plain_steps / 2.0
-    offsets, steps, snapped = offsets.copy(), steps.copy(), snapped.copy()
-    lorenzo_bits = np.zeros((rows.size + 7) // 8, np.uint8)
-    interpolation_bits = np.zeros_like(lorenzo_bits)
-    lorenzo_counts = np.zeros(nlayers, np.int64)
-    lorenzo = np.empty((plane_count, size), np.uint8)
-    interpolation = np.empty((plane_count, size), np.uint8)
+    units = plain_steps / (1 << _kernels.FINE_BITS)
+    offsets = np.where(choices, mins, offsets)
+    steps = np.where(choices, units, steps)
+    snapped = snapped & ~choices
+    bitmap = np.zeros((rows.size + 7) // 8, np.uint8)
+    counts = np.zeros(nlayers, np.int64)
+    planes = np.empty((plane_count, size), np.uint8)
     fine = np.empty((ny, nx), np.int64)
     prev = np.zeros(nx + 1, np.uint32)
-    units = plain_steps / (1 << _kernels.FINE_BITS)
-    choices, interpolation_counts = [], np.zeros(nlayers, np.int64)
-    # Streamed as the layers are chosen (and dropped if Lorenzo wins everywhere).
     writer = _format.BlockWriter(coder, level)
     stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count)
-    scratch = np.empty(1 + plane_count * size, np.uint8)
-    positions = np.empty(size, np.int64)
-    upper = np.empty(2 * size, np.uint8)
     for layer in range(nlayers):
-        interpolation_counts[layer] = _kernels.interpolation_encode(
-            layers[layer],
-            mins[layer],
-            units[layer],
-            tolerances[layer],
-            nbits,
-            fine,
-            interpolation,
-            interpolation_bits,
-            layer * size,
-        )
-        use_interpolation = how == "interpolation"
-        if how == "auto":
+        if choices[layer]:
+            counts[layer] = _kernels.interpolation_encode(
+                layers[layer],
+                mins[layer],
+                units[layer],
+                tolerances[layer],
+                nbits,
+                fine,
+                planes,
+                bitmap,
+                layer * size,
+            )
+        else:
             _lorenzo_layer(
                 rows,
                 layer,
@@ -261,31 +327,12 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
                 plain_steps,
                 tolerances,
                 nbits,
-                lorenzo,
-                lorenzo_bits,
+                planes,
+                bitmap,
                 prev,
-                lorenzo_counts,
+                counts,
             )
-            exception_bytes = 5  # the value and some bitmap
-            use_interpolation = (
-                _coded_size(interpolation, scratch, positions, upper)
-                + exception_bytes * interpolation_counts[layer]
-                < _coded_size(lorenzo, scratch, positions, upper)
-                + exception_bytes * lorenzo_counts[layer]
-            )
-        choices.append(use_interpolation)
-        stream.write(interpolation if use_interpolation else lorenzo)
-    if not any(choices):
-        return None
-    bitmap = np.zeros_like(lorenzo_bits)
-    counts = np.where(choices, interpolation_counts, lorenzo_counts)
-    for layer, use_interpolation in enumerate(choices):
-        if counts[layer]:
-            source = interpolation_bits if use_interpolation else lorenzo_bits
-            _kernels.copy_bits(source, bitmap, layer * size, size)
-    choices = np.array(choices)
-    offsets = np.where(choices, mins, offsets)
-    steps = np.where(choices, units, steps)
+        stream.write(planes)
     predictors = np.where(
         choices, _format.PREDICTOR_INTERPOLATION, _format.PREDICTOR_LORENZO
     ).astype(np.uint8)
