@@ -209,56 +209,63 @@ class _BlockStream:
                 self._start_block()
 
 
-# "auto" compares the predictors on a band of this many rows in the middle of each layer
-# (the whole layer when it has fewer than twice as many), then codes only the one chosen.
+# "auto" compares the predictors on three bands of this many rows, at a sixth, a half and
+# five sixths of each layer's height (the whole layer when it has fewer than six bands of
+# rows: a single band misjudged layers whose middle, the tropics, differs from the rest),
+# then codes only the one chosen.
 TRIAL_ROWS = 64
 
 
 def _prefers_interpolation(layer, offset, step, snapped, low, plain_step, nbits) -> bool:
-    """Whether the interpolation predictor codes a band of ``layer`` in fewer bytes than
-    Lorenzo (zstd at its fastest level on the stored form, exceptions at 5 bytes each)."""
+    """Whether the interpolation predictor codes the trial bands of ``layer`` in fewer
+    bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
+    bytes each)."""
     ny, nx = layer.shape
-    rows = TRIAL_ROWS if ny >= 2 * TRIAL_ROWS else ny
-    start = (ny - rows) // 2
-    band = np.ascontiguousarray(layer[start : start + rows])
+    if ny < 6 * TRIAL_ROWS:
+        bands = [layer]
+    else:
+        bands = [
+            layer[c - TRIAL_ROWS // 2 : c + TRIAL_ROWS // 2]
+            for c in (ny // 6, ny // 2, 5 * ny // 6)
+        ]
+    rows = bands[0].shape[0]
     plane_count = (nbits + 7) // 8
-    planes = np.empty((plane_count, band.size), np.uint8)
-    bits = np.zeros((band.size + 7) // 8, np.uint8)
-    scratch = np.empty(1 + plane_count * band.size, np.uint8)
-    positions = np.empty(band.size, np.int64)
-    upper = np.empty(2 * band.size, np.uint8)
+    planes = np.empty((plane_count, rows * nx), np.uint8)
+    bits = np.zeros((rows * nx + 7) // 8, np.uint8)
+    scratch = np.empty(1 + plane_count * rows * nx, np.uint8)
+    positions = np.empty(rows * nx, np.int64)
+    upper = np.empty(2 * rows * nx, np.uint8)
+    fine = np.empty((rows, nx), np.int64)
     tolerance = plain_step / 2.0
-    counts = np.zeros(1, np.int64)
-    table = np.array([offset]), np.array([step])
-    _lorenzo_layer(
-        band,
-        0,
-        rows,
-        *table,
-        np.array([snapped]),
-        np.array([low]),
-        np.array([plain_step]),
-        np.array([tolerance]),
-        nbits,
-        planes,
-        bits,
-        np.zeros(nx + 1, np.uint32),
-        counts,
-    )
-    lorenzo = _coded_size(planes, scratch, positions, upper) + 5 * int(counts[0])
-    bits[:] = 0
-    exceptions = _kernels.interpolation_encode(
-        band,
-        low,
-        plain_step / (1 << _kernels.FINE_BITS),
-        tolerance,
-        nbits,
-        np.empty(band.shape, np.int64),
-        planes,
-        bits,
-        0,
-    )
-    return _coded_size(planes, scratch, positions, upper) + 5 * exceptions < lorenzo
+    unit = plain_step / (1 << _kernels.FINE_BITS)
+    lorenzo = interpolation = 0
+    for band in bands:
+        band = np.ascontiguousarray(band)
+        counts = np.zeros(1, np.int64)
+        bits[:] = 0
+        _lorenzo_layer(
+            band,
+            0,
+            rows,
+            np.array([offset]),
+            np.array([step]),
+            np.array([snapped]),
+            np.array([low]),
+            np.array([plain_step]),
+            np.array([tolerance]),
+            nbits,
+            planes,
+            bits,
+            np.zeros(nx + 1, np.uint32),
+            counts,
+        )
+        lorenzo += _coded_size(planes, scratch, positions, upper) + 5 * int(counts[0])
+        bits[:] = 0
+        exceptions = _kernels.interpolation_encode(
+            band, low, unit, tolerance, nbits, fine, planes, bits, 0
+        )
+        interpolation += _coded_size(planes, scratch, positions, upper) + 5 * exceptions
+    return interpolation < lorenzo
 
 
 def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits, coder, level, how):
