@@ -69,6 +69,10 @@ def encode(
     >>> bool(np.abs(x - y).max() <= max_abs_error(0.0, 1.0, 8) + 1e-7)
     True
     """
+    if predictor not in ("auto", "lorenzo", "interpolation"):
+        raise ValueError(
+            f"predictor must be 'auto', 'lorenzo' or 'interpolation', got {predictor!r}"
+        )
     layers, fortran = as_float32_layers(array)
     nlayers, ny, nx = layers.shape
     mins, maxs, _ = _kernels.finite_ranges(layers.reshape(nlayers, ny * nx).view(np.int32))
@@ -79,10 +83,6 @@ def encode(
     snapped = ~np.isnan(grids)
     offsets = np.where(snapped, grid_offsets, mins)
     steps = np.where(snapped, grids, plain_steps)
-    if predictor not in ("auto", "lorenzo", "interpolation"):
-        raise ValueError(
-            f"predictor must be 'auto', 'lorenzo' or 'interpolation', got {predictor!r}"
-        )
     predictors = None
     if predictor != "lorenzo" and layers.size:
         predicted = _encode_predicted(
