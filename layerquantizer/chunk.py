@@ -158,7 +158,7 @@ def _encode_residuals(layers, offsets, steps, tolerances, nbits, coder, level):
     return writer.finish(), writer.size, bitmap, counts
 
 
-def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper) -> int:
+def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper, compressor) -> int:
     """The size of a layer's codes (byte-planar) in their stored form through zstd at its
     fastest level: to compare predictors, which an entropy estimate does badly (zstd
     codes runs of zero residuals far below their order-0 entropy)."""
@@ -166,11 +166,7 @@ def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper) -> in
     block = scratch[: 1 + nbytes * size]
     block[1:] = planes.reshape(-1)
     stored = _kernels.pack_block(block, nbytes, positions, upper)
-    return len(_ESTIMATOR.compress(block[:stored]))
-
-
-# The compressor that compares predictors (see _coded_size); zstandard releases the GIL.
-_ESTIMATOR = zstandard.ZstdCompressor(level=1)
+    return len(compressor.compress(block[:stored]))
 
 
 class _BlockStream:
@@ -216,7 +212,9 @@ class _BlockStream:
 TRIAL_ROWS = 64
 
 
-def _prefers_interpolation(layer, offset, step, snapped, low, plain_step, nbits) -> bool:
+def _prefers_interpolation(
+    layer, offset, step, snapped, low, plain_step, nbits, compressor
+) -> bool:
     """Whether the interpolation predictor codes the trial bands of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
     bytes each)."""
@@ -259,12 +257,14 @@ def _prefers_interpolation(layer, offset, step, snapped, low, plain_step, nbits)
             np.zeros(nx + 1, np.uint32),
             counts,
         )
-        lorenzo += _coded_size(planes, scratch, positions, upper) + 5 * int(counts[0])
+        lorenzo += _coded_size(planes, scratch, positions, upper, compressor)
+        lorenzo += 5 * int(counts[0])
         bits[:] = 0
         exceptions = _kernels.interpolation_encode(
             band, low, unit, tolerance, nbits, fine, planes, bits, 0
         )
-        interpolation += _coded_size(planes, scratch, positions, upper) + 5 * exceptions
+        interpolation += _coded_size(planes, scratch, positions, upper, compressor)
+        interpolation += 5 * exceptions
     return interpolation < lorenzo
 
 
@@ -276,6 +276,8 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
     exception bitmap, the exceptions per layer, the predictors and the layer table."""
     nlayers, ny, nx = layers.shape
     if how == "auto":
+        # One per call: a zstandard compressor must not be shared between threads.
+        compressor = zstandard.ZstdCompressor(level=1)
         choices = np.array(
             [
                 _prefers_interpolation(
@@ -286,6 +288,7 @@ def _encode_predicted(layers, offsets, steps, snapped, mins, plain_steps, nbits,
                     mins[layer],
                     plain_steps[layer],
                     nbits,
+                    compressor,
                 )
                 for layer in range(nlayers)
             ]

@@ -352,3 +352,14 @@ def test_auto_keeps_version_1_where_lorenzo_wins_and_mixes_layers(real_fields):
 def test_predictor_is_validated():
     with pytest.raises(ValueError, match="predictor must be 'auto', 'lorenzo' or"):
         chunk.encode(np.zeros((2, 2), np.float32), 8, level=1, predictor="cubic")
+
+
+def test_auto_encodes_the_same_from_many_threads(real_fields):
+    # Dask encodes chunks from threads (the kernels release the GIL): nothing is shared.
+    from concurrent.futures import ThreadPoolExecutor
+
+    fields = [real_fields[name][0] for name in ("eraint_z", "eraint_u", "eraint_v")] * 3
+    serial = [chunk.encode(field, 8, level=1) for field in fields]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda field: chunk.encode(field, 8, level=1), fields))
+    assert threaded == serial
