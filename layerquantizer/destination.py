@@ -384,15 +384,19 @@ def check_source_links(url: str) -> None:
     if protocol != "file" or not os.path.isdir(root):
         return
     inside = root.rstrip("/") + "/"
-    for folder, dirs, files in os.walk(root):
-        for name in (*dirs, *files):
-            path = os.path.join(folder, name)
-            if not os.path.islink(path):
-                continue
-            target = os.path.realpath(path)
-            if target != root and not target.startswith(inside):
-                raise ValueError(
-                    f"{url}: {os.path.relpath(path, root)} is a symbolic link to {target}, "
-                    "outside the source; lq does not follow links out of SRC: copy what it "
-                    "points to into SRC or remove the link"
-                )
+    pending = [root]
+    while pending:
+        # scandir's entries know from the directory listing whether they are links: no
+        # stat per chunk, so a local ERA5 store of 10^5 chunks takes a fraction of a second.
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if target != root and not target.startswith(inside):
+                        raise ValueError(
+                            f"{url}: {os.path.relpath(entry.path, root)} is a symbolic link to "
+                            f"{target}, outside the source; lq does not follow links out of "
+                            "SRC: copy what it points to into SRC or remove the link"
+                        )
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)

@@ -245,13 +245,17 @@ def _destination_action(
     src: str | None, dst: str, token: Any, overwrite: bool, resume: bool
 ) -> str:
     """``"new"``, ``"resume"`` or ``"complete"``: what to do with ``dst``, after the checks
-    (and the removal of an old ``dst`` for ``overwrite``). Call it holding the lock of
-    ``dst`` (:class:`layerquantizer.destination.DestinationLock`)."""
+    (and the removal of an old ``dst`` for ``overwrite``). Call it after
+    :func:`_check_locations`, holding the lock of ``dst``
+    (:class:`layerquantizer.destination.DestinationLock`)."""
     from layerquantizer.destination import MARKER
     from layerquantizer.resume import PROGRESS_DIR, Progress
-    from layerquantizer.storage import filesystem, store_errors, store_exists
+    from layerquantizer.storage import filesystem, locations_overlap, store_errors, store_exists
 
-    _check_locations(src, dst, overwrite, resume)
+    if overwrite and resume:
+        raise RequestError("--overwrite and --resume exclude each other")
+    if src is not None and locations_overlap(src, dst):  # never remove a source, whoever calls
+        raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
     with store_errors(dst):
         if not store_exists(dst, token=token):
             return "new"
