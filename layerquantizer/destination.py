@@ -316,9 +316,23 @@ class DestinationLock:
 
         if isinstance(self.fs, LocalFileSystem):
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(descriptor, "wb") as lock:
-                lock.write(data)
+            # Written whole to a file of our own, then linked into place: link() fails if
+            # the lock exists, and a kill never leaves a lock without its holder's record.
+            partial = f"{self.path}.{self.info['token']}"
+            descriptor = os.open(partial, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                with os.fdopen(descriptor, "wb") as lock:
+                    lock.write(data)
+                try:
+                    os.link(partial, self.path)
+                except FileExistsError:
+                    raise
+                except OSError:  # a filesystem without hard links
+                    descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    with os.fdopen(descriptor, "wb") as lock:
+                        lock.write(data)
+            finally:
+                os.unlink(partial)
             return
         # GCS creates the object only if it is absent (ifGenerationMatch=0, sent by gcsfs's
         # mode="create"; HTTP 412 becomes FileExistsError). gcp-storage-emulator ignores the

@@ -258,6 +258,11 @@ def test_a_second_run_into_a_destination_being_written_is_refused(victim, tmp_pa
     assert not Path(f"{out}{LOCK_SUFFIX}").exists()
 
 
+def test_a_bucket_is_no_destination(victim):
+    with pytest.raises(dataset.RequestError, match="name a store inside the bucket"):
+        dataset.compress(str(victim), "gs://some-bucket/", variables=["temperature"])
+
+
 class _Interrupted(Exception):
     pass
 
