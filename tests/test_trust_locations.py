@@ -301,3 +301,6 @@ def test_gs_lock_refuses_a_second_run(gs_victim):
     result = lq("compress", src, out, "--vars", "geopotential", "--overwrite")
     assert result.returncode == 0, result.stderr
     assert not fs.exists(f"{gs_victim}/out.zarr{LOCK_SUFFIX}")
+    # A missing destination bucket is named as such, before any lock is written.
+    result = lq("compress", src, "gs://lq-no-such-bucket/o.zarr", "--vars", "temperature")
+    assert_one_line(result, 1, "bucket 'lq-no-such-bucket' does not exist")

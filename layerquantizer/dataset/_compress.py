@@ -167,7 +167,7 @@ def compress(
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
     from layerquantizer.destination import DestinationLock, DestinationLocked
-    from layerquantizer.storage import store_errors
+    from layerquantizer.storage import open_store, store_errors
 
     _check_locations(src, dst, overwrite, resume)
     # Read the source and make the plan before touching DST: a source that cannot be
@@ -183,6 +183,9 @@ def compress(
         raise RequestError(str(exc)) from exc
     try:
         with store_errors(dst):
+            # A missing bucket or a folder we may not write is named as such, not as a
+            # failure to write the lock; nothing is created yet.
+            open_store(dst, "w", token=dst_token)
             lock.acquire()
     except DestinationLocked as exc:
         raise DestinationExistsError(str(exc)) from None
