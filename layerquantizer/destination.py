@@ -53,7 +53,8 @@ _ROOT_METADATA = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 _ARRAY_METADATA = (".zarray", ".zattrs", "zarr.json")
 # The temporary file zarr's LocalStore writes before renaming it into place.
 _PARTIAL = r"(\.[0-9a-f]{32}\.partial)?"
-_CHUNK_KEY = re.compile(rf"^(\d+(\.\d+)*|c(/\d+)*|\d+(/\d+)*){_PARTIAL}$")
+_PARTIAL_SUFFIX = re.compile(r"\.[0-9a-f]{32}\.partial$")
+_CHUNK_KEY = re.compile(r"^(\d+(\.\d+)*|c(/\d+)*|\d+(/\d+)*)$")
 _PROGRESS_KEY = re.compile(
     rf"^(manifest\.json|metadata|complete|done/[^/]+/\d+(\.\d+)*){_PARTIAL}$"
 )
@@ -148,10 +149,11 @@ def _first_stranger(keys: list[str]) -> str | None:
     for name, inside in arrays.items():
         has_metadata = any(key in (".zarray", "zarr.json") for key in inside)
         for key in inside:
-            if key in _ARRAY_METADATA:
-                continue
+            whole = _PARTIAL_SUFFIX.sub("", key)
+            if whole not in _ARRAY_METADATA and not _CHUNK_KEY.match(whole):
+                return f"{name}/{key}"
             # A run killed while writing an array's metadata leaves only temporary files.
-            if not _CHUNK_KEY.match(key) or not (has_metadata or key.endswith(".partial")):
+            if not has_metadata and whole == key:
                 return f"{name}/{key}"
     return None
 

@@ -207,6 +207,80 @@ def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     assert_one_line(result, 1, "holds temperature/notes.txt")
 
 
+MARKER_BYTES = b'{"written_by": "lq compress"}'
+REMOVABLE = {
+    # what is in DST -> whether --overwrite may remove it
+    "empty": ({}, True),
+    "marker only": ({MARKER: MARKER_BYTES}, True),
+    "cut manifest only": ({f"{PROGRESS_DIR}/manifest.json": b'{"descr'}, True),
+    "marker and progress": ({MARKER: MARKER_BYTES, f"{PROGRESS_DIR}/done/t/0.0": b""}, True),
+    "marker and arrays": (
+        {
+            MARKER: MARKER_BYTES,
+            ".zgroup": b"{}",
+            ".zmetadata": b"{}",
+            "t/.zarray": b"{}",
+            "t/.zattrs": b"{}",
+            "t/0.0": b"x",
+            "u/zarr.json": b"{}",
+            "u/c/0/0": b"x",
+        },
+        True,
+    ),
+    "marker and a killed metadata write": (
+        {MARKER: MARKER_BYTES, "t/.zarray." + "ab" * 16 + ".partial": b"{"},
+        True,
+    ),
+    "marker and a stranger": ({MARKER: MARKER_BYTES, ".zgroup": b"{}", "x.txt": b"x"}, False),
+    "foreign marker": ({MARKER: b'{"written_by": "me"}', ".zgroup": b"{}"}, False),
+    "manifest of an earlier version": (
+        {
+            f"{PROGRESS_DIR}/manifest.json": b'{"description": {}}',
+            ".zgroup": b"{}",
+            "t/.zarray": b"{}",
+            "t/0.0": b"x",
+        },
+        True,
+    ),
+    "empty manifest beside files": (
+        {f"{PROGRESS_DIR}/manifest.json": b"", "results.csv": b"x"},
+        False,
+    ),
+    "zgroup and files": ({".zgroup": b"{}", "thesis.tex": b"x"}, False),
+    "zarr store of someone else": ({".zgroup": b"{}", "t/.zarray": b"{}", "t/0.0": b"x"}, False),
+}
+
+
+@pytest.mark.parametrize("case", REMOVABLE)
+def test_check_removable_table(tmp_path, case):
+    from layerquantizer.destination import check_removable
+
+    files, removable = REMOVABLE[case]
+    dst = tmp_path / "dst.zarr"
+    dst.mkdir()
+    for key, value in files.items():
+        (dst / key).parent.mkdir(parents=True, exist_ok=True)
+        (dst / key).write_bytes(value)
+    if removable:
+        check_removable(str(dst))
+    else:
+        with pytest.raises(ValueError, match="remove it yourself or choose another DST"):
+            check_removable(str(dst))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_stores_of_the_previous_version_are_recognised(victim, tmp_path, zarr_format):
+    from layerquantizer.destination import check_removable
+
+    out = tmp_path / "out.zarr"
+    dataset.compress(str(victim), str(out), variables=["temperature"], zarr_format=zarr_format)
+    (out / MARKER).unlink()  # as the previous version wrote it
+    check_removable(str(out))
+    (out / "temperature" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds temperature/notes.txt"):
+        check_removable(str(out))
+
+
 # --------------------------------------------------------------------------------------
 # Symbolic links out of a source
 
