@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -71,13 +70,11 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def normalize_location(location: str) -> str:
-    """An absolute path for local stores (so ``a.zarr`` and ``./a.zarr`` match), the URL
-    otherwise."""
-    if "://" not in location:
-        return os.path.abspath(os.path.expanduser(location))
-    if location.startswith("file://"):
-        return os.path.abspath(os.path.expanduser(location[len("file://") :]))
-    return location.rstrip("/")
+    """The location as :func:`layerquantizer.storage.normalize_location` spells it, so that
+    ``a.zarr``, ``./a.zarr/`` and ``file://$PWD/a.zarr`` describe one source."""
+    from layerquantizer.storage import normalize_location as normalize
+
+    return normalize(location)
 
 
 def describe_plan(plan: Plan, src: str) -> dict[str, Any]:
