@@ -142,6 +142,14 @@ def compress(
             "not yet complete are written. A finished DST is left as it is.",
         ),
     ] = False,
+    break_lock: Annotated[
+        bool,
+        typer.Option(
+            "--break-lock",
+            help="Take DST's lock (DST.lq-lock) even if another run holds it: for a run on "
+            "another host that is gone. A dead run on this host is recognised by itself.",
+        ),
+    ] = False,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -184,6 +192,7 @@ def compress(
                 scheduler=scheduler,
                 token=gcs_token,
                 progress=progress,
+                break_lock=break_lock,
             )
     if json_output:
         print_json(report.to_dict())

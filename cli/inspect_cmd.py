@@ -31,7 +31,8 @@ def inspect(
     debug: DebugOption = False,
 ) -> None:
     """Per variable: dims, shape, chunks, dtype, codec and settings, logical and stored
-    bytes, ratio and number of objects; and totals."""
+    bytes, ratio and number of objects; and totals. An unfinished lq compress output is
+    reported incomplete (JSON "complete": false), without ratios."""
     with handle_errors(debug):
         from layerquantizer import dataset
 
@@ -41,6 +42,8 @@ def inspect(
         return
     console = stdout_console()
     title = f"{store} (zarr v{report.zarr_format})"
+    if not report.complete:
+        title += ", INCOMPLETE"
     table = store_table(report, title=title)
     unlimited = console.options.update_width(100_000)
     if console.measure(table, options=unlimited).maximum > console.width:
@@ -49,3 +52,8 @@ def inspect(
         table.caption = "shape, chunks, dtype and objects: widen the terminal or use --json"
         table.caption_justify = "left"
     console.print(table)
+    if not report.complete:
+        # The ratios would count data not written yet: they are left out ("-").
+        console.print(
+            f"incomplete: {report.incomplete}; ratios not shown", markup=False, soft_wrap=True
+        )

@@ -81,6 +81,9 @@ def verify_table(report) -> Table:
                    "fs bound", "ok"):  # fmt: skip
         table.add_column(column, justify="left" if column == "variable" else "right")
     for name, check in report.variables.items():
+        if not check.levels:  # nothing to compare: a missing variable
+            kinds = ", ".join(dict.fromkeys(p.kind for p in check.problems)) or "-"
+            table.add_row(name, "-", "", "", "", "", "", kinds, "[bold red]FAIL[/]")
         for index, level in enumerate(check.levels):
             table.add_row(
                 name if index == 0 else "",
@@ -90,8 +93,37 @@ def verify_table(report) -> Table:
                 error_text(level.max_abs_error),
                 error_text(level.max_fs_error),
                 error_text(level.rmse),
-                "lossless" if check.codec_bound == 0 else error_text(level.bound),
+                _bound_text(check, level),
                 "ok" if level.ok else "[bold red]FAIL[/]",
             )
         table.add_section()
     return table
+
+
+def _bound_text(check, level) -> str:
+    if check.codec_bound == 0:
+        return "lossless"
+    if check.bound_from is None:
+        return "unknown"
+    if level.bound is None and level.bound_abs is not None:
+        return f"abs {error_text(level.bound_abs)}"
+    return error_text(level.bound)
+
+
+#: Problems listed per variable under the verify table; --json has them all.
+PROBLEMS_SHOWN = 5
+
+
+def problem_lines(report, per_variable: int = PROBLEMS_SHOWN) -> list[str]:
+    """One line per problem of the store and of each variable, at most ``per_variable``
+    per variable, then how many more there are."""
+    lines = [f"{p.kind}: {p.message}" for p in report.problems]
+    for check in report.variables.values():
+        shown = check.problems[:per_variable]
+        lines.extend(f"{p.kind}: {p.message}" for p in shown)
+        rest = len(check.problems) - len(shown)
+        if rest:
+            lines.append(
+                f"... and {rest} more problem{'s' if rest > 1 else ''} of {check.name} (see --json)"
+            )
+    return lines

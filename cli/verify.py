@@ -4,7 +4,10 @@ Example::
 
     lq verify sample.zarr out.zarr --vars temperature --json
 
-Exit status 0 when every value is within the bound its codec promises, 1 otherwise.
+Exit status 0 when every value is within the bound its codec promises, 1 on any problem:
+values beyond the bound, a missing or corrupt chunk, values that differ under a codec whose
+bound lq cannot tell (state one with ``--max-abs-error`` or ``--max-fs-error``), chunks
+looser than the attributes promise, a missing variable, an unfinished store.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from cli._common import (
     stdout_console,
     usage_value,
 )
-from cli.render import verify_table
+from cli.render import problem_lines, verify_table
 
 
 def verify(
@@ -33,6 +36,25 @@ def verify(
         str | None,
         typer.Option("--vars", help="Variables to check, comma-separated [default: all shared]."),
     ] = None,
+    max_abs_error: Annotated[
+        float | None,
+        typer.Option(
+            "--max-abs-error",
+            metavar="X",
+            help="For variables whose codec's bound lq cannot tell (BitRound, Quantize, an "
+            "unknown lossy codec): the largest absolute error allowed.",
+            show_default=False,
+        ),
+    ] = None,
+    max_fs_error: Annotated[
+        float | None,
+        typer.Option(
+            "--max-fs-error",
+            metavar="X",
+            help="As --max-abs-error, over each layer's max - min range (plus one float32 ulp).",
+            show_default=False,
+        ),
+    ] = None,
     workers: WorkersOption = None,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
@@ -40,7 +62,9 @@ def verify(
 ) -> None:
     """Compare DST with SRC: per variable and level the max absolute error, the max
     full-scale error (over each layer's max-min range), the RMSE, and the bound the codec
-    promises. Exit status 1 if any value misses its bound."""
+    promises; and every problem found (missing or corrupt chunks, values under a codec lq
+    cannot bound, chunks looser than their metadata, missing variables, an unfinished
+    store). Exit status 1 on any problem."""
     with handle_errors(debug):
         from layerquantizer import dataset
 
@@ -50,6 +74,8 @@ def verify(
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
             token=gcs_token,
+            max_abs_error=max_abs_error,
+            max_fs_error=max_fs_error,
         )
     if json_output:
         print_json(report.to_dict())
@@ -58,9 +84,17 @@ def verify(
         console.print(verify_table(report))
         for name, reason in report.skipped.items():
             console.print(f"skipped {name}: {reason}")
-        failed = [name for name, check in report.variables.items() if not check.ok]
+        for line in problem_lines(report):
+            console.print(line, markup=False, soft_wrap=True)
+        failed = [
+            f"{name} ({', '.join(dict.fromkeys(p.kind for p in check.problems))})"
+            for name, check in report.variables.items()
+            if not check.ok
+        ]
+        if not report.complete:
+            failed.insert(0, "the store is incomplete")
         if failed:
-            console.print(f"FAILED: {', '.join(failed)} exceed their bound", markup=False)
+            console.print(f"FAILED: {'; '.join(failed)}", markup=False, soft_wrap=True)
         else:
             console.print(f"ok: {len(report.variables)} variables within their bounds")
     if not report.ok:

@@ -4,7 +4,7 @@ A chunk is, all integers little-endian::
 
     offset  size     field
     0       4        magic b"\\x89LQZ"
-    4       1        format version (1)
+    4       1        format version (1, or 2 with the predictor table)
     5       1        flags: bit 0 exception section present, bit 1 Fortran order; others 0
     6       1        dtype code (1 = float32, 2 = float32 returned big-endian)
     7       1        nbits (1-24 for float32)
@@ -14,6 +14,7 @@ A chunk is, all integers little-endian::
     12      4        rows per block B (uint32, >= 1)
     16      8*ndim   shape (uint64 each)
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
+    ..      L        version 2 only: per layer, the predictor (0 Lorenzo, 1 interpolation)
     ..      8        residual section size R (uint64)
     ..      8        residual section size before coding U (uint64)
     ..      R        residual section, through the coder: seeing the chunk as L * ny rows
@@ -46,6 +47,13 @@ from layerquantizer.errors import CorruptChunkError
 
 MAGIC = b"\x89LQZ"
 FORMAT_VERSION = 1
+#: Version 2 adds a predictor byte per layer after the layer table (see docs/format.md).
+FORMAT_VERSION_PREDICTORS = 2
+READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS)
+#: Per-layer predictors of version 2; version 1 chunks use Lorenzo everywhere.
+PREDICTOR_LORENZO = 0
+PREDICTOR_INTERPOLATION = 1
+PREDICTOR_NAMES = {PREDICTOR_LORENZO: "lorenzo", PREDICTOR_INTERPOLATION: "interpolation"}
 FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2
 _KNOWN_FLAGS = FLAG_EXCEPTIONS | FLAG_FORTRAN
@@ -81,6 +89,8 @@ class Header:
     shape: tuple[int, ...]
     offsets: np.ndarray  # float64[L]
     steps: np.ndarray  # float64[L]
+    # uint8[L] (version 2), or None: version 1, every layer Lorenzo.
+    predictors: np.ndarray | None = None
 
     @property
     def dtype(self) -> np.dtype:
@@ -227,10 +237,11 @@ def pack(
     """Frame a chunk from the residual section's coded parts, its size before coding and
     ``exceptions``: (count, coded bitmap, coded values) or None."""
     flags = header.flags | (FLAG_EXCEPTIONS if exceptions else 0)
+    predictors = [] if header.predictors is None else [header.predictors.astype("u1").tobytes()]
     parts = [
         _PREFIX.pack(
             MAGIC,
-            FORMAT_VERSION,
+            FORMAT_VERSION if header.predictors is None else FORMAT_VERSION_PREDICTORS,
             flags,
             header.dtype_code,
             header.nbits,
@@ -241,6 +252,7 @@ def pack(
         ),
         struct.pack(f"<{len(header.shape)}Q", *header.shape),
         np.column_stack([header.offsets, header.steps]).astype("<f8").tobytes(),
+        *predictors,
         _U64.pack(sum(map(len, residuals))),
         _U64.pack(residual_bytes),
         *residuals,
@@ -317,10 +329,11 @@ def parse(buf: memoryview) -> Chunk:
         raise CorruptChunkError(
             f"not a layerquantizer1 chunk: magic {bytes(magic)!r}, expected {MAGIC!r}"
         )
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise CorruptChunkError(
-            f"chunk has format version {version}; this layerquantizer reads version "
-            f"{FORMAT_VERSION} (upgrade layerquantizer if the chunk is newer)"
+            f"chunk has format version {version}; this layerquantizer reads versions "
+            f"{' and '.join(map(str, READ_VERSIONS))} (upgrade layerquantizer if the chunk "
+            "is newer)"
         )
     (stored_crc,) = _CRC.unpack(buf[-_CRC.size :])
     body = buf[: -_CRC.size]
@@ -349,8 +362,22 @@ def parse(buf: memoryview) -> Chunk:
     offsets, steps = table[:, 0], table[:, 1]
     if not (np.isfinite(offsets).all() and np.isfinite(steps).all() and (steps >= 0).all()):
         raise CorruptChunkError("layer table holds a non-finite offset or a negative step")
+    predictors = None
+    if version == FORMAT_VERSION_PREDICTORS:
+        predictors = np.frombuffer(reader.take(nlayers, "predictor table"), "u1")
+        unknown = np.setdiff1d(predictors, list(PREDICTOR_NAMES))
+        if unknown.size:
+            raise CorruptChunkError(f"predictor table holds unknown predictor {unknown[0]}")
     header = Header(
-        flags & FLAG_FORTRAN, dtype_code, nbits, coder, block_rows, shape, offsets, steps
+        flags & FLAG_FORTRAN,
+        dtype_code,
+        nbits,
+        coder,
+        block_rows,
+        shape,
+        offsets,
+        steps,
+        predictors,
     )
     residual_size = reader.u64("residual section size")
     residual_bytes = reader.u64("residual section size before coding")
@@ -380,3 +407,21 @@ def parse(buf: memoryview) -> Chunk:
     if reader.pos != len(body):
         raise CorruptChunkError(f"{len(body) - reader.pos} stray bytes after the chunk's data")
     return Chunk(header, residuals, residual_bytes, count, bitmap, values)
+
+
+#: Bytes at the start of a chunk that :func:`peek_nbits` needs.
+PREFIX_SIZE = _PREFIX.size
+
+
+def peek_nbits(prefix: bytes) -> int | None:
+    """The nbits a chunk was encoded with, from its first :data:`PREFIX_SIZE` bytes; None
+    when they are not the start of a version-1 chunk (no checksum is checked: this is for
+    telling what a store holds, not for decoding).
+
+    >>> peek_nbits(MAGIC + bytes([FORMAT_VERSION, 0, 1, 12, 1, 2, 0, 0, 1, 0, 0, 0]))
+    12
+    """
+    if len(prefix) < _PREFIX.size:
+        return None
+    magic, version, _, _, nbits, *_ = _PREFIX.unpack(bytes(prefix[: _PREFIX.size]))
+    return nbits if magic == MAGIC and version == FORMAT_VERSION else None

@@ -436,3 +436,226 @@ def finite_ranges_except(bits, fill, other_fill):
             mins[layer] = values[2]
             maxs[layer] = values[2]
     return mins, maxs, counts, fills
+
+
+# --- Interpolation predictor (format version 2) ------------------------------------------
+#
+# SZ3's multilevel interpolation, on integers so that the decoder reproduces every
+# prediction exactly. A layer's values are reconstructed on a *fine lattice*,
+# ``offset + r * unit`` with ``unit = step / 2**FINE_BITS``; each value is predicted from
+# values already reconstructed (cubic ``(-a + 9b + 9c - d) / 16`` inside the layer, linear
+# or the nearest neighbour at its edges, rounded down), and the residual is counted in bins
+# of ``BIN_UNITS = 2**FINE_BITS - 1`` units: ``r = prediction + b * BIN_UNITS``. Rounding a
+# value to the fine lattice costs at most ``unit / 2`` and binning at most
+# ``(BIN_UNITS - 1) / 2`` units, so the error stays under ``step / 2``. Unlike a prediction
+# on the quantization levels themselves, the reconstruction of a smooth field stays smooth
+# (a residual of 0 reconstructs the prediction, not a level), which is what lets most
+# residuals of smooth fields at low nbits be 0.
+
+#: Bits of the fine lattice below one quantization step.
+FINE_BITS = 8
+#: Width of a residual bin, in fine-lattice units (odd, so that bins centre on integers).
+BIN_UNITS = (1 << FINE_BITS) - 1
+
+
+@numba.njit(**_JIT)
+def _top_stride(ny, nx):
+    s = 1
+    while s < max(ny, nx):
+        s *= 2
+    return s
+
+
+@numba.njit(**_JIT)
+def _settle(x, pred, offset, unit, scale, tolerance, nbits, top):
+    """The bin of ``x`` around ``pred``, its fine level, and whether it is an exception."""
+    half = np.int64(1) << (nbits - 1)
+    level = np.floor((x - offset) * scale + 0.5)
+    level = level if level >= 0.0 else 0.0  # NaN too: no undefined cast below
+    level = level if level <= top else float(top)
+    d = np.int64(level) - pred
+    b = (d + (BIN_UNITS - 1) // 2) // BIN_UNITS
+    b = min(max(b, -half), half - 1)
+    if not math.isfinite(x):
+        return np.int64(0), pred, True
+    rebuilt_level = pred + b * BIN_UNITS
+    rebuilt = np.float64(np.float32(offset + np.float64(rebuilt_level) * unit))
+    error = abs(x - rebuilt)
+    # Within one float32 ulp of the bound: still kept, as with the Lorenzo predictor.
+    bad = error > tolerance and error > tolerance + float32_ulp(x)
+    return b, rebuilt_level, bad
+
+
+@numba.njit(**_JIT)
+def _column_predictions(fine, i, s, ny, nx, top, preds):
+    """The predictions of row ``i`` (an odd multiple of ``s``) at columns 0, s, 2s, ...
+    from rows ``i - s``, ``i + s`` (and ``i - 3s``, ``i + 3s``), clipped to ``[0, top]``:
+    cubic ``(-c + 9a + 9b - d + 8) >> 4`` with four rows, linear ``(a + b + 1) >> 1`` with
+    two, else row ``i - s``. The case is chosen once per row, so that the loop over columns
+    vectorizes (half of all points are predicted here)."""
+    count = (nx + s - 1) // s
+    a = fine[i - s]
+    if i + s >= ny:
+        for k in range(count):
+            preds[k] = min(max(a[k * s], 0), top)
+    elif i - 3 * s >= 0 and i + 3 * s < ny:
+        b, c, d = fine[i + s], fine[i - 3 * s], fine[i + 3 * s]
+        for k in range(count):
+            j = k * s
+            preds[k] = min(max((9 * (a[j] + b[j]) - c[j] - d[j] + 8) >> 4, 0), top)
+    else:
+        b = fine[i + s]
+        for k in range(count):
+            j = k * s
+            preds[k] = min(max((a[j] + b[j] + 1) >> 1, 0), top)
+    return count
+
+
+@numba.njit(**_JIT)
+def _row_predictions(fine, i, s, nx, top, preds):
+    """The predictions of row ``i`` (a multiple of ``2s``) at columns s, 3s, 5s, ...,
+    as :func:`_column_predictions` does along columns, written as selects so that the loop
+    vectorizes."""
+    count = (nx - s + 2 * s - 1) // (2 * s) if nx > s else 0
+    row = fine[i]
+    for k in range(count):
+        j = s + 2 * s * k
+        a = row[j - s]
+        b = row[min(j + s, nx - 1)]
+        c = row[max(j - 3 * s, 0)]
+        d = row[min(j + 3 * s, nx - 1)]
+        cubic = (9 * (a + b) - c - d + 8) >> 4
+        linear = (a + b + 1) >> 1
+        pred = cubic if j - 3 * s >= 0 and j + 3 * s < nx else linear
+        pred = pred if j + s < nx else a
+        preds[k] = min(max(pred, 0), top)
+    return count
+
+
+@numba.njit(**_JIT)
+def interpolation_encode(layer, offset, unit, tolerance, nbits, fine, planes, bits, bit_base):
+    """Predict and code one layer with the interpolation predictor.
+
+    Parameters
+    ----------
+    layer : float32[ny, nx]
+    offset, unit : float
+        The value of fine level 0 and the fine step (the quantization step / 2**FINE_BITS).
+    tolerance : float
+        The error a value may have (besides one float32 ulp) before it becomes an exception.
+    nbits : int
+        Residual bins are signed ``nbits``-bit numbers, zigzag-coded.
+    fine : int64[ny, nx], scratch
+        The fine levels as the decoder will rebuild them.
+    planes : uint8[nbytes, ny * nx], out
+        The codes, byte-planar, in row order.
+    bits : uint8[...], in/out
+        Exception bitmap; value ``(i, j)`` is bit ``bit_base + i * nx + j``.
+    bit_base : int
+
+    Returns
+    -------
+    int
+        The number of exceptions.
+    """
+    ny, nx = layer.shape
+    if ny == 0 or nx == 0:
+        return 0
+    nbytes = planes.shape[0]
+    top = ((np.int64(1) << nbits) - 1) << FINE_BITS
+    scale = 1.0 / unit if unit > 0.0 else 0.0
+    codes = np.empty(nx, np.uint32)
+    preds = np.empty(nx, np.int64)
+    # Codes are stored in row order; the traversal fills them level by level.
+    zig = np.empty((ny, nx), np.uint32)
+    count = 0
+    s = _top_stride(ny, nx)
+    first = min((np.int64(1) << (nbits - 1)) * BIN_UNITS, top)
+    b, rebuilt, bad = _settle(
+        np.float64(layer[0, 0]), first, offset, unit, scale, tolerance, nbits, top
+    )
+    fine[0, 0] = rebuilt
+    zig[0, 0] = np.uint32(2 * b) if b >= 0 else np.uint32(-2 * b - 1)
+    if bad:
+        bits[bit_base >> 3] |= np.uint8(1 << (bit_base & 7))
+        count += 1
+    while s > 1:
+        s //= 2
+        for along_rows in (True, False):
+            for i in range(s if not along_rows else 0, ny, 2 * s):
+                if along_rows:
+                    j_start, j_step = s, 2 * s
+                    points = _row_predictions(fine, i, s, nx, top, preds)
+                else:
+                    j_start, j_step = 0, s
+                    points = _column_predictions(fine, i, s, ny, nx, top, preds)
+                for k in range(points):
+                    j = j_start + k * j_step
+                    x = np.float64(layer[i, j])
+                    b, rebuilt, bad = _settle(
+                        x, preds[k], offset, unit, scale, tolerance, nbits, top
+                    )
+                    fine[i, j] = rebuilt
+                    zig[i, j] = np.uint32(2 * b) if b >= 0 else np.uint32(-2 * b - 1)
+                    if bad:
+                        n = bit_base + i * nx + j
+                        bits[n >> 3] |= np.uint8(1 << (n & 7))
+                        count += 1
+    for i in range(ny):
+        for j in range(nx):
+            codes[j] = zig[i, j]
+        _store_codes(codes, planes, i * nx, nbytes)
+    return count
+
+
+@numba.njit(**_JIT)
+def interpolation_decode(planes, nbits, offset, unit, fine, out):
+    """Inverse of :func:`interpolation_encode` but for the exceptions: fills ``out``
+    (float32[ny, nx]) from the layer's codes ``planes`` (uint8[nbytes, ny * nx]);
+    ``fine`` (int64[ny, nx]) is scratch. Any codes decode to some values without overflow:
+    predictions are clipped to ``[0, top]`` and a bin moves a level by less than
+    ``2**24 * BIN_UNITS``."""
+    ny, nx = out.shape
+    if ny == 0 or nx == 0:
+        return
+    nbytes = planes.shape[0]
+    top = ((np.int64(1) << nbits) - 1) << FINE_BITS
+    codes = np.empty(nx, np.uint32)
+    preds = np.empty(nx, np.int64)
+    # The bins, kept in ``fine`` until each is replaced by its level.
+    for i in range(ny):
+        _load_codes(planes, i * nx, codes, nbytes)
+        row = fine[i]
+        for j in range(nx):
+            code = np.int64(codes[j])
+            row[j] = ((code >> 1) ^ -(code & 1)) * BIN_UNITS
+    s = _top_stride(ny, nx)
+    fine[0, 0] += min((np.int64(1) << (nbits - 1)) * BIN_UNITS, top)
+    while s > 1:
+        s //= 2
+        for i in range(0, ny, 2 * s):
+            points = _row_predictions(fine, i, s, nx, top, preds)
+            row = fine[i]
+            for k in range(points):
+                row[s + 2 * s * k] += preds[k]
+        for i in range(s, ny, 2 * s):
+            points = _column_predictions(fine, i, s, ny, nx, top, preds)
+            row = fine[i]
+            if s == 1:
+                for j in range(points):
+                    row[j] += preds[j]
+            else:
+                for k in range(points):
+                    row[k * s] += preds[k]
+    for i in range(ny):
+        row = fine[i]
+        target = out[i]
+        for j in range(nx):
+            target[j] = np.float32(offset + np.float64(row[j]) * unit)
+
+
+@numba.njit(**_JIT)
+def clear_bits(target, start, count):
+    """Clear the bits ``start`` to ``start + count - 1`` of the bitmap ``target``."""
+    for n in range(start, start + count):
+        target[n >> 3] &= np.uint8(~(1 << (n & 7)) & 0xFF)

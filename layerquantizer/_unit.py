@@ -55,6 +55,9 @@ class UnitJob:
         Key (inside DST) of the object to write once every chunk of the unit is stored.
     nbytes, chunks : int
         Logical bytes and number of output chunks, for progress reports.
+    recorded : bool
+        An interrupted run marked the unit done: it is skipped if the source objects it
+        reads are those the marker records (:func:`source_fingerprint`), else written again.
     """
 
     run: str
@@ -71,6 +74,7 @@ class UnitJob:
     nbytes: int
     chunks: int
     label: str = ""
+    recorded: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +89,7 @@ class UnitDone:
     pid: int
     fast_read: bool
     fast_write: bool
+    resumed: bool = False  # written by an earlier run, from the same source objects
 
 
 # --------------------------------------------------------------------------------------
@@ -415,15 +420,67 @@ def _all_nan(block: np.ndarray) -> bool:
     return flat.size == 0 or (bool(np.isnan(flat[0])) and bool(np.isnan(flat).all()))
 
 
-def write_marker(job: UnitJob) -> None:
-    """Record that every chunk of the unit is stored (written after them, see resume.py)."""
+def write_marker(job: UnitJob, fingerprint: bytes = b"") -> None:
+    """Record that every chunk of the unit is stored (written after them, see resume.py),
+    with the fingerprint of the source objects they were made from."""
     if job.marker is None:
         return
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
     store = _cached(job.run, ("store", job.dst, "r+"), lambda: _open_store(job.dst, job.dst_token))
-    sync(store.set(job.marker, default_buffer_prototype().buffer.from_bytes(b"")))
+    sync(store.set(job.marker, default_buffer_prototype().buffer.from_bytes(fingerprint)))
+
+
+def read_marker(job: UnitJob) -> bytes | None:
+    """The fingerprint a unit's marker records (empty if written before fingerprints were),
+    None if there is no marker."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = _cached(job.run, ("store", job.dst, "r+"), lambda: _open_store(job.dst, job.dst_token))
+    found = sync(store.get(job.marker, default_buffer_prototype()))
+    return None if found is None else found.to_bytes()
+
+
+# Fields of fsspec's object info that change when an object is written again, by backend.
+_VERSION_FIELDS = ("generation", "etag", "ETag", "mtime", "LastModified", "updated", "created")
+
+
+def source_fingerprint(job: UnitJob) -> bytes:
+    """Size and version (GCS generation, etag or mtime) of every source object the unit
+    reads, as JSON: one metadata request per source chunk, no data read.
+
+    Taken before the unit reads its source, so that a change during the read shows as a
+    change on resume (the unit is then written again) rather than being missed.
+    """
+    import itertools
+    import json
+
+    from layerquantizer.storage import filesystem
+
+    array = _open_array(job.run, job.src, job.src_token, job.variable, "r")
+    fs, root = _cached(
+        job.run, ("fs", job.src), lambda: filesystem(job.src, "r", token=job.src_token)
+    )
+    meta = array.metadata
+    per_dim = []
+    for where, size in zip(job.source, meta.chunk_grid.chunk_shape, strict=True):
+        if isinstance(where, slice):
+            per_dim.append(range(where.start // size, (where.stop - 1) // size + 1))
+        else:
+            per_dim.append(np.unique(np.asarray(where) // size).tolist())
+    entries: dict[str, Any] = {}
+    for coords in itertools.product(*per_dim):
+        key = _join(array.path, meta.encode_chunk_key(tuple(int(c) for c in coords)))
+        try:
+            info = fs.info(f"{root.rstrip('/')}/{key}")
+        except FileNotFoundError:
+            entries[key] = None  # a chunk of fill values
+            continue
+        version = next((info[f] for f in _VERSION_FIELDS if info.get(f) is not None), None)
+        entries[key] = [info.get("size"), str(version)]
+    return json.dumps(entries, sort_keys=True).encode()
 
 
 def _open_store(url: str, token: Any):
@@ -444,9 +501,18 @@ def run_unit(job: UnitJob, zarr_threads: int | None = None) -> UnitDone:
 
     configure_process(zarr_threads=zarr_threads)
     try:
+        fingerprint = source_fingerprint(job)
+        if job.recorded:
+            recorded = read_marker(job)
+            # An empty marker predates fingerprints: trusted, as it was then.
+            if recorded is not None and recorded in (b"", fingerprint):
+                return UnitDone(
+                    job.variable, job.index, job.nbytes, job.chunks, os.getpid(), False, False,
+                    resumed=True,
+                )  # fmt: skip
         data, fast_read = read_region(job)
         fast_write = write_region(job, data)
-        write_marker(job)
+        write_marker(job, fingerprint)
     except Exception as exc:
         from layerquantizer.dataset import ChunkWriteError, _one_line
         from layerquantizer.storage import classify_store_error

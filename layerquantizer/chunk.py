@@ -14,6 +14,7 @@ to a given fill value (Zarr's padding of edge chunks) are left out of ``[vmin, v
 from __future__ import annotations
 
 import numpy as np
+import zstandard
 
 from layerquantizer import _format, _grid, _kernels
 from layerquantizer._format import CODER_NONE, CODER_ZSTD, Header
@@ -64,8 +65,14 @@ def encode(
     *,
     tolerances: np.ndarray | None = None,
     tolerance: float | None = None,
+    predictor: str = "auto",
 ) -> bytes:
     """Encode a float32 array of any shape into one chunk.
+
+    ``predictor`` is ``"auto"`` (per layer, the Lorenzo or the interpolation predictor,
+    whichever promises fewer bytes; at ``nbits`` above :data:`AUTO_INTERPOLATION_MAX_NBITS`
+    Lorenzo, without a trial), ``"lorenzo"`` or ``"interpolation"``. A chunk whose layers
+    all use Lorenzo is written in format version 1, as before; any other in version 2.
 
     Values equal to ``fill_value`` (what Zarr pads edge chunks with) do not widen a layer's
     range: the bound is that of the other values, and the fill values, when they lie
@@ -92,6 +99,10 @@ def encode(
     if (nbits is None) == (tolerance is None):
         raise ValueError(
             f"give nbits or tolerance, not both nor neither (nbits={nbits}, tolerance={tolerance})"
+        )
+    if predictor not in ("auto", "lorenzo", "interpolation"):
+        raise ValueError(
+            f"predictor must be 'auto', 'lorenzo' or 'interpolation', got {predictor!r}"
         )
     layers, fortran = as_float32_layers(array)
     nlayers, ny, nx = layers.shape
@@ -126,7 +137,22 @@ def encode(
                 f"{tolerances.shape}"
             )
         allowed = np.minimum(allowed, tolerances)
-    while True:
+    if tolerance is not None:
+        nbits = _levels_bits(maxs, offsets, steps)
+    predictors = None
+    if predictor == "auto" and nbits > AUTO_INTERPOLATION_MAX_NBITS:
+        predictor = "lorenzo"
+    if predictor != "lorenzo" and layers.size:
+        if tolerance is not None:
+            # Enough bits for the plain steps too: a layer whose grid fails falls back to them.
+            nbits = max(nbits, _levels_bits(maxs, mins, plain_steps))
+        predicted = _encode_predicted(
+            layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level,
+            predictor,
+        )  # fmt: skip
+        if predicted is not None:
+            residuals, residual_bytes, bitmap, counts, predictors, offsets, steps = predicted
+    while predictors is None:
         if tolerance is not None:
             nbits = _levels_bits(maxs, offsets, steps)
         residuals, residual_bytes, bitmap, counts = _encode_residuals(
@@ -159,6 +185,7 @@ def encode(
         shape=tuple(array.shape),
         offsets=offsets,
         steps=steps,
+        predictors=predictors,
     )
     return _format.pack(header, residuals, residual_bytes, exceptions)
 
@@ -252,48 +279,343 @@ def _encode_residuals(layers, offsets, steps, tolerances, nbits, coder, level):
     return writer.finish(), writer.size, bitmap, counts
 
 
+def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper, compressor) -> int:
+    """The size of a layer's codes (byte-planar) in their stored form through zstd at its
+    fastest level: to compare predictors, which an entropy estimate does badly (zstd
+    codes runs of zero residuals far below their order-0 entropy)."""
+    nbytes, size = planes.shape
+    block = scratch[: 1 + nbytes * size]
+    block[1:] = planes.reshape(-1)
+    stored = _kernels.pack_block(block, nbytes, positions, upper)
+    return len(compressor.compress(block[:stored]))
+
+
+class _BlockStream:
+    """Cuts codes given layer by layer into the residual section's blocks of rows."""
+
+    def __init__(self, writer, nrows: int, nx: int, block_rows: int, plane_count: int):
+        self.writer, self.nx, self.block_rows = writer, nx, block_rows
+        self.plane_count, self.rows_left = plane_count, nrows
+        block_size = min(block_rows, nrows) * nx
+        self.packed = np.empty(1 + plane_count * block_size, np.uint8)
+        self.positions = np.empty(block_size, np.int64)
+        self.upper = np.empty(2 * block_size, np.uint8)
+        self._start_block()
+
+    def _start_block(self) -> None:
+        rows = min(self.block_rows, self.rows_left)
+        self.rows_left -= rows
+        self.size = rows * self.nx
+        self.block = self.packed[: 1 + self.plane_count * self.size]
+        self.planes = self.block[1:].reshape(self.plane_count, self.size)
+        self.filled = 0
+
+    def write(self, planes: np.ndarray) -> None:
+        """Append a layer's codes, uint8[plane_count, ny * nx]."""
+        done = 0
+        while done < planes.shape[1]:
+            take = min(self.size - self.filled, planes.shape[1] - done)
+            self.planes[:, self.filled : self.filled + take] = planes[:, done : done + take]
+            self.filled += take
+            done += take
+            if self.filled == self.size:
+                stored = _kernels.pack_block(
+                    self.block, self.plane_count, self.positions, self.upper
+                )
+                self.writer.write(self.block[:stored])
+                self._start_block()
+
+
+# "auto" compares the predictors on three bands of this many rows, at a sixth, a half and
+# five sixths of each layer's height (the whole layer when it has fewer than six bands of
+# rows: a single band misjudged layers whose middle, the tropics, differs from the rest),
+# then codes only the one chosen.
+TRIAL_ROWS = 64
+#: "auto" tries the interpolation predictor up to this many bits only: above, Lorenzo on the
+#: integers won on every field measured (bench_codec.py), and the trial would cost encode
+#: time for nothing.
+AUTO_INTERPOLATION_MAX_NBITS = 12
+
+
+def _prefers_interpolation(
+    layer, offset, step, snapped, low, plain_step, nbits, compressor
+) -> bool:
+    """Whether the interpolation predictor codes the trial bands of ``layer`` in fewer
+    bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
+    bytes each)."""
+    ny, nx = layer.shape
+    if ny < 6 * TRIAL_ROWS:
+        bands = [layer]
+    else:
+        bands = [
+            layer[c - TRIAL_ROWS // 2 : c + TRIAL_ROWS // 2]
+            for c in (ny // 6, ny // 2, 5 * ny // 6)
+        ]
+    rows = bands[0].shape[0]
+    plane_count = (nbits + 7) // 8
+    planes = np.empty((plane_count, rows * nx), np.uint8)
+    bits = np.zeros((rows * nx + 7) // 8, np.uint8)
+    scratch = np.empty(1 + plane_count * rows * nx, np.uint8)
+    positions = np.empty(rows * nx, np.int64)
+    upper = np.empty(2 * rows * nx, np.uint8)
+    fine = np.empty((rows, nx), np.int64)
+    tolerance = plain_step / 2.0
+    unit = plain_step / (1 << _kernels.FINE_BITS)
+    lorenzo = interpolation = 0
+    for band in bands:
+        band = np.ascontiguousarray(band)
+        counts = np.zeros(1, np.int64)
+        bits[:] = 0
+        _lorenzo_layer(
+            band,
+            0,
+            rows,
+            np.array([offset]),
+            np.array([step]),
+            np.array([snapped]),
+            np.array([low]),
+            np.array([plain_step]),
+            np.array([tolerance]),
+            nbits,
+            planes,
+            bits,
+            np.zeros(nx + 1, np.uint32),
+            counts,
+        )
+        lorenzo += _coded_size(planes, scratch, positions, upper, compressor)
+        lorenzo += 5 * int(counts[0])
+        bits[:] = 0
+        exceptions = _kernels.interpolation_encode(
+            band, low, unit, tolerance, nbits, fine, planes, bits, 0
+        )
+        interpolation += _coded_size(planes, scratch, positions, upper, compressor)
+        interpolation += 5 * exceptions
+    return interpolation < lorenzo
+
+
+def _encode_predicted(
+    layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how
+):
+    """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
+    picks per layer by a trial on a band of rows, see :func:`_prefers_interpolation`), into
+    a version 2 residual section. Returns None when "auto" picked Lorenzo everywhere (the
+    chunk is then written in version 1), else the section, its size before coding, the
+    exception bitmap, the exceptions per layer, the predictors and the layer table.
+    ``allowed`` is each layer's largest error before a value is stored exactly."""
+    nlayers, ny, nx = layers.shape
+    if how == "auto":
+        # One per call: a zstandard compressor must not be shared between threads.
+        compressor = zstandard.ZstdCompressor(level=1)
+        choices = np.array(
+            [
+                _prefers_interpolation(
+                    layers[layer],
+                    offsets[layer],
+                    steps[layer],
+                    snapped[layer],
+                    mins[layer],
+                    plain_steps[layer],
+                    nbits,
+                    compressor,
+                )
+                for layer in range(nlayers)
+            ]
+        )
+        if not choices.any():
+            return None
+    else:
+        choices = np.ones(nlayers, bool)
+    rows = layers.reshape(nlayers * ny, nx)
+    size = ny * nx
+    plane_count = (nbits + 7) // 8
+    tolerances = allowed
+    units = plain_steps / (1 << _kernels.FINE_BITS)
+    offsets = np.where(choices, mins, offsets)
+    steps = np.where(choices, units, steps)
+    snapped = snapped & ~choices
+    bitmap = np.zeros((rows.size + 7) // 8, np.uint8)
+    counts = np.zeros(nlayers, np.int64)
+    planes = np.empty((plane_count, size), np.uint8)
+    fine = np.empty((ny, nx), np.int64)
+    prev = np.zeros(nx + 1, np.uint32)
+    writer = _format.BlockWriter(coder, level)
+    stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count)
+    for layer in range(nlayers):
+        if choices[layer]:
+            counts[layer] = _kernels.interpolation_encode(
+                layers[layer],
+                mins[layer],
+                units[layer],
+                tolerances[layer],
+                nbits,
+                fine,
+                planes,
+                bitmap,
+                layer * size,
+            )
+        else:
+            _lorenzo_layer(
+                rows,
+                layer,
+                ny,
+                offsets,
+                steps,
+                snapped,
+                mins,
+                plain_steps,
+                tolerances,
+                nbits,
+                planes,
+                bitmap,
+                prev,
+                counts,
+            )
+        stream.write(planes)
+    predictors = np.where(
+        choices, _format.PREDICTOR_INTERPOLATION, _format.PREDICTOR_LORENZO
+    ).astype(np.uint8)
+    return writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps
+
+
+def _lorenzo_layer(
+    rows,
+    layer,
+    ny,
+    offsets,
+    steps,
+    snapped,
+    mins,
+    plain_steps,
+    tolerances,
+    nbits,
+    planes,
+    bits,
+    prev,
+    counts,
+):
+    """Lorenzo codes of one layer into ``planes``, on the plain step when the layer's
+    coarse grid fails (as :func:`encode` does for whole chunks)."""
+    nx = rows.shape[1]
+    while True:
+        _kernels.encode_rows(
+            rows, layer * ny, ny, offsets, steps, tolerances, nbits, planes, bits, prev, counts
+        )
+        if not snapped[layer] or counts[layer] <= ny * nx * _GRID_EXCEPTION_SHARE:
+            return
+        _kernels.clear_bits(bits, layer * ny * nx, ny * nx)
+        counts[layer] = 0
+        offsets[layer], steps[layer] = mins[layer], plain_steps[layer]
+        snapped[layer] = False
+
+
+class _BlockReader:
+    """Reads the residual section's blocks back, checking each block's own fields."""
+
+    def __init__(self, chunk: _format.Chunk, nrows: int, nx: int):
+        header = chunk.header
+        self.plane_count = plane_count = header.plane_count
+        self.reader = _format.BlockReader(chunk.residuals, header.coder, chunk.residual_bytes)
+        block_size = min(header.block_rows, nrows) * nx
+        self.buffer = np.empty(plane_count * block_size, np.uint8)
+        self.gaps = np.empty(block_size + block_size // 255 + 1, np.uint8)
+        self.uppers = np.empty((plane_count - 1) * block_size, np.uint8)
+        self.positions = np.empty(block_size, np.int64)
+        self.no_escapes = np.empty((max(plane_count - 1, 1), 0), np.uint8)
+        self.mode = np.empty(1, np.uint8)
+        self.counts = np.empty(2, "<u4")
+
+    def read(self, first: int, size: int):
+        """The next block, of ``size`` codes starting at row ``first``: its planes (only
+        byte 0 is read for an escaped block), whether it is escaped, and the escapes'
+        positions and upper bytes."""
+        plane_count, reader = self.plane_count, self.reader
+        planes = self.buffer[: plane_count * size].reshape(plane_count, size)
+        reader.read_into(self.mode)
+        reader.read_into(planes[0])
+        mode = self.mode[0]
+        if mode == 0:
+            reader.read_into(planes[1:])
+            return planes, False, self.positions, self.no_escapes
+        if mode != 1 or plane_count == 1:
+            raise CorruptChunkError(f"residual block at row {first}: unknown mode {mode}")
+        reader.read_into(self.counts.view(np.uint8))
+        escapes, gap_bytes = int(self.counts[0]), int(self.counts[1])
+        if escapes > size or not escapes <= gap_bytes <= escapes + size // 255 + 1:
+            raise CorruptChunkError(
+                f"residual block at row {first}: {escapes} escapes and {gap_bytes} gap "
+                f"bytes for {size} values"
+            )
+        block_gaps = reader.read_into(self.gaps[:gap_bytes])
+        positions = self.positions[:escapes]
+        if not 0 <= _kernels.escape_positions(block_gaps, positions) <= size:
+            raise CorruptChunkError(
+                f"residual block at row {first}: the gaps do not place {escapes} escapes"
+            )
+        uppers = reader.read_into(self.uppers[: (plane_count - 1) * escapes])
+        return planes, True, positions, uppers.reshape(plane_count - 1, escapes)
+
+
+def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
+    """Decode a version 2 residual section: the blocks' codes are gathered per layer, then
+    each layer is decoded with its predictor."""
+    header = chunk.header
+    nlayers, ny, nx = layers.shape
+    rows = layers.reshape(nlayers * ny, nx)
+    size = ny * nx
+    blocks = _BlockReader(chunk, len(rows), nx)
+    layer_planes = np.empty((header.plane_count, size), np.uint8)
+    fine = np.empty((ny, nx), np.int64)
+    prev = np.zeros(nx, np.uint32)
+    layer, filled = 0, 0
+    for first in range(0, len(rows), header.block_rows):
+        block_size = min(header.block_rows, len(rows) - first) * nx
+        planes, escaped, positions, uppers = blocks.read(first, block_size)
+        if escaped:
+            planes[1:] = 0
+            planes[1:, positions] = uppers
+        done = 0
+        while done < block_size:
+            take = min(size - filled, block_size - done)
+            layer_planes[:, filled : filled + take] = planes[:, done : done + take]
+            filled += take
+            done += take
+            if filled == size:
+                if header.predictors[layer] == _format.PREDICTOR_INTERPOLATION:
+                    _kernels.interpolation_decode(
+                        layer_planes,
+                        header.nbits,
+                        header.offsets[layer],
+                        header.steps[layer],
+                        fine,
+                        layers[layer],
+                    )
+                else:
+                    _kernels.decode_rows(
+                        layer_planes,
+                        layer * ny,
+                        ny,
+                        header.nbits,
+                        header.offsets,
+                        header.steps,
+                        rows,
+                        prev,
+                        False,
+                        blocks.positions,
+                        blocks.no_escapes,
+                    )
+                layer, filled = layer + 1, 0
+    blocks.reader.finish()
+
+
 def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
     header = chunk.header
     nlayers, ny, nx = layers.shape
     rows = layers.reshape(nlayers * ny, nx)
-    plane_count = header.plane_count
-    reader = _format.BlockReader(chunk.residuals, header.coder, chunk.residual_bytes)
-    block_size = min(header.block_rows, len(rows)) * nx
-    buffer = np.empty(plane_count * block_size, np.uint8)
-    gaps = np.empty(block_size + block_size // 255 + 1, np.uint8)
-    uppers = np.empty((plane_count - 1) * block_size, np.uint8)
-    positions = np.empty(block_size, np.int64)
-    no_escapes = np.empty((max(plane_count - 1, 1), 0), np.uint8)
-    mode = np.empty(1, np.uint8)
-    counts = np.empty(2, "<u4")
+    blocks = _BlockReader(chunk, len(rows), nx)
     prev = np.zeros(nx, np.uint32)
     for first in range(0, len(rows), header.block_rows):
         size = min(header.block_rows, len(rows) - first) * nx
-        planes = buffer[: plane_count * size].reshape(plane_count, size)
-        reader.read_into(mode)
-        reader.read_into(planes[0])
-        escaped, block_positions, block_uppers = False, positions, no_escapes
-        if mode[0] == 0:
-            reader.read_into(planes[1:])
-        elif mode[0] == 1 and plane_count > 1:
-            reader.read_into(counts.view(np.uint8))
-            escapes, gap_bytes = int(counts[0]), int(counts[1])
-            if escapes > size or not escapes <= gap_bytes <= escapes + size // 255 + 1:
-                raise CorruptChunkError(
-                    f"residual block at row {first}: {escapes} escapes and {gap_bytes} gap "
-                    f"bytes for {size} values"
-                )
-            block_gaps = reader.read_into(gaps[:gap_bytes])
-            block_positions = positions[:escapes]
-            if not 0 <= _kernels.escape_positions(block_gaps, block_positions) <= size:
-                raise CorruptChunkError(
-                    f"residual block at row {first}: the gaps do not place {escapes} escapes"
-                )
-            block_uppers = reader.read_into(uppers[: (plane_count - 1) * escapes])
-            block_uppers = block_uppers.reshape(plane_count - 1, escapes)
-            escaped = True
-        else:
-            raise CorruptChunkError(f"residual block at row {first}: unknown mode {mode[0]}")
+        planes, escaped, positions, uppers = blocks.read(first, size)
         _kernels.decode_rows(
             planes,
             first,
@@ -304,10 +626,10 @@ def _decode_residuals(chunk: _format.Chunk, layers: np.ndarray) -> None:
             rows,
             prev,
             escaped,
-            block_positions,
-            block_uppers,
+            positions,
+            uppers,
         )
-    reader.finish()
+    blocks.reader.finish()
 
 
 def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
@@ -345,7 +667,9 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
     )
     result = out.reshape(header.shape) if direct else np.empty(header.shape, np.float32)
     layers = result.reshape(_format.layer_shape(header.shape))
-    if size:
+    if size and header.predictors is not None:
+        _decode_predicted(chunk, layers)
+    elif size:
         _decode_residuals(chunk, layers)
     if chunk.exception_count:
         bitmap = _format.decompress(

@@ -6,7 +6,8 @@ metadata::
     DST/.lq-progress/manifest.json        what is being written (the plan's description)
     DST/.lq-progress/metadata             the Zarr metadata of every array is written
     DST/.lq-progress/done/VAR/I.J.K.L     every chunk of the unit starting at chunk I.J.K.L
-                                          of VAR is stored
+                                          of VAR is stored; holds the size and version of
+                                          each source object the unit read
     DST/.lq-progress/complete             consolidated metadata written; only cleanup left
 
 A unit's marker is written only after all of its chunk objects were stored, so a unit
@@ -15,6 +16,11 @@ died is never taken for a complete one (and zarr's local and GCS writes replace 
 whole). The consolidated metadata is written last, then the folder is removed, markers
 first and the manifest last, so the finished store holds exactly what an uninterrupted run
 writes. Zarr and xarray ignore the folder (no Zarr metadata in it); ``lq inspect`` skips it.
+
+On resume a unit with a marker is still sent to a worker, which skips it only if the
+source objects it reads have the size and version (GCS generation, etag or mtime) the
+marker records (``_unit.source_fingerprint``); a unit whose source changed between the
+runs is written again.
 
 The manifest records a description of the plan (source, variables and bits, selection,
 chunks, Zarr format); resuming with options that describe another plan is refused with
@@ -30,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -65,13 +70,11 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def normalize_location(location: str) -> str:
-    """An absolute path for local stores (so ``a.zarr`` and ``./a.zarr`` match), the URL
-    otherwise."""
-    if "://" not in location:
-        return os.path.abspath(os.path.expanduser(location))
-    if location.startswith("file://"):
-        return os.path.abspath(os.path.expanduser(location[len("file://") :]))
-    return location.rstrip("/")
+    """The location as :func:`layerquantizer.storage.normalize_location` spells it, so that
+    ``a.zarr``, ``./a.zarr/`` and ``file://$PWD/a.zarr`` describe one source."""
+    from layerquantizer.storage import normalize_location as normalize
+
+    return normalize(location)
 
 
 def describe_plan(plan: Plan, src: str) -> dict[str, Any]:

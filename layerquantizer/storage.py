@@ -213,7 +213,10 @@ def remove_store(
             f"{url}: refusing to remove a whole bucket; name the store inside it, "
             f"e.g. gs://{path}/output.zarr"
         )
-    if protocol == "file" and Path(path) in (Path(Path(path).anchor), Path.home()):
+    if protocol == "file" and Path(path) in (
+        Path(Path(path).anchor),
+        Path(os.path.realpath(Path.home())),
+    ):
         raise ValueError(f"{url}: refusing to remove a filesystem root or home directory")
     with store_errors(url):
         fs = _filesystem(protocol, "w", token)
@@ -327,7 +330,7 @@ def classify_store_error(exc: BaseException, url: str) -> StoreError | None:
 def _classify_one(exc: BaseException, url: str) -> StoreError | None:
     if isinstance(exc, StoreError):
         return exc
-    is_gcs = url.startswith(("gs://", "gcs://"))
+    is_gcs = url.lower().startswith(("gs://", "gcs://"))
     # The types of optional libraries can only be raised once they are imported, so look
     # them up without importing anything.
     gcsfs_retry = sys.modules.get("gcsfs.retry")
@@ -400,22 +403,94 @@ def gcs_token(mode: Mode, token: Any = None) -> Any:
     return "google_default"
 
 
+def normalize_location(url_or_path: str | os.PathLike) -> str:
+    """The one spelling of a store's location, by which two locations are compared.
+
+    Every check and every removal goes through :func:`_split_url`, which this spells out,
+    so that what is compared is what is removed: the scheme's case and ``gcs://`` do not
+    matter, ``~`` is expanded, ``file://`` dropped, local paths made absolute with every
+    symbolic link resolved, and repeated or trailing slashes collapsed.
+
+    Returns
+    -------
+    str
+        A local path (``/data/era5.zarr``), ``gs://bucket/path`` or ``memory://path``.
+
+    Examples
+    --------
+    >>> normalize_location("GCS://bucket//era5.zarr/")
+    'gs://bucket/era5.zarr'
+    >>> here = os.path.realpath(".")
+    >>> normalize_location(f"FILE://{here}//a.zarr/") == f"{here}/a.zarr"
+    True
+    >>> normalize_location("./a.zarr") == f"{here}/a.zarr"
+    True
+    """
+    protocol, path = _split_url(os.fspath(url_or_path))
+    if protocol == "file":
+        return path
+    return f"{protocol}://{path.lstrip('/')}"
+
+
+def locations_overlap(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether the stores at ``a`` and ``b`` are the same or one lies inside the other.
+
+    Compares :func:`normalize_location`; local paths are also compared by device and inode
+    along their existing ancestors, which catches bind mounts and hard-linked directories.
+
+    Examples
+    --------
+    >>> locations_overlap("gs://b/era5.zarr", "GS://b//era5.zarr/t2m")
+    True
+    >>> locations_overlap("gs://b/era5.zarr", "gs://b/era5.zarr-lq")
+    False
+    """
+    (pa, a_path), (pb, b_path) = _split_url(os.fspath(a)), _split_url(os.fspath(b))
+    if pa != pb:
+        return False
+    a_dir, b_dir = a_path.rstrip("/") + "/", b_path.rstrip("/") + "/"
+    if a_dir.startswith(b_dir) or b_dir.startswith(a_dir):
+        return True
+    if pa == "file":
+        return _same_file_on_path(a_path, b_path) or _same_file_on_path(b_path, a_path)
+    return False
+
+
+def _same_file_on_path(path: str, other: str) -> bool:
+    """Whether ``other`` (if it exists) is ``path`` or one of its existing ancestors."""
+    try:
+        target = os.stat(other)
+    except OSError:
+        return False
+    current = Path(path)
+    for candidate in (current, *current.parents):
+        try:
+            found = os.stat(candidate)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
 def _split_url(url: str) -> tuple[str, str]:
-    """``(protocol, path)``: ``"file"`` with an absolute local path, or ``"memory"``/``"gs"``
-    with the path after ``://`` (the bucket first for ``gs``)."""
+    """``(protocol, path)``: ``"file"`` with an absolute local path whose symbolic links are
+    resolved, or ``"memory"``/``"gs"`` with the path after ``://`` (the bucket first for
+    ``gs``), repeated and trailing slashes removed. See :func:`normalize_location`."""
     if "://" not in url:
-        return "file", os.path.abspath(os.path.expanduser(url))
+        return "file", os.path.realpath(os.path.expanduser(url))
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower()
     if scheme == "file":
-        return "file", os.path.abspath(os.path.expanduser(rest))
+        return "file", os.path.realpath(os.path.expanduser(rest))
+    # gcsfs itself collapses "//" inside a path, so "gs://b//x.zarr" writes into gs://b/x.zarr.
+    rest = "/".join(part for part in rest.split("/") if part)
     if scheme in ("gs", "gcs"):
-        rest = rest.strip("/")
         if not rest:
             raise ValueError(f"{url}: no bucket named; write gs://BUCKET/PATH")
         return "gs", rest
     if scheme == "memory":
-        return "memory", "/" + rest.strip("/")
+        return "memory", "/" + rest
     raise ValueError(
         f"{url}: unsupported scheme {scheme!r}; use a local path, file://, memory:// or gs://"
     )

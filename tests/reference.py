@@ -128,3 +128,83 @@ def unpack_block(stored: bytes, nbytes: int, size: int) -> np.ndarray:
     uppers = data[9 + size + gap_bytes :].reshape(nbytes - 1, escapes)
     planes[1:, positions] = uppers
     return planes
+
+
+# --- The interpolation predictor of format version 2, point by point ---------------------
+
+FINE_BITS = 8
+BIN_UNITS = 2**FINE_BITS - 1
+
+
+def interpolation_order(ny: int, nx: int) -> list[tuple[int, int, int, int]]:
+    """``(i, j, stride, axis)`` in coding order: (0, 0) first, then for strides from the
+    largest power of two below max(ny, nx) down to 1, the points halfway along rows
+    (axis 1) between known points, then those halfway along columns (axis 0)."""
+    order = [(0, 0, 0, 1)]
+    top = 1
+    while top < max(ny, nx):
+        top *= 2
+    s = top // 2
+    while s >= 1:
+        order += [(i, j, s, 1) for i in range(0, ny, 2 * s) for j in range(s, nx, 2 * s)]
+        order += [(i, j, s, 0) for i in range(s, ny, 2 * s) for j in range(0, nx, s)]
+        s //= 2
+    return order
+
+
+def interpolation_prediction(fine, i, j, s, axis, nbits):
+    """Cubic (-1, 9, 9, -1)/16 with four neighbours, linear with two, else the one before;
+    rounded down; clipped to the fine levels [0, (2**nbits - 1) * 2**FINE_BITS]."""
+    top = (2**nbits - 1) * 2**FINE_BITS
+    if s == 0:
+        return min(2 ** (nbits - 1) * BIN_UNITS, top)
+    n = fine.shape[axis]
+    p = j if axis == 1 else i
+
+    def at(k):
+        return int(fine[i, k] if axis == 1 else fine[k, j])
+
+    if p + s >= n:
+        pred = at(p - s)
+    elif p - 3 * s >= 0 and p + 3 * s < n:
+        pred = (-at(p - 3 * s) + 9 * at(p - s) + 9 * at(p + s) - at(p + 3 * s) + 8) // 16
+    else:
+        pred = (at(p - s) + at(p + s) + 1) // 2
+    return min(max(pred, 0), top)
+
+
+def interpolation_encode(layer, offset, unit, tolerance, nbits):
+    """Zigzag-coded residual bins (int64[ny, nx]) and the exception mask of one layer."""
+    ny, nx = layer.shape
+    fine = np.zeros((ny, nx), np.int64)
+    codes = np.zeros((ny, nx), np.int64)
+    bad = np.zeros((ny, nx), bool)
+    top = (2**nbits - 1) * 2**FINE_BITS
+    half = 2 ** (nbits - 1)
+    for i, j, s, axis in interpolation_order(ny, nx) if layer.size else []:
+        pred = interpolation_prediction(fine, i, j, s, axis, nbits)
+        x = float(layer[i, j])
+        if not np.isfinite(x):
+            b, bad[i, j] = 0, True
+        else:
+            level = np.floor((x - offset) * (1.0 / unit) + 0.5) if unit > 0 else 0.0
+            level = int(min(max(level, 0), top))
+            b = min(max(np.floor((level - pred) / BIN_UNITS + 0.5), -half), half - 1)
+            b = int(b)
+            rebuilt = float(np.float32(offset + (pred + b * BIN_UNITS) * unit))
+            ulp = float(np.spacing(np.float32(abs(x))))
+            bad[i, j] = abs(x - rebuilt) > tolerance + ulp
+        fine[i, j] = pred + b * BIN_UNITS
+        codes[i, j] = 2 * b if b >= 0 else -2 * b - 1
+    return codes, bad
+
+
+def interpolation_decode(codes, nbits, offset, unit):
+    """The layer back from its codes (exceptions not yet overwritten)."""
+    ny, nx = codes.shape
+    fine = np.zeros((ny, nx), np.int64)
+    for i, j, s, axis in interpolation_order(ny, nx) if codes.size else []:
+        code = int(codes[i, j])
+        b = code // 2 if code % 2 == 0 else -(code + 1) // 2
+        fine[i, j] = interpolation_prediction(fine, i, j, s, axis, nbits) + b * BIN_UNITS
+    return (offset + fine * unit).astype(np.float32)

@@ -34,8 +34,9 @@ def test_verify_json_contract(sample_v2, compressed):
                                  "temperature,2m_temperature"])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["ok"] is True
+    assert report["ok"] is True and report["complete"] is True and report["problems"] == []
     entry = report["variables"]["temperature"]
+    assert entry["problems"] == [] and entry["bound_from"] == "codec"
     for key in ("max_fs_error", "max_abs_error", "bound"):
         assert isinstance(entry[key], float)
     assert entry["ok"] is True and entry["max_fs_error"] <= entry["bound"]
@@ -49,12 +50,18 @@ def test_verify_failure_exits_1(sample_v2, compressed):
     array[0, 4, 3, 3] = array[0, 4, 3, 3] + np.float32(50.0)
     result = runner.invoke(app, ["verify", sample_v2, compressed])
     assert result.exit_code == 1
-    assert "FAILED: geopotential exceed their bound" in result.stdout
+    assert "FAILED: geopotential (bound)" in result.stdout
+    assert "bound: geopotential: chunk (0, 0, 0, 0): errors up to " in result.stdout
     result = runner.invoke(app, ["verify", sample_v2, compressed, "--json"])
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False and report["variables"]["geopotential"]["ok"] is False
     assert report["variables"]["temperature"]["ok"] is True
+    assert report["variables"]["geopotential"]["problems"] == [
+        {"kind": "bound", "chunk": [0, 0, 0, 0], "message": "geopotential: chunk (0, 0, 0, 0): "
+         "errors up to 0.208 of the layer's range, beyond the bound (7.63e-06 of the layer's "
+         "range)"},
+    ]  # fmt: skip
     assert [lev["ok"] for lev in report["variables"]["geopotential"]["levels"]] == [
         True, True, True, True, False,
     ]  # fmt: skip
@@ -64,3 +71,11 @@ def test_verify_unknown_variable(sample_v2, compressed):
     result = runner.invoke(app, ["verify", sample_v2, compressed, "--vars", "nope"])
     assert result.exit_code == 2
     assert result.stderr.startswith("lq: error: variable 'nope' not found in ")
+
+
+def test_verify_stated_bounds_must_be_numbers(sample_v2, compressed):
+    result = runner.invoke(app, ["verify", sample_v2, compressed, "--max-abs-error", "-1"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "lq: error: --max-abs-error must be a finite number >= 0, got -1.0"
+    )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
-from layerquantizer import LayerQuantizer, chunk, max_abs_error
+from layerquantizer import LayerQuantizer, _format, chunk, max_abs_error
 from layerquantizer._format import layer_shape
 
 
@@ -394,3 +394,75 @@ def test_fill_value_of_the_v2_codec():
     assert LayerQuantizer(fill_value=np.nan).get_config() == LayerQuantizer().get_config()
     with pytest.raises(TypeError, match="fill_value must be a real number or None, got str"):
         LayerQuantizer(fill_value="0")
+
+
+# --- The interpolation predictor (format version 2) -----------------------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=float32_arrays(),
+    nbits=st.integers(1, 24),
+    predictor=st.sampled_from(["interpolation", "auto"]),
+    coder=st.sampled_from([chunk.CODER_NONE, chunk.CODER_ZSTD]),
+)
+def test_error_bound_holds_with_each_predictor(data, nbits, predictor, coder):
+    encoded = chunk.encode(data, nbits=nbits, level=1, coder=coder, predictor=predictor)
+    if predictor == "interpolation" and data.size:
+        assert encoded[4] == 2
+    assert_within_bound(data, chunk.decode(encoded), nbits)
+
+
+@pytest.mark.parametrize("nbits", [1, 8, 12, 16, 24])
+@pytest.mark.parametrize("predictor", ["interpolation", "auto"])
+def test_error_bound_on_real_fields_with_each_predictor(real_fields, nbits, predictor):
+    for name, field in real_fields.items():
+        decoded = chunk.decode(chunk.encode(field, nbits, level=1, predictor=predictor))
+        assert_within_bound(field, decoded, nbits), name
+
+
+@pytest.mark.parametrize("nbits", [1, 8, 16, 24])
+def test_interpolation_keeps_specials_constant_and_empty_layers(nbits):
+    rng = np.random.default_rng(nbits)
+    smooth = (rng.standard_normal((30, 41)).cumsum(axis=1) + 250).astype(np.float32)
+    holes = smooth.copy()
+    holes[0, 0], holes[3, 5], holes[7, :], holes[20:, 30:] = np.nan, np.inf, -np.inf, np.nan
+    data = np.stack([smooth, holes, np.full_like(smooth, 7.25), np.full_like(smooth, np.nan)])
+    for case in (data, np.zeros((3, 0, 5), np.float32), data[:, :1, :1], data[1, 7]):
+        encoded = chunk.encode(case, nbits=nbits, level=1, predictor="interpolation")
+        decoded = chunk.decode(encoded)
+        assert_within_bound(case, decoded, nbits)
+    assert_array_equal(decoded, data[1, 7])
+    decoded = chunk.decode(chunk.encode(data, nbits=nbits, level=1, predictor="interpolation"))
+    assert_array_equal(decoded[2:], data[2:])
+
+
+def test_auto_keeps_version_1_where_lorenzo_wins_and_mixes_layers(real_fields):
+    field = real_fields["eraint_z"][0]
+    lorenzo = chunk.encode(field, 16, level=1, predictor="lorenzo")
+    assert lorenzo[4] == 1
+    assert chunk.encode(field, 16, level=1) == lorenzo  # byte for byte
+    # Smooth layers at 8 bits take interpolation, a noisy one Lorenzo: one chunk, both.
+    noisy = np.random.default_rng(0).random(field.shape[1:]).astype(np.float32)
+    mixed = np.concatenate([field, noisy[None]])
+    encoded = chunk.encode(mixed, 8, level=1)
+    assert encoded[4] == 2
+    assert _format.parse(memoryview(encoded)).header.predictors.tolist() == [1, 1, 1, 0]
+    assert len(encoded) < len(chunk.encode(mixed, 8, level=1, predictor="lorenzo"))
+    assert_within_bound(mixed, chunk.decode(encoded), 8)
+
+
+def test_predictor_is_validated():
+    with pytest.raises(ValueError, match="predictor must be 'auto', 'lorenzo' or"):
+        chunk.encode(np.zeros((2, 2), np.float32), 8, level=1, predictor="cubic")
+
+
+def test_auto_encodes_the_same_from_many_threads(real_fields):
+    # Dask encodes chunks from threads (the kernels release the GIL): nothing is shared.
+    from concurrent.futures import ThreadPoolExecutor
+
+    fields = [real_fields[name][0] for name in ("eraint_z", "eraint_u", "eraint_v")] * 3
+    serial = [chunk.encode(field, 8, level=1) for field in fields]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda field: chunk.encode(field, 8, level=1), fields))
+    assert threaded == serial

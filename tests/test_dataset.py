@@ -434,7 +434,7 @@ def test_destination_checks(sample_v2, tmp_path):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(
-        DestinationExistsError, match=r"not a Zarr store \(no .*\), refusing to remove it"
+        DestinationExistsError, match=r"not written by lq compress \(no .*\); refusing to remove it"
     ):
         dataset.compress(sample_v2, str(other), variables=["temperature"], overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
@@ -516,6 +516,24 @@ def test_verify_detects_nan_mismatch_and_lossless_change(sample_v2, compressed):
     assert result.variables["2m_temperature"].codec_bound == 0.0
 
 
+def test_verify_names_a_corrupt_chunk_and_checks_the_others(sample_v2, compressed):
+    from pathlib import Path
+
+    path = Path(compressed) / "temperature" / "2.0.0.0"
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    result = dataset.verify(sample_v2, compressed)
+    assert not result.ok and result.complete
+    (problem,) = result.variables["temperature"].problems
+    assert problem.kind == "corrupt_chunk" and problem.chunk == (2, 0, 0, 0)
+    assert problem.message.startswith(
+        "temperature: chunk (2, 0, 0, 0) (temperature/2.0.0.0) cannot be decoded: "
+        "CorruptChunkError: chunk checksum (CRC-32C) mismatch"
+    )
+    assert all(lev.ok for lev in result.variables["temperature"].levels)  # what was read
+    assert set(dataset.PROBLEM_KINDS) >= {p.kind for p in result.variables["temperature"].problems}
+    assert all(check.ok for name, check in result.variables.items() if name != "temperature")
+
+
 def test_verify_report_shape(sample_v2, compressed):
     result = dataset.verify(sample_v2, compressed, variables=["temperature", "2m_temperature"])
     data = result.to_dict()
@@ -555,6 +573,7 @@ def test_inspect_counts_objects_and_bytes(compressed):
     assert temperature.error_bound == dataset.full_scale_bound(16)
     total = report.to_dict()["total"]
     assert total["variables"] == 10 and total["stored_bytes"] == report.stored_bytes
+    assert report.complete and report.to_dict()["complete"] is True
 
 
 def test_inspect_zarr3(sample_store):

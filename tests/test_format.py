@@ -58,7 +58,10 @@ def test_header_layout():
         (b"", "shorter than any chunk"),
         (b"\x89LQZ", "shorter than any chunk"),
         (b"PK\x03\x04" + bytes(40), "not a layerquantizer1 chunk: magic"),
-        (MAGIC + b"\x02" + bytes(40), "format version 2"),
+        (
+            MAGIC + b"\x03" + bytes(40),
+            "format version 3; this layerquantizer reads versions 1 and 2",
+        ),
     ],
 )
 def test_foreign_bytes(chunk, match):
@@ -203,6 +206,82 @@ def test_random_damage_with_a_resealed_checksum(damage, truncate):
     # Damage that keeps the checksum valid reaches the field checks: the decoder must
     # refuse it or decode it to a float32 array of the declared shape, never crash.
     body = bytearray(sample_chunk()[:-4])
+    for position, value in damage:
+        body[position % len(body)] = value
+    if truncate:
+        body = body[: damage[0][0] % len(body)]
+    try:
+        out = CODEC.decode(reseal(bytes(body)))
+    except CorruptChunkError:
+        return
+    assert out.dtype == np.float32
+
+
+# --- Version 2: the predictor table ------------------------------------------------------
+
+
+def sample_chunk_v2(with_exceptions=True, predictor="interpolation"):
+    from layerquantizer import chunk
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((2, 5, 7)).astype(np.float32).cumsum(axis=2)
+    if with_exceptions:
+        data[0, 1, 2] = np.nan
+        data[1, 4, 6] = np.inf
+    return chunk.encode(data, nbits=12, level=1, predictor=predictor)
+
+
+def test_header_layout_v2():
+    chunk = sample_chunk_v2()
+    assert struct.unpack_from("<4sBB", chunk) == (MAGIC, 2, 1)
+    table_end = 16 + 24 + 32
+    assert chunk[table_end : table_end + 2] == b"\x01\x01"  # both layers interpolated
+    steps = np.frombuffer(chunk, "<f8", 4, 16 + 24).reshape(2, 2)[:, 1]
+    assert (steps > 0).all()  # the fine step: a 256th of the quantization step
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "match"),
+    [
+        (16 + 24 + 32, 2, "unknown predictor 2"),
+        (16 + 24 + 33, 255, "unknown predictor 255"),
+        (4, 1, None),  # read as version 1: the table shifts every later field
+    ],
+)
+def test_crafted_predictor_tables_are_refused(offset, value, match):
+    with pytest.raises(CorruptChunkError, match=match):
+        CODEC.decode(patched(sample_chunk_v2(), offset, "<B", value))
+
+
+def test_version_1_chunk_read_as_version_2_is_refused():
+    with pytest.raises(CorruptChunkError):
+        CODEC.decode(patched(sample_chunk(), 4, "<B", 2))
+
+
+@pytest.mark.parametrize("with_exceptions", [False, True])
+def test_every_truncation_and_bit_flip_of_version_2_is_refused(with_exceptions):
+    chunk = sample_chunk_v2(with_exceptions)
+    for length in range(len(chunk)):
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(chunk[:length])
+    for bit in range(len(chunk) * 8):
+        damaged = bytearray(chunk)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(bytes(damaged))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+    st.booleans(),
+    st.sampled_from(["interpolation", "auto"]),
+    st.booleans(),
+)
+def test_random_damage_of_version_2_with_a_resealed_checksum(
+    damage, truncate, predictor, with_exceptions
+):
+    body = bytearray(sample_chunk_v2(with_exceptions, predictor)[:-4])
     for position, value in damage:
         body[position % len(body)] = value
     if truncate:

@@ -198,3 +198,60 @@ def test_exception_scatter_and_gather():
     past = np.packbits(np.isin(np.arange(24), [21]), bitorder="little")
     assert _kernels.scatter_exceptions(target, past, np.ones(1, np.float32)) == -1
     assert _kernels.scatter_exceptions(target, bits, values[:3]) == -1
+
+
+INTERPOLATION_SHAPES = [(1, 1), (1, 7), (5, 1), (9, 13), (16, 33), (3, 40)]
+
+
+@pytest.mark.parametrize("nbits", [1, 2, 7, 8, 9, 12, 16, 17, 24])
+@pytest.mark.parametrize("shape", INTERPOLATION_SHAPES)
+@pytest.mark.parametrize("specials", [0.0, 0.1])
+def test_interpolation_encode_matches_reference(nbits, shape, specials):
+    rng = np.random.default_rng(nbits)
+    layer = random_layers((1, *shape), rng)[0]
+    layer[:, : shape[1] // 2] = np.cumsum(layer[:, : shape[1] // 2], axis=1)  # smooth too
+    pick = rng.random(shape) < specials
+    layer[pick] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), pick.sum())
+    finite = layer[np.isfinite(layer)].astype(np.float64)
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    step = (high - low) / (2**nbits - 1)
+    unit = step / 2**_kernels.FINE_BITS
+    ny, nx = shape
+    planes = np.full(((nbits + 7) // 8, ny * nx), 99, np.uint8)
+    bits = np.zeros((2 + ny * nx + 7) // 8 + 1, np.uint8)
+    fine = np.empty(shape, np.int64)
+    count = _kernels.interpolation_encode(layer, low, unit, step / 2, nbits, fine, planes, bits, 2)
+    codes, bad = reference.interpolation_encode(layer, low, unit, step / 2, nbits)
+    assert_array_equal(planes, reference.byte_planes(codes, nbits))
+    assert_array_equal(np.unpackbits(bits, bitorder="little")[2 : 2 + ny * nx], bad.reshape(-1))
+    assert count == bad.sum()
+    out = np.empty(shape, np.float32)
+    _kernels.interpolation_decode(planes, nbits, low, unit, fine, out)
+    want = reference.interpolation_decode(codes, nbits, low, unit)
+    assert_array_equal(out, want)
+    # The bound, wherever the value was not an exception.
+    x = layer.astype(np.float64)
+    ulp = np.spacing(np.abs(layer)).astype(np.float64)
+    assert (np.abs(out - x)[~bad] <= (step / 2 + ulp)[~bad]).all()
+
+
+@pytest.mark.parametrize("nbits", [1, 9, 16, 24])
+def test_interpolation_decode_of_any_codes_matches_reference(nbits):
+    # Codes a crafted chunk may hold, up to the full width of the planes.
+    rng = np.random.default_rng(nbits)
+    nbytes = (nbits + 7) // 8
+    for shape in INTERPOLATION_SHAPES:
+        codes = rng.integers(0, 2 ** (8 * nbytes), shape)
+        planes = reference.byte_planes(codes, 8 * nbytes)
+        out = np.empty(shape, np.float32)
+        fine = np.empty(shape, np.int64)
+        _kernels.interpolation_decode(planes, nbits, -3.0, 0.001, fine, out)
+        assert_array_equal(out, reference.interpolation_decode(codes, nbits, -3.0, 0.001))
+
+
+def test_clear_bits():
+    target = np.random.default_rng(5).integers(0, 256, 9).astype(np.uint8)
+    want = np.unpackbits(target, bitorder="little")
+    _kernels.clear_bits(target, 10, 20)
+    want[10:30] = 0
+    assert_array_equal(np.unpackbits(target, bitorder="little"), want)

@@ -27,6 +27,8 @@ from layerquantizer.storage import (
     StoreUnreachable,
     classify_store_error,
     gcs_token,
+    locations_overlap,
+    normalize_location,
     open_store,
     remove_store,
     store_errors,
@@ -318,6 +320,79 @@ def test_remove_store_removes_an_empty_directory_but_never_other_data(tmp_path):
     for url in ("/", "~", "gs://some-bucket", "gs://some-bucket/"):
         with pytest.raises(ValueError, match="refusing to remove"):
             remove_store(url)
+
+
+# --- normalised locations: the one spelling that checks and removals compare ---------------
+
+
+@dataclass(frozen=True)
+class Spelling:
+    location: str
+    normalized: str
+    id: str
+
+
+def spellings(home: Path, here: Path) -> list[Spelling]:
+    return [
+        Spelling("a.zarr", f"{here}/a.zarr", "relative"),
+        Spelling("./a.zarr/", f"{here}/a.zarr", "dot-trailing"),
+        Spelling(f"{here}//a.zarr", f"{here}/a.zarr", "double-slash"),
+        Spelling(f"{here}/b/../a.zarr", f"{here}/a.zarr", "dot-dot"),
+        Spelling(f"file://{here}/a.zarr", f"{here}/a.zarr", "file-url"),
+        Spelling(f"FILE://{here}/a.zarr/", f"{here}/a.zarr", "FILE-url"),
+        Spelling("file://a.zarr", f"{here}/a.zarr", "file-url-relative"),
+        Spelling("~/v.zarr", f"{home}/v.zarr", "home"),
+        Spelling("file://~/v.zarr", f"{home}/v.zarr", "file-url-home"),
+        Spelling(f"{here}/link/a.zarr", f"{here}/real/a.zarr", "symlinked-parent"),
+        Spelling("gs://b/x.zarr", "gs://b/x.zarr", "gs"),
+        Spelling("gcs://b/x.zarr", "gs://b/x.zarr", "gcs"),
+        Spelling("GS://b/x.zarr", "gs://b/x.zarr", "GS"),
+        Spelling("Gcs://b/x.zarr", "gs://b/x.zarr", "Gcs"),
+        Spelling("gs://b//x.zarr", "gs://b/x.zarr", "gs-double-slash"),
+        Spelling("gs://b/x.zarr///", "gs://b/x.zarr", "gs-trailing"),
+        Spelling("gs:///b/x.zarr", "gs://b/x.zarr", "gs-leading"),
+        Spelling("memory://m//x.zarr/", "memory://m/x.zarr", "memory"),
+        Spelling("MEMORY://m/x.zarr", "memory://m/x.zarr", "MEMORY"),
+    ]
+
+
+def test_normalize_location_table(tmp_path, monkeypatch):
+    home, here = tmp_path / "home", tmp_path / "work"
+    for folder in (home, here, here / "real"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (here / "link").symlink_to(here / "real", target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    found = {case.id: normalize_location(case.location) for case in spellings(home, here)}
+    assert found == {case.id: case.normalized for case in spellings(home, here)}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("gs://b/x.zarr", "GCS://b//x.zarr/", True),
+        ("gs://b/x.zarr", "gs://b/x.zarr/t2m", True),
+        ("gs://b/x.zarr/t2m", "gs://b/x.zarr", True),
+        ("gs://b/x.zarr", "gs://b/x.zarr-lq", False),
+        ("gs://b/x.zarr", "gs://c/x.zarr", False),
+        ("gs://b/x.zarr", "memory://b/x.zarr", False),
+        ("memory://m/x.zarr", "memory://m//x.zarr", True),
+    ],
+)
+def test_locations_overlap_urls(a, b, overlap):
+    assert locations_overlap(a, b) is overlap
+
+
+def test_locations_overlap_local(tmp_path, monkeypatch):
+    store = tmp_path / "v.zarr"
+    store.mkdir()
+    (tmp_path / "link.zarr").symlink_to(store, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for other in ("v.zarr", "./v.zarr/", f"FILE://{store}", "~/v.zarr", "link.zarr",
+                  f"{tmp_path}//v.zarr/c", str(tmp_path)):  # fmt: skip
+        assert locations_overlap(store, other) and locations_overlap(other, store), other
+    assert not locations_overlap(store, tmp_path / "v.zarr-lq")
 
 
 # --- gs:// against the emulator -------------------------------------------------------------

@@ -112,6 +112,30 @@ def test_tolerance_bound_holds(case):
     assert 1 <= header(encoded).nbits <= 24
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=arrays_and_tolerances(), predictor=st.sampled_from(["interpolation", "lorenzo"]))
+def test_tolerance_bound_holds_with_each_predictor(case, predictor):
+    data, tolerance, fill = case
+    encoded = chunk.encode(
+        data, None, level=1, fill_value=fill, tolerance=tolerance, predictor=predictor
+    )
+    decoded = chunk.decode(encoded)
+    assert_within_tolerance(data, decoded, tolerance)
+    if predictor == "lorenzo":
+        assert encoded[4] == 1
+
+
+@pytest.mark.parametrize("name", ["eraint_z", "eraint_u", "era5ens_t"])
+def test_coarse_tolerance_takes_the_interpolation_predictor(real_fields, name):
+    # A tolerance of 1/500 of the range needs 8 bits: "auto" tries interpolation there.
+    field = real_fields[name]
+    tolerance = float(np.nanmax(field) - np.nanmin(field)) / 500
+    encoded, decoded = round_trip(field, tolerance)
+    assert_within_tolerance(field, decoded, tolerance)
+    lorenzo = chunk.encode(field, None, level=1, tolerance=tolerance, predictor="lorenzo")
+    assert len(encoded) <= len(lorenzo)
+
+
 @pytest.mark.parametrize(
     ("name", "tolerance"),
     [

@@ -38,6 +38,7 @@ from __future__ import annotations
 from layerquantizer.dataset._codec_metadata import (
     ATTR_BOUND,
     ATTR_CODEC,
+    ATTR_DROPPED,
     ATTR_NBITS,
     full_scale_bound,
 )
@@ -70,7 +71,14 @@ from layerquantizer.dataset._requests import (
 )
 from layerquantizer.dataset._sample import write_sample
 from layerquantizer.dataset._stores import _token, open_dataset
-from layerquantizer.dataset._verify import LevelStats, VariableCheck, VerifyReport, verify
+from layerquantizer.dataset._verify import (
+    PROBLEM_KINDS,
+    LevelStats,
+    Problem,
+    VariableCheck,
+    VerifyReport,
+    verify,
+)
 from layerquantizer.dataset._write import ProgressCallback, WriteResult, write_plan
 
 __all__ = [
@@ -81,7 +89,9 @@ __all__ = [
     "DatasetError",
     "DestinationExistsError",
     "LevelStats",
+    "PROBLEM_KINDS",
     "Plan",
+    "Problem",
     "RequestError",
     "ResumeMismatchError",
     "SourceError",

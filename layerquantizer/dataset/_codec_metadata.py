@@ -11,6 +11,8 @@ ATTR_BOUND = "layerquantizer_error_bound"
 #: On a quantized variable whose source did not decode to float32: the dtype it decoded
 #: to (the bound is relative to those values; the variable now decodes to float32).
 ATTR_SOURCE_DTYPE = "layerquantizer_source_dtype"
+#: Root attribute: the source's data variables that the config dropped on purpose.
+ATTR_DROPPED = "layerquantizer_dropped"
 _ATTR_PREFIX = "layerquantizer_"
 _LQ_CODEC_IDS = ("layerquantizer1", "layerquantizer", "layerquantizer0.3b")
 # Codecs that give back every bit; anything else without a LayerQuantizer codec has an

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from layerquantizer.config import Config
+from layerquantizer.dataset._errors import DestinationExistsError, RequestError
 from layerquantizer.dataset._inspect import StoreReport, inspect
 from layerquantizer.dataset._plan import plan_compress
 from layerquantizer.dataset._stores import _token, open_dataset
@@ -15,6 +16,7 @@ from layerquantizer.dataset._write import (
     ProgressCallback,
     WriteResult,
     _check_finished,
+    _check_locations,
     _destination_action,
     write_plan,
 )
@@ -95,6 +97,7 @@ def compress(
     storage_options: Mapping | None = None,
     dst_storage_options: Mapping | None = None,
     progress: ProgressCallback | None = None,
+    break_lock: bool = False,
 ) -> CompressReport:
     """Copy the dataset at ``src`` to ``dst``, quantizing the chosen variables.
 
@@ -133,12 +136,23 @@ def compress(
         ``{"token": ...}`` for the source and the destination (the older spelling).
     progress : callable, optional
         ``progress(chunks_done, chunks_total, bytes_done, bytes_total)``.
+    break_lock : bool
+        Take the lock of ``dst`` even if another run holds it: for a lock left by a run on
+        another host that is gone (a dead run on this host is recognised by its pid).
+
+    ``dst`` must not be ``src``, inside it or around it, in any spelling (see
+    :func:`layerquantizer.storage.normalize_location`), and a local ``src`` must not link
+    out of itself. The source is opened and the plan made before anything in ``dst`` is
+    touched. While the call runs, ``dst`` + ``.lq-lock`` (beside it) keeps other runs out
+    (see :mod:`layerquantizer.destination`); ``overwrite`` removes only a store that
+    ``lq compress`` wrote.
 
     Raises
     ------
     DestinationExistsError
         ``dst`` exists and neither ``overwrite`` nor ``resume`` is set, or it is not an
-        ``lq compress`` output that ``resume`` could finish.
+        ``lq compress`` output that ``overwrite`` may remove or ``resume`` could finish,
+        or another run is writing it.
     ChunkWriteError
         A unit failed; the message names the variable and its coordinates.
     layerquantizer.storage.StoreError
@@ -156,22 +170,41 @@ def compress(
     """
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
-    action = _destination_action(src, dst, dst_token, overwrite, resume)
+    from layerquantizer.destination import DestinationLock, DestinationLocked
+    from layerquantizer.storage import open_store, store_errors
+
+    _check_locations(src, dst, overwrite, resume)
+    # Read the source and make the plan before touching DST: a source that cannot be
+    # opened, or a request that does not fit it, must not cost an existing DST.
     ds = open_dataset(src, token=src_token)
     plan = plan_compress(
         ds, variables=variables, config=config, nbits=nbits, time=time, levels=levels,
         chunks=chunks, zarr_format=zarr_format,
     )  # fmt: skip
-    started = _time.perf_counter()
-    if action == "complete":
-        _check_finished(plan, dst, dst_token)
-        result = WriteResult(0, 0, 0, 0, plan.total_bytes, "none", frozenset())
-    else:
-        result = write_plan(
-            plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
-            progress=progress, resume=action == "resume",
-        )  # fmt: skip
-    seconds = _time.perf_counter() - started
+    try:
+        lock = DestinationLock(dst, dst_token, break_lock=break_lock)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from exc
+    try:
+        with store_errors(dst):
+            # A missing bucket or a folder we may not write is named as such, not as a
+            # failure to write the lock; nothing is created yet.
+            open_store(dst, "w", token=dst_token)
+            lock.acquire()
+    except DestinationLocked as exc:
+        raise DestinationExistsError(str(exc)) from None
+    with lock:
+        action = _destination_action(src, dst, dst_token, overwrite, resume)
+        started = _time.perf_counter()
+        if action == "complete":
+            _check_finished(plan, dst, dst_token)
+            result = WriteResult(0, 0, 0, 0, plan.total_bytes, "none", frozenset())
+        else:
+            result = write_plan(
+                plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
+                progress=progress, resume=action == "resume",
+            )  # fmt: skip
+        seconds = _time.perf_counter() - started
     return CompressReport(
         src=src,
         dst=dst,

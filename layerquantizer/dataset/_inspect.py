@@ -12,6 +12,8 @@ import numpy as np
 from layerquantizer.dataset._codec_metadata import (
     _LOSSLESS_CODECS,
     _LQ_CODEC_IDS,
+    ATTR_CODEC,
+    ATTR_DROPPED,
     ATTR_NBITS,
     full_scale_bound,
 )
@@ -36,10 +38,14 @@ class ArrayReport:
     objects: int
     attrs: dict[str, Any]
     is_coordinate: bool
+    #: False in a store whose writing did not finish: the ratio would count unwritten data.
+    complete: bool = True
 
     @property
     def ratio(self) -> float | None:
-        return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
+        if not self.complete or not self.stored_bytes:
+            return None
+        return self.logical_bytes / self.stored_bytes
 
     @property
     def nbits(self) -> int | None:
@@ -85,6 +91,15 @@ class StoreReport:
     coordinates: dict[str, ArrayReport]
     stored_bytes: int
     objects: int
+    #: Why the store is unfinished (an interrupted ``lq compress``), None when complete.
+    incomplete: str | None = None
+    attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Every object key, relative to the store (progress folder aside).
+    keys: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.incomplete is None
 
     @property
     def logical_bytes(self) -> int:
@@ -93,13 +108,17 @@ class StoreReport:
 
     @property
     def total_ratio(self) -> float | None:
-        return self.logical_bytes / self.stored_bytes if self.stored_bytes else None
+        if not self.complete or not self.stored_bytes:
+            return None
+        return self.logical_bytes / self.stored_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "store": self.store,
             "zarr_format": self.zarr_format,
             "consolidated": self.consolidated,
+            "complete": self.complete,
+            "incomplete": self.incomplete,
             "variables": {name: a.to_dict() for name, a in self.variables.items()},
             "coordinates": {name: a.to_dict() for name, a in self.coordinates.items()},
             "total": {
@@ -145,6 +164,11 @@ def inspect(
     bytes the summed sizes of the array's objects, metadata included. The progress folder
     of an unfinished ``lq compress`` run (``.lq-progress``) is not counted.
 
+    A store is reported incomplete (``complete`` False, ratios None) when it holds that
+    progress folder without its ``complete`` marker, or when it was written by ``lq
+    compress`` (LayerQuantizer attributes) but has no consolidated metadata, which a run
+    writes last.
+
     Examples
     --------
     >>> import tempfile
@@ -170,15 +194,19 @@ def inspect(
     except Exception as exc:
         raise SourceError(f"cannot list {location}: {_one_line(exc)}") from exc
     prefix = root + "/"
-    sizes = {
+    everything = {
         path[len(prefix) :]: int(info.get("size") or 0)
         for path, info in listing.items()
-        if path.startswith(prefix) and not path[len(prefix) :].startswith(PROGRESS_DIR + "/")
+        if path.startswith(prefix) and info.get("type") != "directory"
     }
+    progress = {key for key in everything if key.startswith(PROGRESS_DIR + "/")}
+    sizes = {key: size for key, size in everything.items() if key not in progress}
     if ".zgroup" in sizes:
         zarr_format = 2
     elif "zarr.json" in sizes:
         zarr_format = 3
+    elif progress:
+        raise SourceError(_no_metadata_yet(location))
     else:
         raise SourceError(f"{location} is not a Zarr store (no .zgroup or zarr.json at its root)")
 
@@ -191,19 +219,23 @@ def inspect(
     arrays: dict[str, tuple[dict, dict]] = {}
     if zarr_format == 2:
         consolidated = ".zmetadata" in sizes
+        root_attrs = read_json(".zattrs") if ".zattrs" in sizes else {}
         for key in sizes:
             if key.endswith(".zarray"):
                 name = key[: -len("/.zarray")]
                 attrs_key = f"{name}/.zattrs"
                 arrays[name] = (read_json(key), read_json(attrs_key) if attrs_key in sizes else {})
     else:
-        consolidated = "consolidated_metadata" in read_json("zarr.json")
+        root_meta = read_json("zarr.json")
+        consolidated = root_meta.get("consolidated_metadata") is not None
+        root_attrs = root_meta.get("attributes") or {}
         for key in sizes:
             if key.endswith("/zarr.json"):
                 meta = read_json(key)
                 if meta.get("node_type") == "array":
                     arrays[key[: -len("/zarr.json")]] = (meta, meta.get("attributes", {}))
 
+    incomplete = _incompleteness(location, progress, arrays, root_attrs, consolidated)
     coordinate_names: set[str] = set()
     for _, attrs in arrays.values():
         coordinate_names.update(str(attrs.get("coordinates", "")).split())
@@ -241,6 +273,7 @@ def inspect(
             objects=len(own),
             attrs={k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"},
             is_coordinate=name in coordinate_names or dims == (name,),
+            complete=incomplete is None,
         )
         (coordinates if report.is_coordinate else variables)[name] = report
     return StoreReport(
@@ -251,4 +284,36 @@ def inspect(
         coordinates=coordinates,
         stored_bytes=sum(sizes.values()),
         objects=len(sizes),
+        incomplete=incomplete,
+        attrs=dict(root_attrs),
+        keys=frozenset(sizes),
     )
+
+
+def _no_metadata_yet(location: str) -> str:
+    return (
+        f"{location} holds an interrupted lq compress run that wrote no metadata yet; run "
+        "the same lq compress command with --resume or --overwrite"
+    )
+
+
+def _incompleteness(
+    location: str, progress: set[str], arrays: Mapping, root_attrs: Mapping, consolidated: bool
+) -> str | None:
+    """Why the store at ``location`` is an unfinished ``lq compress`` output, or None."""
+    from layerquantizer.resume import PROGRESS_DIR
+
+    if progress and f"{PROGRESS_DIR}/complete" not in progress:
+        return (
+            f"{location} holds an interrupted lq compress run ({PROGRESS_DIR} is still there); "
+            "finish it with the same lq compress command and --resume"
+        )
+    written_by_lq = ATTR_DROPPED in root_attrs or any(
+        ATTR_CODEC in attrs for _, attrs in arrays.values()
+    )
+    if written_by_lq and not consolidated:
+        return (
+            f"{location} has no consolidated metadata, which lq compress writes last: the run "
+            "did not finish; run the same lq compress command with --resume or --overwrite"
+        )
+    return None

@@ -18,6 +18,7 @@ from layerquantizer.dataset._codec_metadata import (
     _ATTR_PREFIX,
     ATTR_BOUND,
     ATTR_CODEC,
+    ATTR_DROPPED,
     ATTR_NBITS,
     ATTR_SOURCE_DTYPE,
     full_scale_bound,
@@ -408,7 +409,11 @@ def plan_compress(
         # The template is never computed: its dask chunks equal the Zarr chunks, which is
         # what lets xarray check the layout and write the metadata alone.
         data_vars[name] = var.chunk(dict(zip(var.dims, var_chunks, strict=True)))
-    template = xr.Dataset(data_vars, coords=ds.coords, attrs=ds.attrs)
+    # lq verify tells a variable dropped on purpose from one lost (see ATTR_DROPPED).
+    attrs = {k: v for k, v in ds.attrs.items() if k != ATTR_DROPPED}
+    if dropped:
+        attrs[ATTR_DROPPED] = list(dropped)
+    template = xr.Dataset(data_vars, coords=ds.coords, attrs=attrs)
     return Plan(
         source=ds,
         template=template,

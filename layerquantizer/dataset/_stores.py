@@ -5,7 +5,6 @@ around reading and writing them.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -15,17 +14,6 @@ import xarray as xr
 from layerquantizer.dataset._errors import RequestError, SourceError, _one_line
 
 _CONSOLIDATED_WARNING = r"(?s).*[Cc]onsolidated metadata"
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location
-
-
-def _local_path(location: str) -> str | None:
-    """The local path of ``location`` (a plain path or a file:// URL), None for others."""
-    if location.startswith("file://"):
-        return location[len("file://") :]
-    return None if _is_url(location) else location
 
 
 def _token(token: Any, storage_options: Mapping | None, what: str = "storage_options") -> Any:
@@ -41,14 +29,6 @@ def _token(token: Any, storage_options: Mapping | None, what: str = "storage_opt
     return storage_options.get("token")
 
 
-def _same_or_nested(a: str, b: str) -> bool:
-    pa, pb = _local_path(a), _local_path(b)
-    if pa is not None and pb is not None:
-        a, b = os.path.realpath(pa), os.path.realpath(pb)
-    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
-    return a.startswith(b) or b.startswith(a)
-
-
 @contextlib.contextmanager
 def _quiet_consolidated():
     # Consolidated metadata is what makes a store of hundreds of arrays open in one read;
@@ -56,9 +36,12 @@ def _quiet_consolidated():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=UserWarning)
         warnings.filterwarnings("ignore", message=_CONSOLIDATED_WARNING, category=RuntimeWarning)
-        # The progress folder of an unfinished run (resume.py) is no Zarr node, on purpose.
+        # The progress folder of an unfinished run (resume.py) and the marker of a store
+        # lq wrote (destination.py) are no Zarr nodes, on purpose.
         warnings.filterwarnings(
-            "ignore", message=r"Object at \.lq-progress is not recognized", category=UserWarning
+            "ignore",
+            message=r"Object at \.lq-(progress|store\.json) is not recognized",
+            category=UserWarning,
         )
         yield
 

@@ -11,9 +11,21 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from layerquantizer.dataset._errors import RequestError
-from layerquantizer.dataset._inspect import ArrayReport, inspect
-from layerquantizer.dataset._stores import _single_threaded_blosc, _token, open_dataset
+from layerquantizer.dataset._codec_metadata import (
+    _LQ_CODEC_IDS,
+    ATTR_BOUND,
+    ATTR_DROPPED,
+    ATTR_NBITS,
+    full_scale_bound,
+)
+from layerquantizer.dataset._errors import RequestError, SourceError, _one_line
+from layerquantizer.dataset._inspect import ArrayReport, _no_metadata_yet, inspect
+from layerquantizer.dataset._stores import (
+    _quiet_consolidated,
+    _single_threaded_blosc,
+    _token,
+    open_dataset,
+)
 
 # Columns of the per-layer statistics that _layer_stats returns.
 _LO, _HI, _MAX_ERR, _MAX_EXCESS, _SUM_SQ, _COUNT, _BAD = range(7)
@@ -89,6 +101,35 @@ class LevelStats:
         }
 
 
+#: The kinds of :class:`Problem`, as ``lq verify --json`` names them.
+PROBLEM_KINDS = (
+    "bound",  # values beyond the bound the codec (or the user) promises
+    "nonfinite",  # NaN or infinities that differ from the source's
+    "missing_chunk",  # no object for a chunk whose source values are not all fill values
+    "corrupt_chunk",  # an object that cannot be decoded
+    "unverifiable",  # values differ under a codec whose bound lq cannot tell
+    "metadata_mismatch",  # chunks or metadata looser than the attributes promise
+    "incomplete",  # the store's writing did not finish
+    "missing_variable",  # a source variable the destination lacks (and did not drop)
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a destination; ``chunk`` is the chunk-grid index it concerns."""
+
+    kind: str
+    message: str
+    chunk: tuple[int, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "chunk": None if self.chunk is None else list(self.chunk),
+        }
+
+
 @dataclasses.dataclass
 class VariableCheck:
     """Verification of one variable.
@@ -96,6 +137,8 @@ class VariableCheck:
     ``codec_bound`` is the codec's full-scale bound (``0.5 / (2**nbits - 1)``, 0 for a
     lossless codec, None if unknown); :attr:`bound` adds the float32 ulp the codec also
     allows, over each layer's range, so that ``max_fs_error <= bound`` whenever ``ok``.
+    When the codec's bound is unknown the bounds the user stated are checked instead
+    (``bound_from`` ``"user"``); without them, values that differ at all are a problem.
     """
 
     name: str
@@ -103,16 +146,19 @@ class VariableCheck:
     nbits: int | None
     codec_bound: float | None
     levels: list[LevelStats]
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+    bound_from: str | None = "codec"
+    abs_bound: float | None = None
 
     @property
     def bound(self) -> float | None:
-        if self.codec_bound is None:
-            return None
-        return max((lev.bound or 0.0 for lev in self.levels), default=self.codec_bound)
+        if self.bound_from is None or not any(lev.bound is not None for lev in self.levels):
+            return self.codec_bound
+        return max(lev.bound or 0.0 for lev in self.levels)
 
     @property
     def ok(self) -> bool:
-        return all(level.ok for level in self.levels)
+        return not self.problems and all(level.ok for level in self.levels)
 
     @property
     def max_abs_error(self) -> float:
@@ -128,31 +174,42 @@ class VariableCheck:
             "nbits": self.nbits,
             "bound": _json_float(self.bound),
             "codec_bound": _json_float(self.codec_bound),
+            "bound_from": self.bound_from,
+            "max_abs_bound": _json_float(self.abs_bound),
             "max_fs_error": _json_float(self.max_fs_error),
             "max_abs_error": _json_float(self.max_abs_error),
             "ok": self.ok,
+            "problems": [problem.to_dict() for problem in self.problems],
             "levels": [lev.to_dict() for lev in self.levels],
         }
 
 
 @dataclasses.dataclass
 class VerifyReport:
-    """The result of :func:`verify`; ``ok`` is False if any variable misses its bound."""
+    """The result of :func:`verify`; ``ok`` is False if any variable has a problem, or the
+    store itself does (``problems``: an incomplete store)."""
 
     src: str
     dst: str
     variables: dict[str, VariableCheck]
     skipped: dict[str, str]
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not any(problem.kind == "incomplete" for problem in self.problems)
 
     @property
     def ok(self) -> bool:
-        return all(check.ok for check in self.variables.values())
+        return not self.problems and all(check.ok for check in self.variables.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "complete": self.complete,
             "src": self.src,
             "dst": self.dst,
+            "problems": [problem.to_dict() for problem in self.problems],
             "variables": {name: check.to_dict() for name, check in self.variables.items()},
             "skipped": self.skipped,
         }
@@ -187,44 +244,223 @@ def _align_to(src_var: xr.DataArray, dst_var: xr.DataArray, name: str) -> xr.Dat
     return src_var
 
 
+class _ChunkReader:
+    """Reads the destination chunk by chunk, so that a chunk that is missing, corrupt or
+    encoded with fewer bits than promised is named and the others are still checked.
+
+    ``variable`` is the destination variable, lazily indexed (no dask): indexing one chunk's
+    region reads and decodes that chunk alone, with xarray's decoding. ``key`` gives a chunk's
+    object key (None when it cannot be told, e.g. sharded arrays); ``present`` the keys the
+    store holds; ``nbits`` the bits the metadata promises (chunk headers are then read).
+    """
+
+    def __init__(self, name, variable, chunks, key, present, fs, root, nbits, location, pad):
+        self.name = name
+        self.variable = variable
+        self.chunks = tuple(tuple(int(n) for n in sizes) for sizes in chunks)
+        self.offsets = [np.cumsum((0, *sizes)) for sizes in self.chunks]
+        self.key = key
+        self.present = present
+        self.fs = fs
+        self.root = root
+        self.nbits = nbits
+        self.location = location
+        self.pad = pad  # leading axes added to a vector or scalar, absent from chunk indices
+
+    def check(self, a: np.ndarray, coords: tuple[int, ...]) -> tuple[np.ndarray, list[Problem]]:
+        """Statistics of the block (as :func:`_layer_stats`) and the problems of its chunk.
+
+        A chunk that cannot be compared counts with its source values only, so that it
+        adds to its layers' range but not to their errors.
+        """
+        from layerquantizer._format import PREFIX_SIZE, peek_nbits
+        from layerquantizer.storage import classify_store_error
+
+        coords = coords[self.pad :]
+        region = tuple(
+            slice(int(offsets[i]), int(offsets[i + 1]))
+            for offsets, i in zip(self.offsets, coords, strict=True)
+        )
+        key = self.key(coords) if self.key is not None else None
+        where = f"chunk {coords}" + (f" ({key})" if key is not None else "")
+        present = key is None or self.present is None or key in self.present
+        problems = []
+        if present and key is not None and self.nbits is not None:
+            nbits = peek_nbits(self.fs.cat_file(f"{self.root}/{key}", start=0, end=PREFIX_SIZE))
+            if nbits is not None and nbits < self.nbits:
+                problems.append(Problem(
+                    "metadata_mismatch",
+                    f"{self.name}: {where} is encoded with {nbits} bits, but the metadata "
+                    f"promises {self.nbits} bits; re-run lq compress for this variable",
+                    coords,
+                ))  # fmt: skip
+        try:
+            b = np.asarray(self.variable[region].values)
+        except Exception as exc:  # the decoders' error types differ by codec
+            classified = classify_store_error(exc, self.location)
+            if classified is not None:
+                raise classified from exc
+            problems.append(Problem(
+                "corrupt_chunk",
+                f"{self.name}: {where} cannot be decoded: {_one_line(exc)}",
+                coords,
+            ))  # fmt: skip
+            return _layer_stats(a, a), problems
+        b = b.reshape(a.shape)
+        if not present and not _identical(a, b):
+            # Zarr reads a missing chunk as the fill value; lq leaves out only chunks that
+            # hold nothing else, so any other source value there was lost.
+            problems.append(Problem(
+                "missing_chunk",
+                f"{self.name}: {where} is missing, but the source there is not all fill "
+                "values",
+                coords,
+            ))  # fmt: skip
+            return _layer_stats(a, a), problems
+        return _layer_stats(a, b), problems
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        return bool(np.array_equal(a, b, equal_nan=True))
+    return bool(np.array_equal(a, b))
+
+
+def _combine(blocks: np.ndarray, lead_ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer statistics (leading dims x 7) from the blocks' (an object array over the
+    block grid of ``(stats, problems)``), and the statistics per layer and y/x block
+    (leading dims x nby x nbx x 7)."""
+    grid = blocks.shape
+    lead = [ids.size for ids in lead_ids]
+    per_block = np.empty((*lead, grid[-2], grid[-1], 7))
+    starts = [np.flatnonzero(np.diff(ids, prepend=-1)) for ids in lead_ids]
+    for coords in np.ndindex(grid):
+        stats = blocks[coords][0]
+        where = tuple(
+            slice(int(first[c]), int(first[c]) + n)
+            for first, c, n in zip(starts, coords[:-2], stats.shape[:-3], strict=True)
+        )
+        per_block[(*where, coords[-2], coords[-1])] = stats.reshape(*stats.shape[:-3], 7)
+    yx = (-2, -1)  # the y/x block axes, once the column is taken
+    layers = np.concatenate(
+        [
+            per_block[..., _LO].min(axis=yx)[..., None],
+            per_block[..., _HI].max(axis=yx)[..., None],
+            per_block[..., _MAX_ERR].max(axis=yx)[..., None],
+            per_block[..., _MAX_EXCESS].max(axis=yx)[..., None],
+            per_block[..., _SUM_SQ:].sum(axis=(-3, -2)),
+        ],
+        axis=-1,
+    )
+    return layers, per_block
+
+
+def _failing_chunks(
+    mask: np.ndarray, values: np.ndarray, lead_ids: list[np.ndarray], pad: int
+) -> list[tuple[tuple[int, ...], float]]:
+    """The chunks where ``mask`` (leading dims x nby x nbx) holds, with the largest of
+    ``values`` in each, in chunk-grid order."""
+    found = np.nonzero(mask)
+    if not found[0].size:
+        return []
+    ids = np.stack(
+        [lead_ids[axis][index] for axis, index in enumerate(found[:-2])] + list(found[-2:]),
+        axis=1,
+    )
+    unique, inverse = np.unique(ids, axis=0, return_inverse=True)
+    largest = np.full(len(unique), -np.inf)
+    np.maximum.at(largest, inverse.reshape(-1), values[found])
+    return [
+        (tuple(int(c) for c in row[pad:]), float(value))
+        for row, value in zip(unique, largest, strict=True)
+    ]
+
+
 def _check_variable(
     name: str,
     src_var: xr.DataArray,
-    dst_var: xr.DataArray,
     array: ArrayReport | None,
-    stats: np.ndarray,
+    blocks: np.ndarray,
+    lead_ids: list[np.ndarray],
+    pad: int,
+    user_fs: float | None,
+    user_abs: float | None,
 ) -> VariableCheck:
-    """Turn per-layer statistics (leading dims x 7) into per-level results."""
-    bound = array.error_bound if array is not None else 0.0
+    """Turn the blocks' statistics and problems into per-level results and problems."""
+    codec_bound = array.error_bound if array is not None else 0.0
     codec = array.codec if array is not None else "?"
     nbits = array.nbits if array is not None else None
+    problems = [problem for coords in np.ndindex(blocks.shape) for problem in blocks[coords][1]]
+    if array is not None:
+        problems[:0] = _metadata_problems(name, array)
+    if codec_bound is not None:
+        bound, abs_bound, bound_from = codec_bound, None, "codec"
+    elif user_fs is not None or user_abs is not None:
+        bound, abs_bound, bound_from = user_fs, user_abs, "user"
+    else:
+        bound = abs_bound = bound_from = None
+    stats, per_block = _combine(blocks, lead_ids)
+
+    lo, hi = stats[..., _LO], stats[..., _HI]
+    has_range = np.isfinite(lo) & np.isfinite(hi)
+    span = np.where(has_range, hi - lo, 0.0)
+    block_err = per_block[..., _MAX_ERR]
+    beyond = np.zeros(block_err.shape, bool)
+    if bound == 0.0:
+        beyond |= block_err > 0
+    elif bound is not None:
+        allowed = bound * span * (1 + _BOUND_SLACK)
+        beyond |= per_block[..., _MAX_EXCESS] > allowed[..., None, None]
+    if abs_bound is not None:
+        beyond |= block_err > abs_bound * (1 + _BOUND_SLACK)
+    differ = block_err > 0 if bound_from is None else np.zeros_like(beyond)
+    bad = per_block[..., _BAD] > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        block_fs = np.where(span[..., None, None] > 0, block_err / span[..., None, None], 0.0)
+    for coords, fs in _failing_chunks(beyond, block_fs, lead_ids, pad):
+        limit = f"{bound:.3g} of the layer's range" if bound is not None else ""
+        if abs_bound is not None:
+            limit += (" and " if limit else "") + f"{abs_bound:.3g} absolute"
+        problems.append(Problem(
+            "bound", f"{name}: chunk {coords}: errors up to {fs:.3g} of the layer's range, "
+            f"beyond the bound ({limit})", coords,
+        ))  # fmt: skip
+    for coords, count in _failing_chunks(bad, per_block[..., _BAD], lead_ids, pad):
+        problems.append(Problem(
+            "nonfinite", f"{name}: chunk {coords}: NaN or infinite values differ from the "
+            f"source's ({count:.0f} in one layer)", coords,
+        ))  # fmt: skip
+    if differ.any():
+        problems.append(Problem(
+            "unverifiable",
+            f"{name}: values differ from the source (max abs error {block_err.max():.3g}) "
+            f"under codec {codec}, whose error bound lq cannot tell; state one with "
+            "--max-abs-error or --max-fs-error",
+        ))  # fmt: skip
+    problems.sort(key=lambda p: (PROBLEM_KINDS.index(p.kind), p.chunk or ()))
+
+    failing = (beyond | differ | bad).any(axis=(-2, -1))
     dims = list(src_var.dims[:-2]) if src_var.ndim >= 2 else []
     if "level" in dims:
         axis = dims.index("level")
         per_level = np.moveaxis(stats, axis, 0).reshape(stats.shape[axis], -1, 7)
+        fails = np.moveaxis(failing, axis, 0).reshape(stats.shape[axis], -1)
         level_values = [v.item() for v in src_var["level"].values]
     else:
         per_level = stats.reshape(1, -1, 7)
+        fails = failing.reshape(1, -1)
         level_values = [None]
     levels = []
-    for value, layers in zip(level_values, per_level, strict=True):
+    for value, layers, failed in zip(level_values, per_level, fails, strict=True):
         lo, hi = layers[:, _LO], layers[:, _HI]
         has_range = np.isfinite(lo) & np.isfinite(hi)
         span = np.where(has_range, hi - lo, 0.0)
         max_err = layers[:, _MAX_ERR]
         with np.errstate(invalid="ignore", divide="ignore"):
             fs = np.where(span > 0, max_err / np.where(span > 0, span, 1.0), 0.0)
-        bad = int(layers[:, _BAD].sum())
-        if bound is None:
-            ok = bad == 0  # no promise to hold the values to
-        elif bound == 0.0:
-            ok = bad == 0 and bool((max_err == 0).all())
-        else:
-            allowed = bound * span * (1 + _BOUND_SLACK)
-            ok = bad == 0 and bool((layers[:, _MAX_EXCESS] <= allowed).all())
         count = layers[:, _COUNT].sum()
         if bound is None:
-            fs_bound = abs_bound = None
+            fs_bound = None
         else:
             # The codec also allows one float32 ulp of the value, largest at max |x|.
             ulp = np.spacing(np.maximum(np.abs(lo), np.abs(hi)).astype(np.float32))
@@ -232,7 +468,7 @@ def _check_variable(
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_layer = np.where(span > 0, bound + ulp / np.where(span > 0, span, 1), bound)
             fs_bound = float(per_layer.max(initial=bound))
-            abs_bound = float((bound * span + ulp).max(initial=0.0))
+            abs_bound_level = float((bound * span + ulp).max(initial=0.0))
         levels.append(
             LevelStats(
                 level=value,
@@ -242,43 +478,70 @@ def _check_variable(
                 max_fs_error=float(fs.max(initial=0.0)),
                 rmse=float(math.sqrt(layers[:, _SUM_SQ].sum() / count)) if count else 0.0,
                 bound=fs_bound,
-                bound_abs=abs_bound,
-                nonfinite_mismatches=bad,
-                ok=ok,
+                bound_abs=abs_bound if bound is None else abs_bound_level,
+                nonfinite_mismatches=int(layers[:, _BAD].sum()),
+                ok=not failed.any(),
             )
         )
-    return VariableCheck(name=name, codec=codec, nbits=nbits, codec_bound=bound, levels=levels)
-
-
-def _stats_graph(src_var: xr.DataArray, dst_var: xr.DataArray):
-    """A dask array (leading dims x 7) of per-layer statistics, one block pass over both."""
-    import dask.array as da
-
-    a, b = src_var.data, dst_var.data
-    if not isinstance(a, da.Array):
-        a = da.asarray(a)
-    if not isinstance(b, da.Array):
-        b = da.asarray(b)
-    while a.ndim < 2:  # a vector or scalar is one layer
-        a, b = a[None], b[None]
-    # Whole layers are not needed per block: every statistic combines across blocks.
-    b = b.rechunk(a.chunks)
-    lead = a.chunks[:-2]
-    blocks = da.map_blocks(
-        _layer_stats, a, b,
-        chunks=(*lead, (1,) * len(a.chunks[-2]), (1,) * len(a.chunks[-1]), (7,)),
-        new_axis=a.ndim, dtype=np.float64, meta=np.empty((0,) * (a.ndim + 1)),
+    return VariableCheck(
+        name=name, codec=codec, nbits=nbits, codec_bound=codec_bound, levels=levels,
+        problems=problems, bound_from=bound_from, abs_bound=abs_bound,
     )  # fmt: skip
-    axes = (a.ndim - 2, a.ndim - 1)
-    lo = blocks[..., _LO].min(axis=axes)
-    hi = blocks[..., _HI].max(axis=axes)
-    max_err = blocks[..., _MAX_ERR].max(axis=axes)
-    excess = blocks[..., _MAX_EXCESS].max(axis=axes)
-    sums = blocks[..., _SUM_SQ:].sum(axis=axes)
-    return da.concatenate(
-        [lo[..., None], hi[..., None], max_err[..., None], excess[..., None], sums],
-        axis=-1,
+
+
+def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
+    """The attributes and the codec metadata of a LayerQuantizer array disagree."""
+    problems = []
+    claimed = array.attrs.get(ATTR_NBITS)
+    codec_nbits = array.settings.get("nbits") if array.codec in _LQ_CODEC_IDS else None
+    if isinstance(claimed, int | float) and isinstance(codec_nbits, int | float):
+        if int(claimed) != int(codec_nbits):
+            problems.append(Problem(
+                "metadata_mismatch",
+                f"{name}: the attribute {ATTR_NBITS} says {int(claimed)} bits, the codec "
+                f"metadata {int(codec_nbits)}",
+            ))  # fmt: skip
+    promised = array.attrs.get(ATTR_BOUND)
+    if isinstance(promised, int | float) and isinstance(claimed, int | float):
+        expected = full_scale_bound(int(claimed))
+        if not math.isclose(float(promised), expected, rel_tol=1e-9):
+            problems.append(Problem(
+                "metadata_mismatch",
+                f"{name}: the attribute {ATTR_BOUND} is {promised:.6g}, but {int(claimed)} "
+                f"bits give {expected:.6g}",
+            ))  # fmt: skip
+    return problems
+
+
+def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) -> _ChunkReader:
+    """How to read ``name``'s chunks from the destination; ``keys``: the store's objects,
+    ``group``: the destination's root Zarr group (consolidated metadata if there is)."""
+    from dask.array.core import normalize_chunks
+
+    grid = normalize_chunks(tuple(dst_var.encoding.get("chunks") or dst_var.shape), dst_var.shape)
+    key, nbits = None, None
+    sharded = array is not None and any(
+        entry.get("name") == "sharding_indexed" for entry in array.codecs
     )
+    try:
+        metadata = group[name].metadata
+    except (KeyError, ValueError):
+        metadata = None
+    if metadata is not None and not sharded:
+        # Zarr's own spelling of the key: v2 "0.0" or "0/0", v3 "c/0/0" or the v2 encoding.
+        def key(coords: tuple[int, ...]) -> str:
+            return f"{name}/{metadata.encode_chunk_key(coords)}"
+
+    if array is not None and array.codec in ("layerquantizer1", "layerquantizer"):
+        claimed = array.attrs.get(ATTR_NBITS)
+        nbits = int(claimed) if isinstance(claimed, int | float) else array.nbits
+    return _ChunkReader(name, dst_var.variable, grid, key, keys, fs, root, nbits, location, pad)
+
+
+def _positive(option: str, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise RequestError(f"{option} must be a finite number >= 0, got {value}")
+    return value
 
 
 def verify(
@@ -290,8 +553,10 @@ def verify(
     storage_options: Mapping | None = None,
     dst_storage_options: Mapping | None = None,
     workers: int | None = None,
+    max_abs_error: float | None = None,
+    max_fs_error: float | None = None,
 ) -> VerifyReport:
-    """Compare ``dst`` with ``src`` per variable and level, in float64, through dask.
+    """Compare ``dst`` with ``src`` per variable and level, in float64, chunk by chunk.
 
     For each 2-D layer (one level at one time step) it finds the source's finite range
     ``[min, max]`` and checks every value: ``|x - y| <= bound * (max - min) + ulp32(x)``
@@ -300,6 +565,14 @@ def verify(
     ``layerquantizer_nbits`` attribute; a lossless codec: exact equality). NaN and
     infinities must match exactly. ``max_fs_error`` is the largest error over its layer's
     range. Memory stays at a few chunks.
+
+    Whatever keeps a value from being checked is a :class:`Problem` of its variable, and
+    the other chunks are still checked (see :data:`PROBLEM_KINDS`): a chunk that cannot be
+    decoded, a missing chunk (unless the source there is all fill values, which lq does not
+    store), a chunk encoded with fewer bits than the attributes promise, values that differ
+    under a codec whose bound is unknown (unless ``max_abs_error`` or ``max_fs_error`` state
+    one), a source variable missing from ``dst`` and not dropped by its config. An
+    unfinished ``dst`` (see :func:`inspect`) is a problem of the report itself.
 
     The destination may hold a subset (times, levels) of the source. ``token``: gcsfs
     credentials for ``gs://`` stores (both; by default ``gs://`` is read anonymously).
@@ -315,42 +588,92 @@ def verify(
     True
     """
     import dask
+    import zarr
 
+    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.storage import filesystem, open_store
+
+    user_abs = _positive("--max-abs-error", max_abs_error)
+    user_fs = _positive("--max-fs-error", max_fs_error)
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
     src_ds = open_dataset(src, token=src_token, chunks={})
-    dst_ds = open_dataset(dst, token=dst_token, chunks={})
+    try:
+        dst_ds = open_dataset(dst, token=dst_token)  # lazily indexed: read chunk by chunk
+    except SourceError as exc:
+        fs, root = filesystem(dst, "r", token=dst_token)
+        if fs.exists(f"{root.rstrip('/')}/{PROGRESS_DIR}/manifest.json"):
+            raise SourceError(_no_metadata_yet(dst)) from exc
+        raise
     store = inspect(dst, token=dst_token)
+    dropped = {str(n) for n in store.attrs.get(ATTR_DROPPED) or ()}
     if variables is None:
         names = [str(n) for n in dst_ds.data_vars if n in src_ds.data_vars]
         if not names:
             raise RequestError(f"{src} and {dst} have no data variable in common")
+        missing = [str(n) for n in src_ds.data_vars if n not in dst_ds.data_vars]
     else:
-        names = list(variables)
-        for name in names:
-            for ds, where in ((src_ds, src), (dst_ds, dst)):
-                if name not in ds.data_vars:
-                    raise RequestError(
-                        f"variable {name!r} not found in {where}; available: "
-                        f"{', '.join(map(str, ds.data_vars))}"
-                    )
-    skipped: dict[str, str] = {}
+        names, missing = [], []
+        for name in variables:
+            if name not in src_ds.data_vars:
+                raise RequestError(
+                    f"variable {name!r} not found in {src}; available: "
+                    f"{', '.join(map(str, src_ds.data_vars))}"
+                )
+            (names if name in dst_ds.data_vars else missing).append(name)
+    skipped = {
+        name: "dropped by the config it was written with" for name in missing if name in dropped
+    }
+    missing = [name for name in missing if name not in skipped]
     pending = []
+    fs, root = filesystem(dst, "r", token=dst_token)
+    with _quiet_consolidated():
+        group = zarr.open_group(open_store(dst, "r", token=dst_token), mode="r")
     for name in names:
         src_var, dst_var = src_ds[name], dst_ds[name]
         if src_var.dtype.kind not in "fiub" or dst_var.dtype.kind not in "fiub":
             skipped[name] = f"not numeric ({src_var.dtype}, {dst_var.dtype})"
             continue
         src_var = _align_to(src_var, dst_var, name)
-        pending.append((name, src_var, dst_var, _stats_graph(src_var, dst_var)))
+        pad = max(0, 2 - dst_var.ndim)
+        reader = _chunk_reader(
+            name, dst_var, store.variables.get(name), group, store.keys, fs,
+            root.rstrip("/"), dst, pad,
+        )  # fmt: skip
+        a = src_var.data.rechunk(reader.chunks)
+        for _ in range(pad):  # a vector or scalar is one layer
+            a = a[None]
+        parts = a.to_delayed()
+        tasks = [
+            dask.delayed(reader.check, pure=False)(parts[coords], coords)
+            for coords in np.ndindex(parts.shape)
+        ]
+        lead_ids = [np.repeat(np.arange(len(c)), c) for c in a.chunks[:-2]]
+        pending.append((name, src_var, parts.shape, lead_ids, pad, tasks))
     with _single_threaded_blosc():
         computed = dask.compute(
-            *[graph for *_, graph in pending],
+            *[tasks for *_, tasks in pending],
             scheduler="threads",
             num_workers=workers or os.cpu_count() or 1,
         )
-    checks = {
-        name: _check_variable(name, src_var, dst_var, store.variables.get(name), stats)
-        for (name, src_var, dst_var, _), stats in zip(pending, computed, strict=True)
-    }
-    return VerifyReport(src=src, dst=dst, variables=checks, skipped=skipped)
+    checks = {}
+    for (name, src_var, grid, lead_ids, pad, _), results in zip(pending, computed, strict=True):
+        blocks = np.empty(grid, dtype=object)
+        for coords, result in zip(np.ndindex(grid), results, strict=True):
+            blocks[coords] = result
+        checks[name] = _check_variable(
+            name, src_var, store.variables.get(name), blocks, lead_ids, pad, user_fs, user_abs
+        )
+    for name in missing:
+        checks[name] = VariableCheck(
+            name=name, codec="-", nbits=None, codec_bound=None, levels=[], bound_from=None,
+            problems=[Problem(
+                "missing_variable",
+                f"{name}: in {src} but not in {dst}, and not dropped by the config it was "
+                "written with",
+            )],
+        )  # fmt: skip
+    problems = []
+    if not store.complete:
+        problems.append(Problem("incomplete", store.incomplete or f"{dst} is incomplete"))
+    return VerifyReport(src=src, dst=dst, variables=checks, skipped=skipped, problems=problems)

@@ -22,7 +22,6 @@ from layerquantizer.dataset._inspect import inspect
 from layerquantizer.dataset._plan import Plan
 from layerquantizer.dataset._stores import (
     _quiet_consolidated,
-    _same_or_nested,
     _single_threaded_blosc,
     _token,
 )
@@ -94,8 +93,9 @@ def write_plan(
 
     from layerquantizer import parallel
     from layerquantizer._unit import UnitJob
-    from layerquantizer.resume import PROGRESS_DIR, Progress, describe_plan, differences
-    from layerquantizer.storage import open_store, remove_store, store_errors
+    from layerquantizer.destination import write_marker
+    from layerquantizer.resume import Progress, describe_plan, differences
+    from layerquantizer.storage import open_store, store_errors
 
     if plan.location is None:
         raise RequestError(
@@ -123,7 +123,9 @@ def write_plan(
         if manifest is None or not state.marked("metadata"):
             # Nothing of this run's data is there yet: start from an empty destination.
             if resume:
-                remove_store(dst, token=token, markers=(f"{PROGRESS_DIR}/manifest.json",))
+                _remove_lq_store(dst, token)
+            # The marker first: whatever happens next, DST is known to be lq's to remove.
+            write_marker(dst, token)
             state.start(description)
             with _quiet_consolidated():
                 plan.template.to_zarr(
@@ -156,11 +158,7 @@ def write_plan(
     def jobs() -> Iterator[UnitJob]:
         for task in plan.tasks():
             marker = Progress.marker_key(task.variable, task.index)
-            if marker in done:
-                counts["skipped"] += 1
-                counts["skipped_bytes"] += task.nbytes
-                _report(task.chunks, task.nbytes)
-                continue
+            # A unit marked done is still sent: the worker skips it unless its source changed.
             yield UnitJob(
                 run=run, src=plan.location, src_token=plan.token, dst=dst, dst_token=token,
                 variable=task.variable, index=task.index,
@@ -168,7 +166,7 @@ def write_plan(
                 source=_source_selection(plan.source_positions, task.region),
                 raw_read=task.variable in plan.raw_read, marker=marker,
                 nbytes=task.nbytes, chunks=task.chunks,
-                label=_describe_region(task.region, labels),
+                label=_describe_region(task.region, labels), recorded=marker in done,
             )  # fmt: skip
 
     def _report(chunks: int, nbytes: int) -> None:
@@ -178,7 +176,11 @@ def write_plan(
             progress(counts["chunks"], total_chunks, counts["bytes"], total_bytes)
 
     def on_done(result) -> None:
-        counts["units"] += 1
+        if result.resumed:
+            counts["skipped"] += 1
+            counts["skipped_bytes"] += result.nbytes
+        else:
+            counts["units"] += 1
         pids.add(result.pid)
         _report(result.chunks, result.nbytes)
 
@@ -205,26 +207,60 @@ def write_plan(
     )
 
 
+def _check_locations(src: str | None, dst: str, overwrite: bool, resume: bool) -> None:
+    """The checks of a request that read nothing: before the source is opened, and long
+    before anything could be removed."""
+    from layerquantizer.destination import check_source_links
+    from layerquantizer.storage import locations_overlap
+
+    if overwrite and resume:
+        raise RequestError("--overwrite and --resume exclude each other")
+    if src is None:
+        return
+    try:
+        if locations_overlap(src, dst):
+            raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
+        check_source_links(src)
+    except RequestError:
+        raise
+    except ValueError as exc:  # a scheme lq does not know, a link out of the source
+        raise RequestError(str(exc)) from exc
+
+
+def _remove_lq_store(dst: str, token: Any) -> None:
+    """Remove ``dst`` if ``lq compress`` wrote it (see
+    :func:`layerquantizer.destination.check_removable`), else refuse."""
+    from layerquantizer.destination import MARKER, check_removable
+    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.storage import remove_store
+
+    try:
+        check_removable(dst, token)
+        remove_store(dst, token=token, markers=(MARKER, f"{PROGRESS_DIR}/manifest.json"))
+    except ValueError as exc:
+        raise DestinationExistsError(str(exc)) from exc
+
+
 def _destination_action(
     src: str | None, dst: str, token: Any, overwrite: bool, resume: bool
 ) -> str:
     """``"new"``, ``"resume"`` or ``"complete"``: what to do with ``dst``, after the checks
-    (and the removal of an old ``dst`` for ``overwrite``)."""
+    (and the removal of an old ``dst`` for ``overwrite``). Call it after
+    :func:`_check_locations`, holding the lock of ``dst``
+    (:class:`layerquantizer.destination.DestinationLock`)."""
+    from layerquantizer.destination import MARKER
     from layerquantizer.resume import PROGRESS_DIR, Progress
-    from layerquantizer.storage import remove_store, store_errors, store_exists
+    from layerquantizer.storage import filesystem, locations_overlap, store_errors, store_exists
 
     if overwrite and resume:
         raise RequestError("--overwrite and --resume exclude each other")
-    if src is not None and _same_or_nested(src, dst):
+    if src is not None and locations_overlap(src, dst):  # never remove a source, whoever calls
         raise RequestError(f"destination {dst} is the source or inside it (or contains it)")
     with store_errors(dst):
         if not store_exists(dst, token=token):
             return "new"
         if overwrite:
-            try:
-                remove_store(dst, token=token, markers=(f"{PROGRESS_DIR}/manifest.json",))
-            except ValueError as exc:
-                raise DestinationExistsError(str(exc)) from exc
+            _remove_lq_store(dst, token)
             return "new"
         if not resume:
             raise DestinationExistsError(
@@ -235,6 +271,9 @@ def _destination_action(
             return "resume"
         if _is_finished_lq_store(dst, token):
             return "complete"
+        fs, root = filesystem(dst, "w", token=token)
+        if fs.exists(f"{root.rstrip('/')}/{MARKER}"):
+            return "resume"  # killed between the marker and the manifest
         raise DestinationExistsError(
             f"{dst} is not an interrupted lq compress run (no {PROGRESS_DIR} inside, no "
             "layerquantizer attributes); nothing to resume: pass --overwrite to replace it, "

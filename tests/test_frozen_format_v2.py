@@ -1,0 +1,38 @@
+"""Format version 2 (the predictor table) is frozen too: chunks written when it was
+published decode to the same values forever (tests/fixtures/make_layerquantizer1_v2.py wrote
+them once). Version 1 has its own fixtures, in tests/test_frozen_format.py."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+from test_codec import assert_within_bound
+
+from layerquantizer import LayerQuantizer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "layerquantizer1_v2"
+INDEX = json.loads((FIXTURES / "index.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(INDEX))
+def test_fixture_decodes_to_the_recorded_values(name):
+    case = INDEX[name]
+    encoded = (FIXTURES / f"{name}.lq").read_bytes()
+    assert encoded[4] == 2
+    original = np.load(FIXTURES / f"{name}.input.npy")
+    recorded = np.load(FIXTURES / f"{name}.decoded.npy")
+    decoded = LayerQuantizer().decode(encoded)
+    assert decoded.shape == tuple(case["shape"]) == original.shape
+    assert decoded.tobytes() == recorded.tobytes()  # bit for bit, NaN payloads included
+    if original.flags.f_contiguous and not original.flags.c_contiguous:
+        assert decoded.flags.f_contiguous
+
+
+@pytest.mark.parametrize("name", sorted(INDEX))
+def test_fixture_is_within_its_bound(name):
+    original = np.load(FIXTURES / f"{name}.input.npy")
+    decoded = np.load(FIXTURES / f"{name}.decoded.npy")
+    assert_within_bound(original, decoded, INDEX[name]["nbits"])
+    assert_array_equal(np.isnan(decoded), np.isnan(original))
