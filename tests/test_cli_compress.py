@@ -91,7 +91,8 @@ def test_time_and_levels_subset(sample_v2, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     back = xr.open_zarr(dst)
-    assert back.sizes["time"] == 2 and back["level"].values.tolist() == [1000, 350]
+    # The source's order (1, 70, 350, 775, 1000), not the order asked.
+    assert back.sizes["time"] == 2 and back["level"].values.tolist() == [350, 1000]
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,8 @@ def test_time_and_levels_subset(sample_v2, tmp_path):
         pytest.param(["--vars", "temperature", "--levels", "500"], 2,
                      "level(s) 500 not in the source; available: 1, 70, 350, 775, 1000",
                      id="missing-level"),
+        pytest.param(["--vars", "temperature", "--levels", "350,350"], 2,
+                     "level(s) 350 listed twice", id="repeated-level"),
         pytest.param(["--vars", "temperature", "--chunks", "time"], 2,
                      "--chunks: expected DIM=SIZE pairs", id="bad-chunks"),
         pytest.param(["--vars", "temperature", "--nbits", "40"], 2,

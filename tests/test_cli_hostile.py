@@ -1,0 +1,133 @@
+"""``lq`` against hostile or odd input, as a user meets it: the console script in a
+subprocess, one line on stderr, the exit status, and no destination left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+pytestmark = pytest.mark.slow  # lq subprocesses
+
+
+def lq_command() -> list[str]:
+    script = Path(sys.executable).parent / "lq"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+
+
+def lq(*args, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*lq_command(), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def assert_refused(result: subprocess.CompletedProcess, code: int, match: str) -> str:
+    """One line ``lq: error: ...`` holding ``match``, exit ``code``, no exception names."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("lq: error: "), line
+    assert match in line, line
+    for raw in ("Error:", "Traceback", "Errno"):
+        assert raw not in line, line
+    return line
+
+
+def _small(path: Path, **extra) -> str:
+    """A 3-D float32 dataset with WeatherBench2 dims, plus ``extra`` data variables."""
+    dims = ("time", "latitude", "longitude")
+    ds = xr.Dataset(
+        {"t": (dims, np.arange(24, dtype="float32").reshape(2, 3, 4)), **extra},
+        coords={"time": np.array(["2020-01-01", "2020-01-02"], "datetime64[ns]")},
+    )
+    ds.to_zarr(path, mode="w-", zarr_format=2, consolidated=True)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> dict[str, str]:
+    """Stores a user may point ``lq`` at: odd dtypes, damaged chunk metadata, a huge array."""
+    root = tmp_path_factory.mktemp("odd")
+    dims = ("time", "latitude", "longitude")
+    stores = {
+        "complex": _small(root / "complex.zarr", c=(dims, np.zeros((2, 3, 4), "complex64"))),
+        "strings": _small(root / "strings.zarr", s=(dims, np.full((2, 3, 4), "ab"))),
+        "datetime": _small(
+            root / "datetime.zarr", d=(dims, np.full((2, 3, 4), np.datetime64("2020-01-01", "ns")))
+        ),
+        "zero_chunks": _small(root / "zero.zarr"),
+        "empty": _small(root / "empty.zarr", e=(("member",), np.zeros(0, "float32"))),
+    }
+    meta_path = Path(stores["zero_chunks"]) / "t" / ".zarray"
+    meta = json.loads(meta_path.read_text())
+    meta["chunks"] = [0, 3, 4]
+    meta_path.write_text(json.dumps(meta))
+    zarr.consolidate_metadata(stores["zero_chunks"])
+    # 1e12 float32 values without a time dimension: metadata only, no chunk is stored.
+    huge = root / "huge.zarr"
+    group = zarr.open_group(huge, mode="w", zarr_format=2)
+    group.create_array(
+        "big", shape=(1_000_000, 1_000_000), chunks=(1000, 1000), dtype="float32",
+        fill_value=float("nan"), attributes={"_ARRAY_DIMENSIONS": ["latitude", "longitude"]},
+    )  # fmt: skip
+    zarr.consolidate_metadata(huge)
+    stores["huge"] = str(huge)
+    return stores
+
+
+@pytest.mark.parametrize(
+    ("store", "args", "match"),
+    [
+        pytest.param("complex", [], "cannot copy 'c': its dtype complex64 is not a number",
+                     id="complex"),
+        pytest.param("strings", [], "cannot copy 's': its dtype <U2 is not a number",
+                     id="strings"),
+        pytest.param("datetime", [], "cannot copy 'd': its dtype datetime64[ns] is not a number",
+                     id="datetime"),
+        pytest.param("zero_chunks", [], "the source's metadata gives 't' chunks (0, 3, 4): "
+                     "chunk sizes must be positive", id="zero-source-chunks"),
+        pytest.param("empty", [], "dimension 'member' of 'e' has no elements: nothing to write",
+                     id="zero-size-dim"),
+        pytest.param("huge", ["--vars", "big"], "cannot write 'big': one output chunk "
+                     "(latitude=1000000, longitude=1000000) holds 3725.3 GiB", id="huge-unit"),
+    ],
+)  # fmt: skip
+def test_hostile_sources_fail_before_dst_exists(odd, tmp_path, store, args, match):
+    dst = tmp_path / "out.zarr"
+    result = lq("compress", odd[store], dst, *(args or ["--vars", "t"]))
+    assert_refused(result, 2, match)
+    assert not dst.exists()
+
+
+def test_a_huge_variable_in_small_chunks_is_planned_in_units_that_fit(odd):
+    from layerquantizer import dataset
+
+    plan = dataset.plan_compress(
+        dataset.open_dataset(odd["huge"]), variables=["big"], chunks={"latitude": 1}
+    )
+    first = next(plan.tasks())
+    assert first.nbytes <= dataset.MAX_UNIT_BYTES
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        pytest.param("time=0", "--chunks: expected DIM=SIZE pairs", id="zero"),
+        pytest.param("latitude=-5", "--chunks: expected DIM=SIZE pairs", id="negative"),
+    ],
+)
+def test_zero_or_negative_chunks_are_refused(sample_v2, tmp_path, option, match):
+    dst = tmp_path / "out.zarr"
+    assert_refused(lq("compress", sample_v2, dst, "--vars", "t", "--chunks", option), 2, match)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"chunks: {{{option.replace('=', ': ')}}}\n")
+    assert_refused(lq("compress", sample_v2, dst, "--config", config), 2, "must be a positive")
+    assert not dst.exists()
