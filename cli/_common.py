@@ -41,12 +41,16 @@ GcsTokenOption = Annotated[
 
 def quiet_libraries(debug: bool) -> None:
     """gcsfs logs a full traceback at ERROR level for every refused request, and
-    distributed logs its cluster's chatter; the one-line error says what matters."""
+    distributed and tornado log their cluster's chatter (tracebacks of lost workers and
+    cancelled futures among it); the one-line error says what matters, and lq itself
+    logs nothing. distributed sets the levels of its own loggers when imported, so
+    levels alone cannot silence it: logging is switched off below CRITICAL."""
     import logging
 
     if not debug:
         for name in ("gcsfs", "distributed", "fsspec"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.disable(logging.ERROR)
 
 
 def stdout_console() -> Console:
@@ -77,10 +81,13 @@ def handle_errors(debug: bool) -> Iterator[None]:
 
     With ``debug`` the exception propagates, with its traceback.
     """
+    import logging
+
     from layerquantizer.config import ConfigError
     from layerquantizer.dataset import DatasetError, RequestError
     from layerquantizer.storage import StoreError
 
+    disabled = logging.root.manager.disable
     quiet_libraries(debug)
     try:
         yield
@@ -98,6 +105,8 @@ def handle_errors(debug: bool) -> Iterator[None]:
             first = (str(exc).strip().splitlines() or [""])[0]
             print_error(f"{type(exc).__name__}: {first} (run with --debug for the traceback)")
         raise typer.Exit(code=1) from None
+    finally:
+        logging.disable(disabled)  # as it was, for callers in the same process (tests)
 
 
 def usage_value(option: str, parse, text: str | None):

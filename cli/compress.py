@@ -131,6 +131,15 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    worker_timeout: Annotated[
+        float,
+        typer.Option(
+            "--worker-timeout",
+            metavar="SECONDS",
+            help="With --scheduler: how long the cluster may be without workers, at the "
+            "start (exit 2) or after losing them all mid-run (exit 1), before lq gives up.",
+        ),
+    ] = 180.0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing DST.")
     ] = False,
@@ -184,6 +193,7 @@ def compress(
                 scheduler=scheduler,
                 token=gcs_token,
                 progress=progress,
+                worker_timeout=worker_timeout,
             )
     if json_output:
         print_json(report.to_dict())

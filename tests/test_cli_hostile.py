@@ -4,8 +4,11 @@ subprocess, one line on stderr, the exit status, and no destination left behind.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +134,79 @@ def test_zero_or_negative_chunks_are_refused(sample_v2, tmp_path, option, match)
     config.write_text(f"chunks: {{{option.replace('=', ': ')}}}\n")
     assert_refused(lq("compress", sample_v2, dst, "--config", config), 2, "must be a positive")
     assert not dst.exists()
+
+
+# --------------------------------------------------------------------------------------
+# A dask scheduler without workers, or losing them mid-run
+
+
+@pytest.fixture(scope="module")
+def many_units(tmp_path_factory) -> str:
+    """160 write units (16 times x 10 variables), so that a run can be cut in the middle."""
+    from layerquantizer import dataset
+
+    path = tmp_path_factory.mktemp("many") / "src.zarr"
+    dataset.write_sample(str(path), levels=37, grid=(73, 144), times=16)
+    return str(path)
+
+
+@pytest.fixture
+def bare_scheduler(tmp_path) -> Iterator[tuple[str, Path]]:
+    """A dask scheduler of its own (workers are killed here), with no workers yet."""
+    from servers import start_scheduler
+
+    scheduler, address = start_scheduler(tmp_path)
+    try:
+        yield address, tmp_path
+    finally:
+        scheduler.stop()
+
+
+def test_scheduler_without_workers_fails_before_dst_exists(bare_scheduler, sample_v2, tmp_path):
+    address, _ = bare_scheduler
+    dst = tmp_path / "out.zarr"
+    result = lq("compress", sample_v2, dst, "--vars", "temperature", "--scheduler", address,
+                "--worker-timeout", "1", timeout=120)  # fmt: skip
+    assert_refused(result, 2, f"the dask scheduler at {address} has no workers (waited 1 s)")
+    assert not dst.exists()
+
+
+def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_units):
+    from servers import start_worker
+
+    from layerquantizer.resume import PROGRESS_DIR
+
+    address, directory = bare_scheduler
+    worker = start_worker(address, directory, "doomed")
+    dst = directory / "out.zarr"
+    argv = ["compress", many_units, str(dst), "--vars", "temperature", "--scheduler", address,
+            "--worker-timeout", "3"]  # fmt: skip
+    process = subprocess.Popen(
+        [*lq_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        done = dst / PROGRESS_DIR / "done"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if done.exists() and sum(len(files) for _, _, files in os.walk(done)) >= 2:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "lq compress ended before its worker could be killed"
+        worker.popen.kill()
+        worker.popen.wait(30)
+        # Bounded: the worker timeout plus a poll, not forever (the timeout fails the test).
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        worker.stop()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    assert_refused(result, 1, f"the dask scheduler at {address} has had no workers for 3 s")
+    assert "run the same command with --resume" in stderr
+
+    # The advice works: with a worker again, --resume finishes the store.
+    start_worker(address, directory, "second")
+    resumed = lq(*argv, "--resume", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert lq("verify", many_units, dst).returncode == 0

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from layerquantizer.config import Config
+from layerquantizer.dataset._errors import RequestError
 from layerquantizer.dataset._inspect import StoreReport, inspect
 from layerquantizer.dataset._plan import plan_compress
 from layerquantizer.dataset._stores import _token, open_dataset
@@ -95,6 +96,7 @@ def compress(
     storage_options: Mapping | None = None,
     dst_storage_options: Mapping | None = None,
     progress: ProgressCallback | None = None,
+    worker_timeout: float | None = None,
 ) -> CompressReport:
     """Copy the dataset at ``src`` to ``dst``, quantizing the chosen variables.
 
@@ -129,6 +131,9 @@ def compress(
         ``{"token": ...}`` for the source and the destination (the older spelling).
     progress : callable, optional
         ``progress(chunks_done, chunks_total, bytes_done, bytes_total)``.
+    worker_timeout : float, optional
+        Seconds a ``scheduler``'s cluster may be without workers, at the start (then
+        :class:`RequestError`) or mid-run (then :class:`DatasetError`); default 180.
 
     Raises
     ------
@@ -152,6 +157,7 @@ def compress(
     """
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
+    _check_scheduler(scheduler, workers, worker_timeout)
     action = _destination_action(src, dst, dst_token, overwrite, resume)
     ds = open_dataset(src, token=src_token)
     plan = plan_compress(
@@ -165,7 +171,7 @@ def compress(
     else:
         result = write_plan(
             plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
-            progress=progress, resume=action == "resume",
+            progress=progress, resume=action == "resume", worker_timeout=worker_timeout,
         )  # fmt: skip
     seconds = _time.perf_counter() - started
     return CompressReport(
@@ -185,3 +191,16 @@ def compress(
         runner=result.runner,
         worker_pids=result.pids,
     )
+
+
+def _check_scheduler(scheduler: str | None, workers: int | None, timeout: float | None) -> None:
+    """Before DST is touched (``--overwrite`` removes it): a scheduler that does not answer
+    or has no worker is a bad request."""
+    from layerquantizer import parallel
+
+    try:
+        parallel.check_scheduler(
+            scheduler, workers, parallel.DEFAULT_WORKER_TIMEOUT if timeout is None else timeout
+        )
+    except parallel.SchedulerError as exc:
+        raise RequestError(str(exc)) from exc
