@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -210,3 +213,56 @@ def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_
     resumed = lq(*argv, "--resume", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert lq("verify", many_units, dst).returncode == 0
+
+
+# --------------------------------------------------------------------------------------
+# Interrupts
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupt_says_what_was_written_and_how_to_finish(many_units, tmp_path, signum, code):
+    from layerquantizer.resume import PROGRESS_DIR
+
+    dst = tmp_path / "out dir" / "out.zarr"  # a space: the printed command must quote it
+    dst.parent.mkdir()
+    process = subprocess.Popen(
+        [*lq_command(), "compress", many_units, str(dst), "--vars", "temperature,geopotential"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        done = dst / PROGRESS_DIR / "done"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if done.exists() and sum(len(files) for _, _, files in os.walk(done)) >= 3:
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, "lq compress ended before it could be interrupted"
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == code, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    match = re.fullmatch(
+        r"lq: interrupted: (\d+) of 160 chunks written to (.+); to finish, run: (.+)", lines[0]
+    )
+    assert match, lines[0]
+    assert 3 <= int(match[1]) < 160 and match[2] == str(dst)
+    command = shlex.split(match[3])
+    assert command[-1] == "--resume" and str(dst) in command
+    finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "resumed: " in finished.stdout
+    assert lq("verify", many_units, dst).returncode == 0
+
+
+def test_the_resume_command_replaces_overwrite():
+    from cli.compress import resume_command
+
+    assert resume_command(["lq", "compress", "a", "b", "--overwrite", "--json"]).endswith(
+        "compress a b --json --resume"
+    )
+    assert resume_command(["lq", "compress", "a", "b", "--resume"]).count("--resume") == 1
