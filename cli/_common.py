@@ -85,7 +85,7 @@ def handle_errors(debug: bool) -> Iterator[None]:
 
     from layerquantizer.config import ConfigError
     from layerquantizer.dataset import DatasetError, RequestError
-    from layerquantizer.storage import StoreError
+    from layerquantizer.storage import StoreError, StoreURLError
 
     disabled = logging.root.manager.disable
     quiet_libraries(debug)
@@ -96,11 +96,15 @@ def handle_errors(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             raise
-        if isinstance(exc, RequestError | ConfigError):
+        if isinstance(exc, RequestError | ConfigError | StoreURLError):
             print_error(str(exc))
             raise typer.Exit(code=2) from None
         if isinstance(exc, DatasetError | StoreError):
             print_error(str(exc))
+        elif isinstance(exc, OSError) and exc.strerror:
+            # The system's own words, with the path they concern, not the exception's name.
+            where = f"{exc.filename}: " if exc.filename else ""
+            print_error(f"{where}{exc.strerror.lower()}; check the path and its permissions")
         else:
             first = (str(exc).strip().splitlines() or [""])[0]
             print_error(f"{type(exc).__name__}: {first} (run with --debug for the traceback)")

@@ -267,7 +267,7 @@ def compress(
                 resume=resume,
                 workers=workers,
                 scheduler=scheduler,
-                token=gcs_token,
+                token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
                 progress=written.tracking(bar),
                 worker_timeout=worker_timeout,
             )

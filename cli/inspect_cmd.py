@@ -20,6 +20,7 @@ from cli._common import (
     handle_errors,
     print_json,
     stdout_console,
+    usage_value,
 )
 from cli.render import store_table
 
@@ -35,7 +36,9 @@ def inspect(
     with handle_errors(debug):
         from layerquantizer import dataset
 
-        report = dataset.inspect(store, token=gcs_token)
+        report = dataset.inspect(
+            store, token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token)
+        )
     if json_output:
         print_json(report.to_dict())
         return

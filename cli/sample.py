@@ -23,6 +23,7 @@ from cli._common import (
     handle_errors,
     human_bytes,
     stdout_console,
+    usage_value,
 )
 
 
@@ -77,7 +78,7 @@ def sample(
             seed=seed,
             overwrite=overwrite,
             workers=workers,
-            token=gcs_token,
+            token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
         )
     sizes = ", ".join(f"{dim}={size}" for dim, size in ds.sizes.items())
     stdout_console().print(

@@ -49,7 +49,7 @@ def verify(
             dst,
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
-            token=gcs_token,
+            token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
         )
     if json_output:
         print_json(report.to_dict())

@@ -266,3 +266,73 @@ def test_the_resume_command_replaces_overwrite():
         "compress a b --json --resume"
     )
     assert resume_command(["lq", "compress", "a", "b", "--resume"]).count("--resume") == 1
+
+
+# --------------------------------------------------------------------------------------
+# One-line errors that name the path or option and the way out, not an exception
+
+
+@pytest.fixture
+def litter(tmp_path) -> Path:
+    """A working folder with the things a user points lq at by mistake."""
+    (tmp_path / "afile").write_text("not a store\n")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "a.txt").write_text("a\n")
+    (tmp_path / "bad-key.json").write_text("{bad\n")
+    (tmp_path / "x.nc").write_bytes(b"CDF\x01" + bytes(60))
+    (tmp_path / "era5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(60))
+    (tmp_path / "x.grib").write_bytes(b"GRIB" + bytes(60))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "match"),
+    [
+        pytest.param(["compress", "{src}", "afile/out.zarr", "--vars", "temperature"], 1,
+                     "afile/out.zarr: {tmp}/afile is a file, not a directory; choose another "
+                     "path", id="dst-under-a-file"),
+        pytest.param(["sample", "afile/out.zarr"], 1,
+                     "{tmp}/afile is a file, not a directory", id="sample-under-a-file"),
+        pytest.param(["compress", "{src}", "out.zarr", "--vars", "t", "--gcs-token",
+                      "bad-key.json"], 2, "--gcs-token: bad-key.json: not a JSON key file "
+                     "(invalid JSON at line 1 column 2)", id="bad-token-json"),
+        pytest.param(["inspect", "gs://b/x.zarr", "--gcs-token", "none.json"], 2,
+                     "--gcs-token: none.json: no such file; pass a service-account JSON key",
+                     id="missing-token-file"),
+        pytest.param(["compress", "s3://bucket/era5.zarr", "out.zarr", "--vars", "t"], 2,
+                     "s3://bucket/era5.zarr: unsupported scheme 's3'; use a local path",
+                     id="s3-source"),
+        pytest.param(["compress", "{src}", "http://host/out.zarr", "--vars", "t"], 2,
+                     "http://host/out.zarr: unsupported scheme 'http'", id="http-destination"),
+        pytest.param(["inspect", "gs://"], 2, "gs://: no bucket named; write gs://BUCKET/PATH",
+                     id="no-bucket"),
+        pytest.param(["compress", "afile", "out.zarr", "--vars", "t"], 1,
+                     "afile as a Zarr dataset: it is a file, not a Zarr store (a directory)",
+                     id="src-a-file"),
+        pytest.param(["compress", "files", "out.zarr", "--vars", "t"], 1,
+                     "no Zarr store there (no zarr.json, .zgroup, .zarray)",
+                     id="src-dir-of-files"),
+        pytest.param(["compress", "x.nc", "out.zarr", "--vars", "t"], 1,
+                     "x.nc as a Zarr dataset: it is a netCDF file, and lq reads Zarr stores only; "
+                     "convert it with "
+                     "xr.open_dataset('x.nc').to_zarr('x.zarr')", id="netcdf-source"),
+        pytest.param(["compress", "era5", "out.zarr", "--vars", "t"], 1,
+                     "era5 as a Zarr dataset: it is a HDF5 or netCDF4 file, and lq reads Zarr ",
+                     id="hdf5-source"),
+        pytest.param(["verify", "x.grib", "{src}"], 1,
+                     "it is a GRIB file, and lq reads Zarr stores only; convert it with "
+                     "xr.open_dataset('x.grib', engine='cfgrib')", id="grib-source"),
+        pytest.param(["inspect", "x.nc"], 1, "x.nc: it is a netCDF file, and lq reads Zarr",
+                     id="inspect-netcdf"),
+        pytest.param(["compress", "{src}", "out.zarr", "--vars", "temperature", "--time",
+                      "2030-01-01:2030-02-01"], 2, "selects no time step; the source has 3",
+                     id="time-without-steps"),
+        pytest.param(["compress", "{src}", "out.zarr", "--vars", "temperature", "--levels",
+                      "1,2"], 2, "level(s) 2 not in the source; available: 1, 70", id="levels"),
+    ],
+)  # fmt: skip
+def test_mistakes_are_one_line_with_the_way_out(litter, sample_v2, args, code, match):
+    args = [arg.format(src=sample_v2) for arg in args]
+    result = lq(*args, cwd=litter, timeout=120)
+    assert_refused(result, code, match.format(tmp=litter))
+    assert not (litter / "out.zarr").exists()

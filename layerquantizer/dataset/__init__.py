@@ -64,6 +64,7 @@ from layerquantizer.dataset._plan import (
 )
 from layerquantizer.dataset._requests import (
     parse_chunks,
+    parse_gcs_token,
     parse_levels,
     parse_time_range,
     parse_variables,
@@ -95,6 +96,7 @@ __all__ = [
     "inspect",
     "open_dataset",
     "parse_chunks",
+    "parse_gcs_token",
     "parse_levels",
     "parse_time_range",
     "parse_variables",

@@ -157,7 +157,7 @@ def inspect(
     import json
 
     from layerquantizer.resume import PROGRESS_DIR
-    from layerquantizer.storage import StoreError, filesystem, store_errors
+    from layerquantizer.storage import StoreError, filesystem, local_file_reason, store_errors
 
     token = _token(token, storage_options)
     try:
@@ -180,6 +180,9 @@ def inspect(
     elif "zarr.json" in sizes:
         zarr_format = 3
     else:
+        reason = local_file_reason(location)  # a netCDF file, say: how to convert it
+        if reason is not None:
+            raise SourceError(f"{location}: {reason}")
         raise SourceError(f"{location} is not a Zarr store (no .zgroup or zarr.json at its root)")
 
     def read_json(key: str) -> dict:
