@@ -370,6 +370,17 @@ def plan_compress(
             raise RequestError(f"{name}: {exc}") from exc
         quantized[name] = bits
 
+    for name in config.drop:
+        if name in ds.data_vars:
+            continue
+        if config.on_missing == "skip":
+            skipped.append(name)
+            continue
+        kind = "a coordinate, not a data variable" if name in ds.coords else "not in the source"
+        raise RequestError(
+            f"{config.source}: 'drop' lists {name!r}, {kind}; available: "
+            f"{', '.join(available)} (or set on_missing: skip)"
+        )
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
     copied = tuple(name for name in available if name not in quantized and name not in dropped)
     for name in copied:
