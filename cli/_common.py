@@ -125,6 +125,15 @@ def usage_value(option: str, parse, text: str | None):
         raise RequestError(f"{option}: {exc}") from exc
 
 
+def plural(count: int, noun: str) -> str:
+    """``"1 variable"``, ``"10 variables"``.
+
+    >>> plural(1, "variable"), plural(0, "chunk")
+    ('1 variable', '0 chunks')
+    """
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

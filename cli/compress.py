@@ -39,6 +39,7 @@ from cli._common import (
     JsonOption,
     handle_errors,
     human_bytes,
+    plural,
     print_json,
     ratio_text,
     stderr_console,
@@ -151,9 +152,12 @@ def _stop_on_signals(dst: str, written: _Written) -> Iterator[None]:
 
 def compress(
     src: Annotated[
-        str, typer.Argument(help="Source store: a path or URL (gs://, file://, memory://).")
+        str,
+        typer.Argument(
+            metavar="SRC", help="Source store: a path or URL (gs://, file://, memory://)."
+        ),
     ],
-    dst: Annotated[str, typer.Argument(help="Destination store: a path or URL.")],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="Destination store: a path or URL.")],
     vars: Annotated[
         str | None,
         typer.Option(
@@ -289,7 +293,7 @@ def compress(
         notes.append(f"{dst} was already complete: nothing written")
     elif report.units_resumed:
         notes.append(
-            f"resumed: {report.units_resumed} write units were complete, "
+            f"resumed: {plural(report.units_resumed, 'write unit')} complete before, "
             f"{report.units_written} written now"
         )
     for note in notes:

@@ -26,7 +26,7 @@ from cli.render import store_table
 
 
 def inspect(
-    store: Annotated[str, typer.Argument(help="A Zarr store: a path or URL.")],
+    store: Annotated[str, typer.Argument(metavar="STORE", help="A Zarr store: a path or URL.")],
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,

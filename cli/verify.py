@@ -19,6 +19,7 @@ from cli._common import (
     JsonOption,
     WorkersOption,
     handle_errors,
+    plural,
     print_json,
     stdout_console,
     usage_value,
@@ -27,8 +28,8 @@ from cli.render import verify_table
 
 
 def verify(
-    src: Annotated[str, typer.Argument(help="The original store: a path or URL.")],
-    dst: Annotated[str, typer.Argument(help="The store to check: a path or URL.")],
+    src: Annotated[str, typer.Argument(metavar="SRC", help="The original store: a path or URL.")],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="The store to check: a path or URL.")],
     vars: Annotated[
         str | None,
         typer.Option("--vars", help="Variables to check, comma-separated [default: all shared]."),
@@ -62,6 +63,8 @@ def verify(
         if failed:
             console.print(f"FAILED: {', '.join(failed)} exceed their bound", markup=False)
         else:
-            console.print(f"ok: {len(report.variables)} variables within their bounds")
+            count = len(report.variables)
+            their = "its bound" if count == 1 else "their bounds"
+            console.print(f"ok: {plural(count, 'variable')} within {their}")
     if not report.ok:
         raise typer.Exit(code=1)

@@ -336,3 +336,57 @@ def test_mistakes_are_one_line_with_the_way_out(litter, sample_v2, args, code, m
     result = lq(*args, cwd=litter, timeout=120)
     assert_refused(result, code, match.format(tmp=litter))
     assert not (litter / "out.zarr").exists()
+
+
+# --------------------------------------------------------------------------------------
+# Small things a new user tripped over
+
+
+def test_version_and_usage_lines():
+    from importlib.metadata import version
+
+    result = lq("--version")
+    assert (
+        result.returncode == 0
+        and result.stdout == f"lq (layerquantizer) {version('layerquantizer')}\n"
+    )
+    for command, usage in [("compress", "SRC DST"), ("verify", "SRC DST"), ("inspect", "STORE"),
+                           ("sample", "DST")]:  # fmt: skip
+        result = lq(command, "--help", timeout=60)
+        assert f"Usage: lq {command} [OPTIONS] {usage}" in result.stdout, result.stdout
+
+
+def test_every_command_has_json_and_counts_read_right(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    for command in ("compress", "verify", "inspect", "sample"):
+        assert "--json" in runner.invoke(app, [command, "--help"]).stdout, command
+    src = tmp_path / "one.zarr"
+    result = runner.invoke(app, ["sample", str(src), "--levels", "1", "--grid", "24x13",
+                                 "--times", "1", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["sizes"] == {"time": 1, "level": 1, "latitude": 13, "longitude": 24}
+    assert "temperature" in report["variables"] and report["zarr_format"] == 2
+    dst = tmp_path / "out.zarr"
+    result = runner.invoke(app, ["compress", str(src), str(dst), "--vars", "temperature"])
+    assert result.exit_code == 0, result.stderr
+    result = runner.invoke(app, ["verify", str(src), str(dst), "--vars", "temperature"])
+    assert "ok: 1 variable within its bound\n" in result.stdout
+
+
+def test_doctests_leave_no_folder_in_tmp(tmp_path):
+    """The examples call tempfile.mkdtemp(); under pytest their folders are pytest's."""
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "layerquantizer"],
+        cwd=root, env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert [p.name for p in tmp.iterdir() if not p.name.startswith("pytest-of-")] == []
