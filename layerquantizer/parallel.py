@@ -264,8 +264,9 @@ def _client(address: str, worker_timeout: float) -> Iterator[Runner]:
 def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDone], Any]) -> None:
     """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight.
 
-    ``on_done`` is called in this thread as each unit finishes. The first failure stops
-    the submission, cancels what has not started, and is raised once what runs has ended.
+    ``on_done`` is called in this thread as each unit finishes. The first failure (or an
+    interrupt) stops the submission, cancels what has not started, and is raised once what
+    runs has ended; ``on_done`` has then been called for every unit that succeeded.
 
     Raises
     ------
@@ -310,6 +311,12 @@ def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDon
         # cluster that loses its workers meanwhile, no longer than the worker timeout.
         timeout = None if runner.count_workers is None else runner.worker_timeout
         cf.wait([f for f in pending if not f.cancelled()], timeout=timeout)
+        # Those that ended well are written: count them, so that an interrupted run
+        # reports every unit it wrote.
+        for future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                with contextlib.suppress(Exception):
+                    on_done(future.result())
         raise
 
 

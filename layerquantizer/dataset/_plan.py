@@ -344,6 +344,7 @@ def plan_compress(
     levels = levels if levels is not None else config.levels
     # Where each kept position lies in the source, to align the writes with its chunks.
     positions = {f"_lq_position_{dim}": (dim, np.arange(size)) for dim, size in ds.sizes.items()}
+    full_sizes = {str(dim): int(size) for dim, size in ds.sizes.items()}
     ds = select_subset(ds.assign_coords(positions), time=time, levels=levels)
     source_positions = {str(dim): ds[f"_lq_position_{dim}"].values for dim in ds.dims}
     ds = ds.drop_vars(list(positions))
@@ -402,7 +403,11 @@ def plan_compress(
                 "sizes must be positive; the source store is damaged, repair its metadata"
             )
         if source_chunks is not None and len(source_chunks) == ds[name].ndim:
-            source_chunk_sizes[name] = tuple(int(size) for size in source_chunks)
+            # What a read decodes: whole source chunks, no larger than the source's dims.
+            source_chunk_sizes[name] = tuple(
+                min(int(size), full_sizes[str(dim)])
+                for dim, size in zip(ds[name].dims, source_chunks, strict=True)
+            )
             source_chunk_ids[name] = {
                 str(dim): source_positions[str(dim)] // size
                 for dim, size in zip(ds[name].dims, source_chunks, strict=True)
@@ -418,10 +423,11 @@ def plan_compress(
     sizes = dict(ds.sizes)
     for dim, size in sizes.items():
         if size == 0:
-            users = [name for name in ds.data_vars if dim in ds[name].dims]
+            users = ", ".join(repr(name) for name in ds.data_vars if dim in ds[name].dims)
             raise RequestError(
-                f"dimension {dim!r} of {', '.join(map(repr, users))} has no elements: nothing "
-                "to write; leave those variables out (a config's 'drop:') or check the source"
+                f"dimension {dim!r}{f' of {users}' if users else ''} has no elements: "
+                "nothing to write; leave those variables out (a config's 'drop:') or check "
+                "the source"
             )
     requested = {**config.chunks, **(chunks or {})}
     unknown = sorted(set(requested) - set(sizes))
