@@ -113,6 +113,23 @@ def test_hostile_sources_fail_before_dst_exists(odd, tmp_path, store, args, matc
     assert not dst.exists()
 
 
+def test_negative_source_chunks_cannot_be_opened(tmp_path):
+    # zarr itself refuses such metadata when the store is opened: an unreadable source.
+    src = _small(tmp_path / "negative.zarr")
+    # zarr refuses to consolidate such metadata: edit both documents.
+    array, consolidated = Path(src) / "t" / ".zarray", Path(src) / ".zmetadata"
+    meta = json.loads(array.read_text())
+    meta["chunks"] = [-1, 3, 4]
+    array.write_text(json.dumps(meta))
+    document = json.loads(consolidated.read_text())
+    document["metadata"]["t/.zarray"]["chunks"] = [-1, 3, 4]
+    consolidated.write_text(json.dumps(document))
+    dst = tmp_path / "out.zarr"
+    result = lq("compress", src, dst, "--vars", "t")
+    assert_refused(result, 1, "negative.zarr as a Zarr dataset: Expected all values to be non-neg")
+    assert not dst.exists()
+
+
 def test_a_huge_variable_in_small_chunks_is_planned_in_units_that_fit(odd):
     from layerquantizer import dataset
 
