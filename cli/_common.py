@@ -41,12 +41,16 @@ GcsTokenOption = Annotated[
 
 def quiet_libraries(debug: bool) -> None:
     """gcsfs logs a full traceback at ERROR level for every refused request, and
-    distributed logs its cluster's chatter; the one-line error says what matters."""
+    distributed and tornado log their cluster's chatter (tracebacks of lost workers and
+    cancelled futures among it); the one-line error says what matters, and lq itself
+    logs nothing. distributed sets the levels of its own loggers when imported, so
+    levels alone cannot silence it: logging is switched off below CRITICAL."""
     import logging
 
     if not debug:
         for name in ("gcsfs", "distributed", "fsspec"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        logging.disable(logging.ERROR)
 
 
 def stdout_console() -> Console:
@@ -77,10 +81,13 @@ def handle_errors(debug: bool) -> Iterator[None]:
 
     With ``debug`` the exception propagates, with its traceback.
     """
+    import logging
+
     from layerquantizer.config import ConfigError
     from layerquantizer.dataset import DatasetError, RequestError
-    from layerquantizer.storage import StoreError
+    from layerquantizer.storage import StoreError, StoreURLError
 
+    disabled = logging.root.manager.disable
     quiet_libraries(debug)
     try:
         yield
@@ -89,15 +96,21 @@ def handle_errors(debug: bool) -> Iterator[None]:
     except Exception as exc:
         if debug:
             raise
-        if isinstance(exc, RequestError | ConfigError):
+        if isinstance(exc, RequestError | ConfigError | StoreURLError):
             print_error(str(exc))
             raise typer.Exit(code=2) from None
         if isinstance(exc, DatasetError | StoreError):
             print_error(str(exc))
+        elif isinstance(exc, OSError) and exc.strerror:
+            # The system's own words, with the path they concern, not the exception's name.
+            where = f"{exc.filename}: " if exc.filename else ""
+            print_error(f"{where}{exc.strerror.lower()}; check the path and its permissions")
         else:
             first = (str(exc).strip().splitlines() or [""])[0]
             print_error(f"{type(exc).__name__}: {first} (run with --debug for the traceback)")
         raise typer.Exit(code=1) from None
+    finally:
+        logging.disable(disabled)  # as it was, for callers in the same process (tests)
 
 
 def usage_value(option: str, parse, text: str | None):
@@ -110,6 +123,15 @@ def usage_value(option: str, parse, text: str | None):
         return parse(text)
     except RequestError as exc:
         raise RequestError(f"{option}: {exc}") from exc
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 variable"``, ``"10 variables"``.
+
+    >>> plural(1, "variable"), plural(0, "chunk")
+    ('1 variable', '0 chunks')
+    """
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def human_bytes(n: int | None) -> str:

@@ -13,6 +13,11 @@ Example (public WeatherBench2 ERA5, read anonymously, written to your bucket)::
 from __future__ import annotations
 
 import contextlib
+import os
+import shlex
+import shutil
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +39,7 @@ from cli._common import (
     JsonOption,
     handle_errors,
     human_bytes,
+    plural,
     print_json,
     ratio_text,
     stderr_console,
@@ -74,11 +80,84 @@ def progress_reporter(enabled: bool) -> Iterator:
         yield update
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that a run
+    stops the same clean way: no new unit is started, those running are finished."""
+
+
+class _Written:
+    """The chunks known written, from the progress callback."""
+
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.total: int | None = None
+
+    def tracking(self, progress):
+        def update(chunks_done: int, chunks_total: int, bytes_done: int, bytes_total: int):
+            self.chunks, self.total = chunks_done, chunks_total
+            if progress is not None:
+                progress(chunks_done, chunks_total, bytes_done, bytes_total)
+
+        return update
+
+
+def resume_command(argv: list[str]) -> str:
+    """The shell command that finishes an interrupted ``lq compress`` run: the same
+    arguments with ``--resume`` (in place of ``--overwrite``, which would start again).
+
+    >>> resume_command(["/usr/bin/lq", "compress", "a b.zarr", "out.zarr", "--overwrite"])
+    "/usr/bin/lq compress 'a b.zarr' out.zarr --resume"
+    """
+    program = argv[0]
+    found = shutil.which("lq")
+    if program.endswith(".py") or os.path.basename(program) == "__main__.py":
+        command = [sys.executable, "-m", "cli.main"]
+    elif found and os.path.realpath(found) == os.path.realpath(program):
+        command = ["lq"]  # the user's own spelling, found on PATH as they typed it
+    else:
+        command = [program]
+    rest = [arg for arg in argv[1:] if arg != "--overwrite"]
+    if "--resume" not in rest:
+        rest.append("--resume")
+    return shlex.join([*command, *rest])
+
+
+@contextlib.contextmanager
+def _stop_on_signals(dst: str, written: _Written) -> Iterator[None]:
+    """On SIGINT or SIGTERM: let the run stop cleanly, then say on one line what was
+    written and how to finish, and exit 130 or 143 (128 + the signal, as shells do)."""
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean stop, not a second one
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        code = 143 if isinstance(exc, Terminated) else 130
+        if written.total is None:
+            what = f"nothing written to {dst} yet"
+        else:
+            what = f"{written.chunks} of {written.total} chunks written to {dst}"
+        stderr_console().print(
+            f"lq: interrupted: {what}; to finish, run: {resume_command(sys.argv)}",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=code) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def compress(
     src: Annotated[
-        str, typer.Argument(help="Source store: a path or URL (gs://, file://, memory://).")
+        str,
+        typer.Argument(
+            metavar="SRC", help="Source store: a path or URL (gs://, file://, memory://)."
+        ),
     ],
-    dst: Annotated[str, typer.Argument(help="Destination store: a path or URL.")],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="Destination store: a path or URL.")],
     vars: Annotated[
         str | None,
         typer.Option(
@@ -131,6 +210,15 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    worker_timeout: Annotated[
+        float,
+        typer.Option(
+            "--worker-timeout",
+            metavar="SECONDS",
+            help="With --scheduler: how long the cluster may be without workers, at the "
+            "start (exit 2) or after losing them all mid-run (exit 1), before lq gives up.",
+        ),
+    ] = 180.0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing DST.")
     ] = False,
@@ -170,12 +258,13 @@ def compress(
     from layerquantizer._unit import keep_large_allocations
 
     keep_large_allocations()  # first, before any library starts a thread (see its docstring)
-    with handle_errors(debug):
+    written = _Written()
+    with handle_errors(debug), _stop_on_signals(dst, written):
         from layerquantizer import dataset
         from layerquantizer.config import load_config
 
         cfg = load_config(config) if config is not None else None
-        with progress_reporter(enabled=True) as progress:
+        with progress_reporter(enabled=True) as bar:
             report = dataset.compress(
                 src,
                 dst,
@@ -190,9 +279,10 @@ def compress(
                 resume=resume,
                 workers=workers,
                 scheduler=scheduler,
-                token=gcs_token,
-                progress=progress,
+                token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
+                progress=written.tracking(bar),
                 break_lock=break_lock,
+                worker_timeout=worker_timeout,
             )
     if json_output:
         print_json(report.to_dict())
@@ -212,7 +302,7 @@ def compress(
         notes.append(f"{dst} was already complete: nothing written")
     elif report.units_resumed:
         notes.append(
-            f"resumed: {report.units_resumed} write units were complete, "
+            f"resumed: {plural(report.units_resumed, 'write unit')} complete before, "
             f"{report.units_written} written now"
         )
     for note in notes:

@@ -20,12 +20,13 @@ from cli._common import (
     handle_errors,
     print_json,
     stdout_console,
+    usage_value,
 )
 from cli.render import store_table
 
 
 def inspect(
-    store: Annotated[str, typer.Argument(help="A Zarr store: a path or URL.")],
+    store: Annotated[str, typer.Argument(metavar="STORE", help="A Zarr store: a path or URL.")],
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -36,7 +37,9 @@ def inspect(
     with handle_errors(debug):
         from layerquantizer import dataset
 
-        report = dataset.inspect(store, token=gcs_token)
+        report = dataset.inspect(
+            store, token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token)
+        )
     if json_output:
         print_json(report.to_dict())
         return

@@ -8,7 +8,10 @@ Example, on a synthetic dataset and without network::
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+from typer.core import TyperCommand
 
 from cli import compress, inspect_cmd, sample, verify
 
@@ -19,10 +22,51 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-app.command("compress", no_args_is_help=True)(compress.compress)
-app.command("verify", no_args_is_help=True)(verify.verify)
-app.command("inspect", no_args_is_help=True)(inspect_cmd.inspect)
-app.command("sample", no_args_is_help=True)(sample.sample)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("layerquantizer")
+        except PackageNotFoundError:  # run from a checkout without installing
+            text = "unknown (not installed)"
+        typer.echo(f"lq (layerquantizer) {text}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+            show_default=False,
+        ),
+    ] = False,
+) -> None:
+    """Error-bounded lossy compression of weather datasets in Zarr (LayerQuantizer)."""
+
+
+class _Command(TyperCommand):
+    """Usage lines read ``lq compress [OPTIONS] SRC DST``, as the help text names them:
+    Typer puts required arguments in braces, which reads as a choice."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [
+            piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+app.command("compress", no_args_is_help=True, cls=_Command)(compress.compress)
+app.command("verify", no_args_is_help=True, cls=_Command)(verify.verify)
+app.command("inspect", no_args_is_help=True, cls=_Command)(inspect_cmd.inspect)
+app.command("sample", no_args_is_help=True, cls=_Command)(sample.sample)
 
 if __name__ == "__main__":
     app()

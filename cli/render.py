@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
-from cli._common import error_text, human_bytes, ratio_text, settings_text
+from cli._common import error_text, human_bytes, plural, ratio_text, settings_text
 
 
 def store_table(
@@ -50,15 +50,14 @@ def store_table(
         for array in report.variables.values():
             groups[array.dims] = groups.get(array.dims, 0) + 1
         table.caption = "dims: " + "; ".join(
-            f"({', '.join(dims)}) for {count} variable{'s' if count > 1 else ''}"
-            for dims, count in groups.items()
+            f"({', '.join(dims)}) for {plural(count, 'variable')}" for dims, count in groups.items()
         )
         table.caption_justify = "left"
     table.add_section()
     row(
         {
             "variable": "total",
-            "settings": f"{len(report.variables)} variables + coordinates",
+            "settings": f"{plural(len(report.variables), 'variable')} + coordinates",
             "logical": human_bytes(report.logical_bytes),
             "stored": human_bytes(report.stored_bytes),
             "ratio": ratio_text(report.total_ratio),

@@ -19,10 +19,14 @@ import typer
 from cli._common import (
     DebugOption,
     GcsTokenOption,
+    JsonOption,
     WorkersOption,
     handle_errors,
     human_bytes,
+    plural,
+    print_json,
     stdout_console,
+    usage_value,
 )
 
 
@@ -42,7 +46,10 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 
 def sample(
-    dst: Annotated[str, typer.Argument(help="Destination store: a path or URL; must not exist.")],
+    dst: Annotated[
+        str,
+        typer.Argument(metavar="DST", help="Destination store: a path or URL; must not exist."),
+    ],
     levels: Annotated[
         int, typer.Option("--levels", help="Number of pressure levels, 1-37 (13: WeatherBench2's).")
     ] = 13,
@@ -61,6 +68,7 @@ def sample(
     ] = False,
     workers: WorkersOption = None,
     gcs_token: GcsTokenOption = None,
+    json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Write a synthetic ERA5-like dataset (smooth large-scale structure plus small-scale
@@ -77,9 +85,20 @@ def sample(
             seed=seed,
             overwrite=overwrite,
             workers=workers,
-            token=gcs_token,
+            token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
         )
+    if json_output:
+        print_json(
+            {
+                "dst": dst,
+                "variables": sorted(map(str, ds.data_vars)),
+                "sizes": {str(dim): int(size) for dim, size in ds.sizes.items()},
+                "logical_bytes": int(ds.nbytes),
+                "zarr_format": zarr_format,
+            }
+        )
+        return
     sizes = ", ".join(f"{dim}={size}" for dim, size in ds.sizes.items())
     stdout_console().print(
-        f"wrote {dst}: {len(ds.data_vars)} variables, {sizes}, {human_bytes(ds.nbytes)}"
+        f"wrote {dst}: {plural(len(ds.data_vars), 'variable')}, {sizes}, {human_bytes(ds.nbytes)}"
     )

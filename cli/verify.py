@@ -22,6 +22,7 @@ from cli._common import (
     JsonOption,
     WorkersOption,
     handle_errors,
+    plural,
     print_json,
     stdout_console,
     usage_value,
@@ -30,8 +31,8 @@ from cli.render import problem_lines, verify_table
 
 
 def verify(
-    src: Annotated[str, typer.Argument(help="The original store: a path or URL.")],
-    dst: Annotated[str, typer.Argument(help="The store to check: a path or URL.")],
+    src: Annotated[str, typer.Argument(metavar="SRC", help="The original store: a path or URL.")],
+    dst: Annotated[str, typer.Argument(metavar="DST", help="The store to check: a path or URL.")],
     vars: Annotated[
         str | None,
         typer.Option("--vars", help="Variables to check, comma-separated [default: all shared]."),
@@ -73,7 +74,7 @@ def verify(
             dst,
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
-            token=gcs_token,
+            token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
             max_abs_error=max_abs_error,
             max_fs_error=max_fs_error,
         )
@@ -96,6 +97,8 @@ def verify(
         if failed:
             console.print(f"FAILED: {'; '.join(failed)}", markup=False, soft_wrap=True)
         else:
-            console.print(f"ok: {len(report.variables)} variables within their bounds")
+            count = len(report.variables)
+            their = "its bound" if count == 1 else "their bounds"
+            console.print(f"ok: {plural(count, 'variable')} within {their}")
     if not report.ok:
         raise typer.Exit(code=1)

@@ -209,6 +209,34 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     return Config(**fields)
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping names a key twice (YAML's loaders keep the last one silently)."""
+
+
+def _unique_key_loader():
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not None:
+                    raise DuplicateKeyError(
+                        f"line {key_node.start_mark.line + 1}: key {key!r} given twice (first "
+                        f"on line {first}); keep one"
+                    )
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file.
 
@@ -230,7 +258,9 @@ def load_config(path: str | Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         detail = str(exc).replace("\n", " ")
         raise ConfigError(f"{path}: not valid YAML: {detail}") from exc

@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -42,6 +43,10 @@ from layerquantizer._unit import (
 
 #: Units in flight per worker thread: enough that a worker finds its next unit waiting.
 IN_FLIGHT_PER_THREAD = 2
+
+#: Seconds a dask cluster may be without workers (at the start, or after losing them all)
+#: before the run gives up (``--worker-timeout``).
+DEFAULT_WORKER_TIMEOUT = 180.0
 
 #: Environment of the worker processes of a local cluster: one thread per library.
 WORKER_ENV = {
@@ -61,6 +66,10 @@ class SchedulerError(ValueError):
     """The scheduler asked for cannot be used; the message says why and what to do."""
 
 
+class WorkersLostError(RuntimeError):
+    """The cluster has had no worker for longer than the worker timeout, mid-run."""
+
+
 @dataclasses.dataclass
 class Runner:
     """Submits units somewhere; see :func:`open_runner`.
@@ -75,12 +84,18 @@ class Runner:
         For reports: ``"2 threads"``, ``"local cluster of 4 processes"``, the address.
     distributed : bool
         Whether units run in other processes, which then cannot see ``memory://`` stores.
+    count_workers : callable, optional
+        The number of workers the cluster has now, for clusters that may lose them all.
+    worker_timeout : float
+        Seconds without a worker before :func:`run_jobs` gives up.
     """
 
     executor: cf.Executor
     threads: int
     description: str
     distributed: bool
+    count_workers: Callable[[], int] | None = None
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
     def submit(self, job: UnitJob) -> cf.Future:
         # Worker processes run one unit per thread: zarr's own codec pool gets one thread.
@@ -108,20 +123,30 @@ def default_threads() -> int:
 
 
 @contextlib.contextmanager
-def open_runner(scheduler: str | None = None, workers: int | None = None) -> Iterator[Runner]:
+def open_runner(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+) -> Iterator[Runner]:
     """A :class:`Runner` for the scheduler named, closed (and a local cluster stopped) on exit.
 
     The default, threads in this process, measured fastest on a 2-core machine for small
     and large jobs alike: the kernels release the GIL, the short write path copies nothing
     between processes, and a local cluster's start (about 2 s) is saved (see docs/scale.md).
 
+    ``worker_timeout`` bounds the wait for a scheduler's first worker, and the time
+    :func:`run_jobs` waits when the cluster has lost every worker.
+
     Raises
     ------
     SchedulerError
-        An unknown scheduler name, ``workers`` below 1, or a scheduler that does not answer.
+        An unknown scheduler name, ``workers`` below 1, a scheduler that does not answer or
+        has no worker within ``worker_timeout`` seconds.
     """
     if workers is not None and workers < 1:
         raise SchedulerError(f"workers must be at least 1, got {workers}")
+    if not worker_timeout > 0:
+        raise SchedulerError(f"--worker-timeout must be a positive number, got {worker_timeout}")
     if scheduler is None:
         scheduler = "processes" if workers is not None else "threads"
     if scheduler == "synchronous":
@@ -146,8 +171,22 @@ def open_runner(scheduler: str | None = None, workers: int | None = None) -> Ite
             "--workers starts a local cluster; with --scheduler the cluster's own workers "
             "run the job (start more there with `dask worker ADDRESS`)"
         )
-    with _client(scheduler) as runner:
+    with _client(scheduler, worker_timeout) as runner:
         yield runner
+
+
+def check_scheduler(
+    scheduler: str | None, workers: int | None, worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+) -> None:
+    """Raise :class:`SchedulerError` now if :func:`open_runner` would: an unknown name, or a
+    scheduler that does not answer or has no worker, so that a run fails before it writes.
+    Local runners are not started."""
+    if scheduler is None or scheduler in _LOCAL_SCHEDULERS:
+        if workers is not None and workers < 1:
+            raise SchedulerError(f"workers must be at least 1, got {workers}")
+        return
+    with open_runner(scheduler, workers, worker_timeout):
+        pass
 
 
 @contextlib.contextmanager
@@ -180,7 +219,7 @@ def _local_cluster(workers: int) -> Iterator[Runner]:
 
 
 @contextlib.contextmanager
-def _client(address: str) -> Iterator[Runner]:
+def _client(address: str, worker_timeout: float) -> Iterator[Runner]:
     from distributed import Client
 
     try:
@@ -194,13 +233,29 @@ def _client(address: str) -> Iterator[Runner]:
         threads = sum(client.nthreads().values())
         if threads == 0:
             # Workers may still be joining; wait for one rather than queueing forever.
-            client.wait_for_workers(1, timeout=60)
+            try:
+                client.wait_for_workers(1, timeout=worker_timeout)
+            except TimeoutError:
+                raise SchedulerError(
+                    f"the dask scheduler at {address} has no workers (waited "
+                    f"{worker_timeout:g} s); start some with `dask worker {address}`, or "
+                    "wait longer with --worker-timeout SECONDS"
+                ) from None
             threads = sum(client.nthreads().values())
+
+        def count_workers() -> int:
+            try:
+                return len(client.nthreads())
+            except Exception:  # the scheduler is gone too: no worker either
+                return 0
+
         yield Runner(
             client.get_executor(pure=False),
             max(threads, 1),
             f"{address} ({len(client.nthreads())} workers, {threads} threads)",
             distributed=True,
+            count_workers=count_workers,
+            worker_timeout=worker_timeout,
         )
     finally:
         client.close()
@@ -209,13 +264,23 @@ def _client(address: str) -> Iterator[Runner]:
 def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDone], Any]) -> None:
     """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight.
 
-    ``on_done`` is called in this thread as each unit finishes. The first failure stops
-    the submission, cancels what has not started, and is raised once what runs has ended.
+    ``on_done`` is called in this thread as each unit finishes. The first failure (or an
+    interrupt) stops the submission, cancels what has not started, and is raised once what
+    runs has ended; ``on_done`` has then been called for every unit that succeeded.
+
+    Raises
+    ------
+    WorkersLostError
+        The cluster had no worker for ``runner.worker_timeout`` seconds: its units would
+        wait forever.
     """
     limit = max(1, runner.threads * IN_FLIGHT_PER_THREAD)
     pending: set[cf.Future] = set()
     queue = iter(jobs)
     exhausted = False
+    # How often to look for workers while nothing finishes.
+    poll = None if runner.count_workers is None else min(5.0, runner.worker_timeout / 4)
+    alone_since: float | None = None
 
     def fill() -> None:
         nonlocal exhausted
@@ -229,13 +294,45 @@ def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDon
     try:
         fill()
         while pending:
-            done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            done, pending = cf.wait(pending, timeout=poll, return_when=cf.FIRST_COMPLETED)
+            if not done and runner.count_workers is not None:
+                alone_since = _check_workers(runner, alone_since)
             for future in done:
                 on_done(future.result())
             fill()
+    except WorkersLostError:
+        for future in pending:
+            future.cancel()  # no worker is left to run or end them: do not wait
+        raise
     except BaseException:
         for future in pending:
             future.cancel()
-        # Let the units already running end, so that none writes after we return.
-        cf.wait([f for f in pending if not f.cancelled()])
+        # Let the units already running end, so that none writes after we return; on a
+        # cluster that loses its workers meanwhile, no longer than the worker timeout.
+        timeout = None if runner.count_workers is None else runner.worker_timeout
+        cf.wait([f for f in pending if not f.cancelled()], timeout=timeout)
+        # Those that ended well are written: count them, so that an interrupted run
+        # reports every unit it wrote.
+        for future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                with contextlib.suppress(Exception):
+                    on_done(future.result())
         raise
+
+
+def _check_workers(runner: Runner, alone_since: float | None) -> float | None:
+    """When the cluster first had no worker (None: it has some); raise once it has been
+    without for ``runner.worker_timeout`` seconds."""
+    if runner.count_workers() > 0:
+        return None
+    now = time.monotonic()
+    if alone_since is None:
+        return now
+    if now - alone_since >= runner.worker_timeout:
+        address = runner.description.split(" ")[0]
+        raise WorkersLostError(
+            f"the dask scheduler at {address} has had no workers for "
+            f"{runner.worker_timeout:g} s (--worker-timeout), with units unfinished; start "
+            f"workers (`dask worker {address}`) and run the same command with --resume"
+        )
+    return alone_since

@@ -95,6 +95,10 @@ class StoreUnreachable(StoreError, ConnectionError):
     """The storage endpoint did not answer, after gcsfs's retries."""
 
 
+class StoreURLError(StoreError, ValueError):
+    """The URL cannot name a store here: an unsupported scheme, or no bucket."""
+
+
 def open_store(url_or_path: str | os.PathLike, mode: Mode = "r", *, token: Any = None) -> Store:
     """A zarr-python 3 store for a local path, ``file://``, ``memory://`` or ``gs://`` URL.
 
@@ -368,6 +372,11 @@ def _classify_one(exc: BaseException, url: str) -> StoreError | None:
     if isinstance(exc, FileNotFoundError):
         detail = str(exc) or "no such file or object"
         return StoreNotFound(url, f"not found ({detail}); check the path")
+    if isinstance(exc, NotADirectoryError):
+        return StoreNotFound(url, f"{_file_in_the_way(exc.filename)}; choose another path")
+    if isinstance(exc, IsADirectoryError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return StoreNotFound(url, f"a directory is where a file should be{where}; check the path")
 
     unreachable: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, socket.gaierror)
     if aiohttp is not None:
@@ -384,6 +393,15 @@ def _classify_one(exc: BaseException, url: str) -> StoreError | None:
             + (" or STORAGE_EMULATOR_HOST" if is_gcs else ""),
         )
     return None
+
+
+def _file_in_the_way(path: str | None) -> str:
+    """``"/data/x is a file, not a directory"``: the file that a path runs into."""
+    if path:
+        for parent in Path(path).parents:
+            if parent.is_file():
+                return f"{parent} is a file, not a directory"
+    return "a part of the path is a file, not a directory"
 
 
 def gcs_token(mode: Mode, token: Any = None) -> Any:
@@ -487,12 +505,14 @@ def _split_url(url: str) -> tuple[str, str]:
     rest = "/".join(part for part in rest.split("/") if part)
     if scheme in ("gs", "gcs"):
         if not rest:
-            raise ValueError(f"{url}: no bucket named; write gs://BUCKET/PATH")
+            raise StoreURLError(url, "no bucket named; write gs://BUCKET/PATH")
         return "gs", rest
     if scheme == "memory":
         return "memory", "/" + rest
-    raise ValueError(
-        f"{url}: unsupported scheme {scheme!r}; use a local path, file://, memory:// or gs://"
+    raise StoreURLError(
+        url,
+        f"unsupported scheme {scheme!r}; use a local path, file://, memory:// or gs:// "
+        "(copy the store to one of those first)",
     )
 
 
@@ -587,10 +607,54 @@ def _no_zarr_reason() -> str:
     return f"no Zarr store there (no {', '.join(ZARR_METADATA_KEYS)}); check the path"
 
 
+#: Leading bytes and name endings of the files users mistake for stores, with how to convert.
+_OTHER_FORMATS = (
+    ("a netCDF file", (b"CDF\x01", b"CDF\x02", b"CDF\x05"), (".nc", ".nc3", ".cdf"), ""),
+    ("a HDF5 or netCDF4 file", (b"\x89HDF\r\n\x1a\n",), (".nc4", ".h5", ".hdf5"), ""),
+    ("a GRIB file", (b"GRIB",), (".grib", ".grib2", ".grb", ".grb2"), ", engine='cfgrib'"),
+)
+
+
+def local_file_reason(url_or_path: str | os.PathLike) -> str | None:
+    """Why a local file is no Zarr store (see :func:`open_store`), None if it is no file.
+
+    >>> local_file_reason("/")
+    """
+    url = os.fspath(url_or_path)
+    try:
+        protocol, path = _split_url(url)
+    except StoreURLError:
+        return None
+    if protocol != "file" or not os.path.isfile(path):
+        return None
+    return _not_zarr_file_reason(url, path)
+
+
+def _not_zarr_file_reason(url: str, path: str) -> str:
+    """Why the file at ``path`` is no store: its format if it is a netCDF, HDF5 or GRIB
+    file (with the xarray call that converts it), else that a Zarr store is a directory."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(8)
+    except OSError:
+        head = b""
+    name = os.path.basename(path.rstrip("/")) or "x"
+    for kind, magics, suffixes, engine in _OTHER_FORMATS:
+        if head.startswith(magics) or name.lower().endswith(suffixes):
+            target = os.path.splitext(name)[0] + ".zarr"
+            return (
+                f"it is {kind}, and lq reads Zarr stores only; convert it with "
+                f"xr.open_dataset({url!r}{engine}).to_zarr({target!r}) and pass that"
+            )
+    return "it is a file, not a Zarr store (a directory); check the path"
+
+
 def _check_local(url: str, path: str, *, must_exist: bool, writable: bool) -> None:
     if must_exist:
         if not os.path.exists(path):
             raise StoreNotFound(url, "no such file or directory; check the path")
+        if os.path.isfile(path):
+            raise StoreNotFound(url, _not_zarr_file_reason(url, path))
         if not any(os.path.exists(os.path.join(path, key)) for key in ZARR_METADATA_KEYS):
             raise StoreNotFound(url, _no_zarr_reason())
     # The nearest existing ancestor decides whether the store can be created or written.

@@ -305,6 +305,66 @@ def _scheduler_address(scheduler_file: Path) -> str | None:
         return None  # not written yet, or half written
 
 
+def start_scheduler(directory: Path) -> tuple[ServerProcess, str]:
+    """A ``dask scheduler`` on loopback with no workers, and its address once it answers."""
+    scheduler_file = directory / "scheduler.json"
+    scheduler = ServerProcess.start(
+        "dask scheduler",
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        directory / "scheduler.log",
+        cwd=directory,
+    )
+    address = wait_for(
+        lambda: _scheduler_address(scheduler_file), [scheduler], "the scheduler file is written"
+    )
+    return scheduler, address
+
+
+def start_worker(
+    address: str, directory: Path, name: str, *, env: dict | None = None
+) -> ServerProcess:
+    """A single-threaded ``dask worker`` of the scheduler at ``address``, without a nanny
+    (so that killing it kills the worker), with :data:`WORKER_ENV` and ``env``."""
+    return ServerProcess.start(
+        f"dask {name}",
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--host",
+            "127.0.0.1",
+            "--nthreads",
+            "1",
+            # The worker is the process we started: no nanny to spawn it anew, which
+            # halves the start-up time and keeps the pid known.
+            "--no-nanny",
+            "--no-dashboard",
+            "--name",
+            name,
+            "--local-directory",
+            str(directory / name),
+            # Exit on its own if the scheduler is gone for good.
+            "--death-timeout",
+            "60",
+        ],
+        directory / f"{name}.log",
+        env={**os.environ, **WORKER_ENV, **(env or {})},
+        cwd=directory,
+    )
+
+
 @pytest.fixture(scope="session")
 def dask_cluster(gcs_emulator_server, tmp_path_factory) -> Iterator[str]:
     """Address (``tcp://127.0.0.1:PORT``) of a dask scheduler with :data:`N_WORKERS`
@@ -312,66 +372,13 @@ def dask_cluster(gcs_emulator_server, tmp_path_factory) -> Iterator[str]:
     from distributed import Client
 
     directory = tmp_path_factory.mktemp("dask-cluster")
-    scheduler_file = directory / "scheduler.json"
     processes: list[ServerProcess] = []
     try:
-        scheduler = ServerProcess.start(
-            "dask scheduler",
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            directory / "scheduler.log",
-            cwd=directory,
-        )
+        scheduler, address = start_scheduler(directory)
         processes.append(scheduler)
-        address = wait_for(
-            lambda: _scheduler_address(scheduler_file), processes, "the scheduler file is written"
-        )
-        worker_env = {
-            **os.environ,
-            **WORKER_ENV,
-            **EMULATOR_ENV,
-            "STORAGE_EMULATOR_HOST": gcs_emulator_server,
-        }
+        env = {**EMULATOR_ENV, "STORAGE_EMULATOR_HOST": gcs_emulator_server}
         for index in range(N_WORKERS):
-            processes.append(
-                ServerProcess.start(
-                    f"dask worker {index}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "distributed.cli.dask_worker",
-                        address,
-                        "--host",
-                        "127.0.0.1",
-                        "--nthreads",
-                        "1",
-                        # The worker is the process we started: no nanny to spawn it anew,
-                        # which halves the start-up time and keeps the pid known.
-                        "--no-nanny",
-                        "--no-dashboard",
-                        "--name",
-                        f"worker-{index}",
-                        "--local-directory",
-                        str(directory / f"worker-{index}"),
-                        # Exit on its own if the scheduler is gone for good.
-                        "--death-timeout",
-                        "60",
-                    ],
-                    directory / f"worker-{index}.log",
-                    env=worker_env,
-                    cwd=directory,
-                )
-            )
+            processes.append(start_worker(address, directory, f"worker-{index}", env=env))
         with Client(address, timeout=STARTUP_TIMEOUT) as client:
 
             def registered() -> bool | None:

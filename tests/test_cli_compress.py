@@ -91,7 +91,8 @@ def test_time_and_levels_subset(sample_v2, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     back = xr.open_zarr(dst)
-    assert back.sizes["time"] == 2 and back["level"].values.tolist() == [1000, 350]
+    # The source's order (1, 70, 350, 775, 1000), not the order asked.
+    assert back.sizes["time"] == 2 and back["level"].values.tolist() == [350, 1000]
 
 
 @pytest.mark.parametrize(
@@ -109,6 +110,8 @@ def test_time_and_levels_subset(sample_v2, tmp_path):
         pytest.param(["--vars", "temperature", "--levels", "500"], 2,
                      "level(s) 500 not in the source; available: 1, 70, 350, 775, 1000",
                      id="missing-level"),
+        pytest.param(["--vars", "temperature", "--levels", "350,350"], 2,
+                     "level(s) 350 listed twice", id="repeated-level"),
         pytest.param(["--vars", "temperature", "--chunks", "time"], 2,
                      "--chunks: expected DIM=SIZE pairs", id="bad-chunks"),
         pytest.param(["--vars", "temperature", "--nbits", "40"], 2,
@@ -175,3 +178,29 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     for command in ("compress", "verify", "inspect", "sample"):
         assert command in result.stdout
+
+
+def test_config_mistakes_are_named(sample_v2, tmp_path):
+    dst = tmp_path / "o.zarr"
+    config = tmp_path / "drop.yaml"
+    config.write_text("variables: {temperature: }\ndrop: [2m_temperatur]\n")
+    result = run("compress", sample_v2, dst, "--config", config)
+    assert_one_line_error(
+        result, 2, f"{config}: 'drop' lists '2m_temperatur', not in the source; available: "
+    )  # fmt: skip
+    config.write_text("variables: {temperature: }\ndrop: [time]\n")
+    result = run("compress", sample_v2, dst, "--config", config)
+    assert_one_line_error(result, 2, "'drop' lists 'time', a coordinate, not a data variable")
+    # With on_missing: skip, a name the source lacks is skipped, as in 'variables'.
+    config.write_text("on_missing: skip\nvariables: {temperature: }\ndrop: [ozone]\n")
+    result = run("compress", sample_v2, dst, "--config", config)
+    assert result.exit_code == 0, result.stderr
+    assert "not in the source, skipped: ozone" in result.stdout
+
+    config = tmp_path / "twice.yaml"
+    config.write_text("nbits: 12\nvariables:\n  temperature:\n  temperature: {nbits: 20}\n")
+    result = run("compress", sample_v2, tmp_path / "p.zarr", "--config", config)
+    assert_one_line_error(
+        result, 2, f"{config}: line 4: key 'temperature' given twice (first on line 3); keep one"
+    )  # fmt: skip
+    assert not (tmp_path / "p.zarr").exists()

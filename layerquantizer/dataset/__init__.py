@@ -65,6 +65,7 @@ from layerquantizer.dataset._plan import (
 )
 from layerquantizer.dataset._requests import (
     parse_chunks,
+    parse_gcs_token,
     parse_levels,
     parse_time_range,
     parse_variables,
@@ -105,6 +106,7 @@ __all__ = [
     "inspect",
     "open_dataset",
     "parse_chunks",
+    "parse_gcs_token",
     "parse_levels",
     "parse_time_range",
     "parse_variables",

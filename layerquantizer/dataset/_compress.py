@@ -98,6 +98,7 @@ def compress(
     dst_storage_options: Mapping | None = None,
     progress: ProgressCallback | None = None,
     break_lock: bool = False,
+    worker_timeout: float | None = None,
 ) -> CompressReport:
     """Copy the dataset at ``src`` to ``dst``, quantizing the chosen variables.
 
@@ -146,6 +147,9 @@ def compress(
     touched. While the call runs, ``dst`` + ``.lq-lock`` (beside it) keeps other runs out
     (see :mod:`layerquantizer.destination`); ``overwrite`` removes only a store that
     ``lq compress`` wrote.
+    worker_timeout : float, optional
+        Seconds a ``scheduler``'s cluster may be without workers, at the start (then
+        :class:`RequestError`) or mid-run (then :class:`DatasetError`); default 180.
 
     Raises
     ------
@@ -174,6 +178,7 @@ def compress(
     from layerquantizer.storage import open_store, store_errors
 
     _check_locations(src, dst, overwrite, resume)
+    _check_scheduler(scheduler, workers, worker_timeout)
     # Read the source and make the plan before touching DST: a source that cannot be
     # opened, or a request that does not fit it, must not cost an existing DST.
     ds = open_dataset(src, token=src_token)
@@ -202,7 +207,7 @@ def compress(
         else:
             result = write_plan(
                 plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
-                progress=progress, resume=action == "resume",
+                progress=progress, resume=action == "resume", worker_timeout=worker_timeout,
             )  # fmt: skip
         seconds = _time.perf_counter() - started
     return CompressReport(
@@ -222,3 +227,16 @@ def compress(
         runner=result.runner,
         worker_pids=result.pids,
     )
+
+
+def _check_scheduler(scheduler: str | None, workers: int | None, timeout: float | None) -> None:
+    """Before DST is touched (``--overwrite`` removes it): a scheduler that does not answer
+    or has no worker is a bad request."""
+    from layerquantizer import parallel
+
+    try:
+        parallel.check_scheduler(
+            scheduler, workers, parallel.DEFAULT_WORKER_TIMEOUT if timeout is None else timeout
+        )
+    except parallel.SchedulerError as exc:
+        raise RequestError(str(exc)) from exc

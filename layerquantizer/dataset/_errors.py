@@ -41,6 +41,24 @@ del _error
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message, for a one-line error naming what failed.
+
+    The message of an error of the system or of a library says what is wrong; the name of
+    its class adds nothing for a user, so it is shown only when there is no message, or
+    when the message alone is a bare value (a ``KeyError``'s key).
+
+    >>> _one_line(ValueError("Expected all values to be non-negative. Got [-1]"))
+    'Expected all values to be non-negative. Got [-1]'
+    >>> _one_line(NotADirectoryError(20, "Not a directory", "/data/file/x.zarr"))
+    '/data/file/x.zarr: not a directory'
+    >>> _one_line(KeyError("level"))
+    "KeyError: 'level'"
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror.lower()}"
     text = str(exc).strip().splitlines()
     message = text[0] if text else ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if not message or isinstance(exc, KeyError | IndexError | AttributeError):
+        return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return message

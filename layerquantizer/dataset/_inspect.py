@@ -181,7 +181,7 @@ def inspect(
     import json
 
     from layerquantizer.resume import PROGRESS_DIR
-    from layerquantizer.storage import StoreError, filesystem, store_errors
+    from layerquantizer.storage import StoreError, filesystem, local_file_reason, store_errors
 
     token = _token(token, storage_options)
     try:
@@ -208,6 +208,9 @@ def inspect(
     elif progress:
         raise SourceError(_no_metadata_yet(location))
     else:
+        reason = local_file_reason(location)  # a netCDF file, say: how to convert it
+        if reason is not None:
+            raise SourceError(f"{location}: {reason}")
         raise SourceError(f"{location} is not a Zarr store (no .zgroup or zarr.json at its root)")
 
     def read_json(key: str) -> dict:

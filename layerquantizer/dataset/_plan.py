@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,10 @@ GRID_DIMS: tuple[tuple[str, str], ...] = (
 )
 #: Largest region one task reads and writes when grouping output chunks (see Plan.tasks).
 MAX_UNIT_BYTES = 1 << 30
+#: Kinds of numpy dtypes written (bool, integers, floats; dates and durations too when the
+#: source stores them as numbers); others (complex, text, objects) are refused before
+#: anything is written rather than failing or changing later.
+SUPPORTED_KINDS = "biuf"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,8 +218,47 @@ def select_subset(
                 f"level(s) {', '.join(map(str, missing))} not in the source; available: "
                 f"{', '.join(str(v) for v in available.tolist())}"
             )
-        ds = ds.sel(level=list(levels))
+        repeated = sorted({lev for lev in levels if list(levels).count(lev) > 1})
+        if repeated:
+            raise RequestError(f"level(s) {', '.join(map(str, repeated))} listed twice")
+        # The source's order, whatever the order asked: levels are a coordinate, not a list.
+        ds = ds.sel(level=[lev for lev in available.tolist() if np.isin(lev, levels)])
     return ds
+
+
+def memory_bytes() -> int | None:
+    """Physical memory of this machine, None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not on Linux
+        return None
+
+
+def _check_unit_memory(
+    name: str, var: xr.DataArray, out_chunks: tuple[int, ...], source_chunks: Any
+) -> None:
+    """Refuse a variable whose smallest write unit cannot fit in memory: a unit holds one
+    output chunk, the source chunks it is read from (decoded whole) and the encoded chunk."""
+    memory = memory_bytes()
+    if memory is None:
+        return
+    itemsize = var.dtype.itemsize
+    out_bytes = math.prod(out_chunks) * itemsize
+    in_bytes = math.prod(source_chunks) * itemsize if source_chunks else 0
+    if 2 * out_bytes + in_bytes <= memory:
+        return
+    if in_bytes > memory // 2:
+        raise RequestError(
+            f"cannot read {name!r}: its source chunks {tuple(source_chunks)} hold "
+            f"{in_bytes / 2**30:.1f} GiB each, more than half of this machine's "
+            f"{memory / 2**30:.1f} GiB of memory; rechunk the source first"
+        )
+    dims = ", ".join(f"{dim}={size}" for dim, size in zip(var.dims, out_chunks, strict=True))
+    raise RequestError(
+        f"cannot write {name!r}: one output chunk ({dims}) holds {out_bytes / 2**30:.1f} GiB, "
+        f"more than this machine's {memory / 2**30:.1f} GiB of memory can encode; pass "
+        "smaller --chunks (e.g. DIM=1 on a leading dimension)"
+    )
 
 
 def _build_codec(nbits: int, zarr_format: int) -> dict[str, Any]:
@@ -308,6 +352,7 @@ def plan_compress(
     levels = levels if levels is not None else config.levels
     # Where each kept position lies in the source, to align the writes with its chunks.
     positions = {f"_lq_position_{dim}": (dim, np.arange(size)) for dim, size in ds.sizes.items()}
+    full_sizes = {str(dim): int(size) for dim, size in ds.sizes.items()}
     ds = select_subset(ds.assign_coords(positions), time=time, levels=levels)
     source_positions = {str(dim): ds[f"_lq_position_{dim}"].values for dim in ds.dims}
     ds = ds.drop_vars(list(positions))
@@ -335,18 +380,47 @@ def plan_compress(
             raise RequestError(f"{name}: {exc}") from exc
         quantized[name] = bits
 
+    for name in config.drop:
+        if name in ds.data_vars:
+            continue
+        if config.on_missing == "skip":
+            skipped.append(name)
+            continue
+        kind = "a coordinate, not a data variable" if name in ds.coords else "not in the source"
+        raise RequestError(
+            f"{config.source}: 'drop' lists {name!r}, {kind}; available: "
+            f"{', '.join(available)} (or set on_missing: skip)"
+        )
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
     copied = tuple(name for name in available if name not in quantized and name not in dropped)
     # Copies keep their stored form: the raw values, dtype, fill value and CF attributes.
     stored_forms = {name: form for name in copied if (form := _stored_form(ds[name])) is not None}
+    for name in copied:
+        if name not in stored_forms and ds[name].dtype.kind not in SUPPORTED_KINDS:
+            raise RequestError(
+                f"cannot copy {name!r}: its dtype {ds[name].dtype} is not a number "
+                "(lq writes booleans, integers and floats, and dates stored as numbers); "
+                f"leave it out with a config's 'drop: [{name}]'"
+            )
     raw_read = frozenset(
         name for name in (*quantized, *copied) if name in stored_forms or _reads_raw(ds[name])
     )
     location, token = ds.encoding.get("lq_location"), ds.encoding.get("lq_token")
     source_chunk_ids = {}
+    source_chunk_sizes = {}
     for name in (*quantized, *copied):
         source_chunks = ds[name].encoding.get("chunks")
+        if source_chunks is not None and any(int(size) < 1 for size in source_chunks):
+            raise RequestError(
+                f"the source's metadata gives {name!r} chunks {tuple(source_chunks)}: chunk "
+                "sizes must be positive; the source store is damaged, repair its metadata"
+            )
         if source_chunks is not None and len(source_chunks) == ds[name].ndim:
+            # What a read decodes: whole source chunks, no larger than the source's dims.
+            source_chunk_sizes[name] = tuple(
+                min(int(size), full_sizes[str(dim)])
+                for dim, size in zip(ds[name].dims, source_chunks, strict=True)
+            )
             source_chunk_ids[name] = {
                 str(dim): source_positions[str(dim)] // size
                 for dim, size in zip(ds[name].dims, source_chunks, strict=True)
@@ -362,7 +436,12 @@ def plan_compress(
     sizes = dict(ds.sizes)
     for dim, size in sizes.items():
         if size == 0:
-            raise RequestError(f"dimension {dim!r} is empty after subsetting")
+            users = ", ".join(repr(name) for name in ds.data_vars if dim in ds[name].dims)
+            raise RequestError(
+                f"dimension {dim!r}{f' of {users}' if users else ''} has no elements: "
+                "nothing to write; leave those variables out (a config's 'drop:') or check "
+                "the source"
+            )
     requested = {**config.chunks, **(chunks or {})}
     unknown = sorted(set(requested) - set(sizes))
     if unknown:
@@ -383,6 +462,7 @@ def plan_compress(
     for name in list(ds.data_vars):
         var = ds[name].variable
         var_chunks = tuple(chosen[dim] for dim in var.dims)
+        _check_unit_memory(str(name), ds[name], var_chunks, source_chunk_sizes.get(name))
         encoding[name] = {"chunks": var_chunks}
         if name in stored_forms:
             var, zarr_fill = _stored_variable(var, stored_forms[name], var_chunks)

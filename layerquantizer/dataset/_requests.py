@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from layerquantizer.dataset._errors import RequestError
@@ -101,3 +104,35 @@ def parse_chunks(text: str) -> dict[str, int]:
             )
         chunks[dim] = value
     return chunks
+
+
+#: The ``--gcs-token`` values that name a way of finding credentials rather than a file.
+GCS_TOKEN_METHODS = ("anon", "google_default", "cloud", "browser")
+
+
+def parse_gcs_token(text: str) -> str:
+    """``--gcs-token``: one of :data:`GCS_TOKEN_METHODS`, or a readable JSON key file
+    (checked now, so that a bad file is named before anything is read or written).
+
+    >>> parse_gcs_token("anon")
+    'anon'
+    """
+    if text in GCS_TOKEN_METHODS:
+        return text
+    path = os.path.expanduser(text)
+    way_out = f"pass a service-account JSON key file or one of {', '.join(GCS_TOKEN_METHODS[:3])}"
+    try:
+        with open(path, encoding="utf-8") as file:
+            document = json.load(file)
+    except FileNotFoundError:
+        raise RequestError(f"{text}: no such file; {way_out}") from None
+    except OSError as exc:
+        raise RequestError(f"{text}: cannot read it ({exc.strerror or exc}); {way_out}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
+        raise RequestError(
+            f"{text}: not a JSON key file (invalid JSON{where}); {way_out}"
+        ) from None
+    if not isinstance(document, dict):
+        raise RequestError(f"{text}: not a JSON key file (no JSON object); {way_out}")
+    return text

@@ -13,6 +13,7 @@ import numpy as np
 
 from layerquantizer.dataset._codec_metadata import ATTR_CODEC
 from layerquantizer.dataset._errors import (
+    DatasetError,
     DestinationExistsError,
     RequestError,
     ResumeMismatchError,
@@ -79,6 +80,7 @@ def write_plan(
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
     resume: bool = False,
+    worker_timeout: float | None = None,
 ) -> WriteResult:
     """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
     consolidated metadata; resumable at every step (see :mod:`layerquantizer.resume`).
@@ -87,7 +89,8 @@ def write_plan(
     :func:`compress` checks which. ``scheduler`` and ``workers`` choose where the units run
     (see :func:`layerquantizer.parallel.open_runner`): by default one thread per core here,
     ``workers=N`` a local cluster of N processes, ``scheduler="tcp://HOST:PORT"`` an
-    existing dask cluster.
+    existing dask cluster; ``worker_timeout`` bounds the waits for its workers (see
+    :func:`layerquantizer.parallel.run_jobs`).
     """
     import zarr
 
@@ -108,6 +111,8 @@ def write_plan(
                 "memory:// stores live in one process; with --workers or --scheduler use a "
                 "path or a gs:// URL"
             )
+    if worker_timeout is None:
+        worker_timeout = parallel.DEFAULT_WORKER_TIMEOUT
     description = describe_plan(plan, plan.location)
     state = Progress(dst, token)
     with store_errors(dst):
@@ -187,11 +192,13 @@ def write_plan(
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
     try:
-        runner_context = parallel.open_runner(scheduler, workers)
+        runner_context = parallel.open_runner(scheduler, workers, worker_timeout)
         with _single_threaded_blosc(), runner_context as runner:
             parallel.run_jobs(jobs(), runner, on_done)
     except parallel.SchedulerError as exc:
         raise RequestError(str(exc)) from exc
+    except parallel.WorkersLostError as exc:
+        raise DatasetError(str(exc)) from exc
     with store_errors(dst), _quiet_consolidated():
         zarr.consolidate_metadata(open_store(dst, "r+", token=token))
         state.mark("complete")
