@@ -695,9 +695,15 @@ def _wb2_static(grid: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
 
 
 def _wb2_time_step(
-    step: int, grid: tuple[int, int], static: dict[str, np.ndarray], seed: int
+    step: int,
+    grid: tuple[int, int],
+    static: dict[str, np.ndarray],
+    seed: int,
+    pressure_levels: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Every time-dependent variable of :func:`wb2_schema` at one time step (float64)."""
+    """Every time-dependent variable of :func:`wb2_schema` at one time step (float64);
+    with ``pressure_levels=False`` the single-level ones and ``above_ground`` only (the
+    same values: what memory a full-size grid takes is then a few 2-D fields)."""
     lat = latitudes(grid[0])[:, None] * np.ones(grid)
     lon = longitudes(grid[1])[None, :] * np.ones(grid)
     coslat = np.cos(np.deg2rad(lat))
@@ -706,31 +712,33 @@ def _wb2_time_step(
     step_seed = seed * 100_003 + step * 101
     rng = np.random.default_rng([seed, step, 104729])
     w = random_waves(24, grid, rng, correlation=0.0)  # one unit-variance field per use
-    w3 = random_waves(len(WB13_LEVELS), grid, rng)  # correlated in the vertical
     out: dict[str, np.ndarray] = {}
 
     def era5(name: str, levels_: Sequence[float] | None, index: int) -> np.ndarray:
         return era5_like_field(name, levels_, grid, seed=step_seed + index).astype(np.float64)
 
-    for index, name in enumerate(PRESSURE_LEVEL_VARIABLES):
-        out[name] = era5(name, WB13_LEVELS, index)
     for index, name in enumerate(SURFACE_VARIABLES):
         out[name] = era5(name, None, 10 + index)
-
-    # Pressure levels, derived as WeatherBench2 derives them (in shape, not in physics).
-    u, v = out["u_component_of_wind"], out["v_component_of_wind"]
-    out["wind_speed"] = np.hypot(u, v)
-    out["geostrophic_wind_speed"] = np.hypot(u, v) * np.exp(0.3 * w3) / np.maximum(coslat, 0.2)
-    out["ageostrophic_wind_speed"] = 3.0 * np.exp(0.5 * w3[::-1])
-    out["divergence"] = 1e-5 * (1.0 + levels / 1000.0) * w3
-    out["vorticity"] = 1e-4 * np.sin(np.deg2rad(lat)) + 3e-5 * w3[::-1]
-    pvu = 1e-6 * np.sin(np.deg2rad(lat)) * (0.5 + 10.0 * np.exp(-(levels - 50.0) / 120.0))
-    out["potential_vorticity"] = pvu * (1.0 + 0.3 * w3)
-    out["relative_humidity"] = np.clip(0.55 + 0.3 * w3, 0.0, 1.05)
-    out["lapse_rate"] = 6.5e-3 + 1.5e-3 * w3 - 6e-3 * (levels < 200)
     pressure = 101325.0 * np.exp(-static["height"] / 8000.0) + 800.0 * w[0]
     out["surface_pressure"] = pressure
     out["above_ground"] = (levels * 100.0 < pressure).astype(np.float64)
+
+    if pressure_levels:
+        # Derived as WeatherBench2 derives them, in shape if not in physics.
+        w3 = random_waves(len(WB13_LEVELS), grid, rng)  # correlated in the vertical
+        for index, name in enumerate(PRESSURE_LEVEL_VARIABLES):
+            out[name] = era5(name, WB13_LEVELS, index)
+        u, v = out["u_component_of_wind"], out["v_component_of_wind"]
+        out["wind_speed"] = np.hypot(u, v)
+        geostrophic = np.hypot(u, v) * np.exp(0.3 * w3) / np.maximum(coslat, 0.2)
+        out["geostrophic_wind_speed"] = geostrophic
+        out["ageostrophic_wind_speed"] = 3.0 * np.exp(0.5 * w3[::-1])
+        out["divergence"] = 1e-5 * (1.0 + levels / 1000.0) * w3
+        out["vorticity"] = 1e-4 * np.sin(np.deg2rad(lat)) + 3e-5 * w3[::-1]
+        pvu = 1e-6 * np.sin(np.deg2rad(lat)) * (0.5 + 10.0 * np.exp(-(levels - 50.0) / 120.0))
+        out["potential_vorticity"] = pvu * (1.0 + 0.3 * w3)
+        out["relative_humidity"] = np.clip(0.55 + 0.3 * w3, 0.0, 1.05)
+        out["lapse_rate"] = 6.5e-3 + 1.5e-3 * w3 - 6e-3 * (levels < 200)
 
     # Single-level fields.
     t2m = out["2m_temperature"] - 6.5e-3 * static["height"]

@@ -276,3 +276,15 @@ def test_importing_the_package_and_synthetic_loads_no_xarray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "xarray" not in out.stdout and "dask" not in out.stdout and "gcsfs" not in out.stdout
+
+
+def test_single_level_fields_alone_are_the_same_as_with_the_pressure_levels():
+    # Benchmarks make the single-level fields at full size without the 3-D ones.
+    from layerquantizer.synthetic import _wb2_static, _wb2_time_step
+
+    static = _wb2_static((19, 36), seed=1)
+    everything = _wb2_time_step(2, (19, 36), static, seed=1)
+    single = _wb2_time_step(2, (19, 36), static, seed=1, pressure_levels=False)
+    assert "temperature" not in single and "2m_temperature" in single
+    for name, values in single.items():
+        np.testing.assert_array_equal(values, everything[name], err_msg=name)
