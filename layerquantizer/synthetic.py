@@ -568,6 +568,7 @@ def write_wb2_metadata_store(
     times: int = WB2_TIMES,
     grid: tuple[int, int] = WB2_GRID,
     overwrite: bool = False,
+    data_time_steps: Sequence[int] = (),
 ) -> None:
     """Write the metadata of the full-size WeatherBench2 ERA5 store, without its chunks.
 
@@ -577,6 +578,8 @@ def write_wb2_metadata_store(
     ``level``, ``latitude`` and ``longitude`` are written with their values; the metadata
     are consolidated, as in WeatherBench2. Reading a data variable gives NaN (no chunk
     exists), so the store tests planning and opening at full scale in a second or two.
+    ``data_time_steps`` writes the chunks of a few time steps after all, so that a reader
+    gets data there (and a writer, whose all-NaN chunks Zarr skips, writes chunks).
 
     Parameters
     ----------
@@ -589,6 +592,10 @@ def write_wb2_metadata_store(
         Latitudes and longitudes.
     overwrite : bool
         Replace whatever is at ``path``; otherwise an existing store is an error.
+    data_time_steps : sequence of int
+        Time indices whose chunks are written, each variable with a constant of its order
+        of magnitude (cheap to write and to compress); the static fields' chunks are
+        written too when any index is given.
 
     Examples
     --------
@@ -633,10 +640,21 @@ def write_wb2_metadata_store(
     for name, units in (("latitude", "degrees_north"), ("longitude", "degrees_east")):
         attrs = {"long_name": name, "units": units}
         create(name, (name,), np.float32, (sizes[name],), None, attrs)[...] = coords[name]
+    steps = sorted({int(step) for step in data_time_steps})
+    if steps and not 0 <= steps[0] <= steps[-1] < times:
+        raise ValueError(f"data_time_steps must lie in [0, {times}), got {list(data_time_steps)}")
     for var in wb2_schema().values():
         chunks = tuple(1 if d == "time" else sizes[d] for d in var.dims)
-        create(var.name, var.dims, np.float32, chunks, np.nan, var.attrs)
+        array = create(var.name, var.dims, np.float32, chunks, np.nan, var.attrs)
+        if steps and var.static:
+            array[...] = _WB2_TYPICAL.get(var.units, 1.0)
+        for step in steps if not var.static else ():
+            array[step] = _WB2_TYPICAL.get(var.units, 1.0)
     _consolidate(path, zarr_format)
+
+
+# Orders of magnitude by units, for the constant chunks of write_wb2_metadata_store.
+_WB2_TYPICAL = {"K": 280.0, "Pa": 101325.0, "m**2 s**-2": 50000.0, "m s**-1": 10.0, "m": 0.001}
 
 
 def _uniform(field: np.ndarray) -> np.ndarray:

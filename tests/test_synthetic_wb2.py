@@ -288,3 +288,14 @@ def test_single_level_fields_alone_are_the_same_as_with_the_pressure_levels():
     assert "temperature" not in single and "2m_temperature" in single
     for name, values in single.items():
         np.testing.assert_array_equal(values, everything[name], err_msg=name)
+
+
+def test_metadata_store_with_data_at_some_time_steps(tmp_path):
+    path = tmp_path / "wb2.zarr"
+    write_wb2_metadata_store(str(path), times=10, grid=(5, 8), data_time_steps=[2, 7])
+    ds = _open(path)
+    assert (ds.temperature.isel(time=[2, 7]).values == 280).all()
+    assert np.isnan(ds.temperature.isel(time=[0, 3, 9]).values).all()
+    assert (ds.soil_type.values == 1).all()  # static chunks written as well
+    with pytest.raises(ValueError, match=r"data_time_steps must lie in \[0, 10\)"):
+        write_wb2_metadata_store(str(tmp_path / "x.zarr"), times=10, data_time_steps=[10])
