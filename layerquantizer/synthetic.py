@@ -562,6 +562,10 @@ def _consolidate(path: str, zarr_format: int) -> None:
         zarr.consolidate_metadata(path, zarr_format=zarr_format)
 
 
+# Orders of magnitude by units, for the constant chunks of write_wb2_metadata_store.
+_WB2_TYPICAL = {"K": 280.0, "Pa": 101325.0, "m**2 s**-2": 50000.0, "m s**-1": 10.0, "m": 0.001}
+
+
 def write_wb2_metadata_store(
     path: str,
     zarr_format: int = 2,
@@ -612,7 +616,12 @@ def write_wb2_metadata_store(
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if times < 1 or min(grid) < 2:
         raise ValueError(f"need times >= 1 and a grid of at least 2 x 2, got {times}, {grid}")
-    group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=zarr_format)
+    try:
+        group = zarr.open_group(path, mode="w" if overwrite else "w-", zarr_format=zarr_format)
+    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
+        raise ValueError(
+            f"{path} already holds a Zarr store; pass overwrite=True to replace it"
+        ) from exc
     coords = _wb2_coordinates(times, grid, WB2_START)
     sizes = {"time": times, "level": len(WB13_LEVELS), "latitude": grid[0], "longitude": grid[1]}
     compressor = _blosc_lz4(zarr_format)
@@ -651,10 +660,6 @@ def write_wb2_metadata_store(
         for step in steps if not var.static else ():
             array[step] = _WB2_TYPICAL.get(var.units, 1.0)
     _consolidate(path, zarr_format)
-
-
-# Orders of magnitude by units, for the constant chunks of write_wb2_metadata_store.
-_WB2_TYPICAL = {"K": 280.0, "Pa": 101325.0, "m**2 s**-2": 50000.0, "m s**-1": 10.0, "m": 0.001}
 
 
 def _uniform(field: np.ndarray) -> np.ndarray:
