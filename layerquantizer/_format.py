@@ -14,7 +14,8 @@ A chunk is, all integers little-endian::
     12      4        rows per block B (uint32, >= 1)
     16      8*ndim   shape (uint64 each)
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
-    ..      L        version 2 only: per layer, the predictor (0 Lorenzo, 1 interpolation)
+    ..      L        version 2 only: per layer, the predictor (0 Lorenzo, 1 interpolation,
+                       2 interpolation with the codes in coding order)
     ..      8        residual section size R (uint64)
     ..      8        residual section size before coding U (uint64)
     ..      R        residual section, through the coder: seeing the chunk as L * ny rows
@@ -53,7 +54,14 @@ READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS)
 #: Per-layer predictors of version 2; version 1 chunks use Lorenzo everywhere.
 PREDICTOR_LORENZO = 0
 PREDICTOR_INTERPOLATION = 1
-PREDICTOR_NAMES = {PREDICTOR_LORENZO: "lorenzo", PREDICTOR_INTERPOLATION: "interpolation"}
+#: The interpolation predictor with the layer's codes in coding order (level by level), not
+#: in row order: what the encoder writes since it was added; code 1 is still read.
+PREDICTOR_INTERPOLATION_ORDERED = 2
+PREDICTOR_NAMES = {
+    PREDICTOR_LORENZO: "lorenzo",
+    PREDICTOR_INTERPOLATION: "interpolation",
+    PREDICTOR_INTERPOLATION_ORDERED: "interpolation, codes in coding order",
+}
 FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2
 _KNOWN_FLAGS = FLAG_EXCEPTIONS | FLAG_FORTRAN
@@ -367,7 +375,10 @@ def parse(buf: memoryview) -> Chunk:
         predictors = np.frombuffer(reader.take(nlayers, "predictor table"), "u1")
         unknown = np.setdiff1d(predictors, list(PREDICTOR_NAMES))
         if unknown.size:
-            raise CorruptChunkError(f"predictor table holds unknown predictor {unknown[0]}")
+            raise CorruptChunkError(
+                f"predictor table holds unknown predictor {unknown[0]} (upgrade "
+                "layerquantizer if the chunk is newer)"
+            )
     header = Header(
         flags & FLAG_FORTRAN,
         dtype_code,

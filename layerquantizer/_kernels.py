@@ -655,6 +655,51 @@ def interpolation_decode(planes, nbits, offset, unit, fine, out):
 
 
 @numba.njit(**_JIT)
+def interpolation_order(ny, nx, order):
+    """Fill ``order`` (int64[ny * nx]) with the row-order position ``i * nx + j`` of each
+    point of a layer in the interpolation predictor's coding order: (0, 0), then for each
+    stride ``s`` from the top down, the points along rows, then those along columns.
+
+    Predictor code 2 stores a layer's codes in this order: the bins of one level sit
+    together, so the finest levels (three quarters of the points, mostly 0 at low nbits)
+    make long runs of zeros for the entropy stage, which row order breaks up every few
+    points with the coarser levels' bins."""
+    if ny == 0 or nx == 0:
+        return
+    order[0] = 0
+    t = 1
+    s = _top_stride(ny, nx)
+    while s > 1:
+        s //= 2
+        for i in range(0, ny, 2 * s):
+            for j in range(s, nx, 2 * s):
+                order[t] = i * nx + j
+                t += 1
+        for i in range(s, ny, 2 * s):
+            for j in range(0, nx, s):
+                order[t] = i * nx + j
+                t += 1
+
+
+@numba.njit(**_JIT)
+def gather_codes(planes, order, out):
+    """``out[:, t] = planes[:, order[t]]``: row-order codes into coding order."""
+    for p in range(planes.shape[0]):
+        source, target = planes[p], out[p]
+        for t in range(order.size):
+            target[t] = source[order[t]]
+
+
+@numba.njit(**_JIT)
+def scatter_codes(planes, order, out):
+    """``out[:, order[t]] = planes[:, t]``: coding-order codes back into row order."""
+    for p in range(planes.shape[0]):
+        source, target = planes[p], out[p]
+        for t in range(order.size):
+            target[order[t]] = source[t]
+
+
+@numba.njit(**_JIT)
 def clear_bits(target, start, count):
     """Clear the bits ``start`` to ``start + count - 1`` of the bitmap ``target``."""
     for n in range(start, start + count):

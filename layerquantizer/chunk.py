@@ -359,6 +359,9 @@ def _prefers_interpolation(
     positions = np.empty(rows * nx, np.int64)
     upper = np.empty(2 * rows * nx, np.uint8)
     fine = np.empty((rows, nx), np.int64)
+    order = np.empty(rows * nx, np.int64)
+    _kernels.interpolation_order(rows, nx, order)
+    ordered = np.empty_like(planes)
     tolerance = plain_step / 2.0
     unit = plain_step / (1 << _kernels.FINE_BITS)
     lorenzo = interpolation = 0
@@ -388,7 +391,8 @@ def _prefers_interpolation(
         exceptions = _kernels.interpolation_encode(
             band, low, unit, tolerance, nbits, fine, planes, bits, 0
         )
-        interpolation += _coded_size(planes, scratch, positions, upper, compressor)
+        _kernels.gather_codes(planes, order, ordered)
+        interpolation += _coded_size(ordered, scratch, positions, upper, compressor)
         interpolation += 5 * exceptions
     return interpolation < lorenzo
 
@@ -436,6 +440,9 @@ def _encode_predicted(
     bitmap = np.zeros((rows.size + 7) // 8, np.uint8)
     counts = np.zeros(nlayers, np.int64)
     planes = np.empty((plane_count, size), np.uint8)
+    ordered = np.empty_like(planes)
+    order = np.empty(size, np.int64)
+    _kernels.interpolation_order(ny, nx, order)
     fine = np.empty((ny, nx), np.int64)
     prev = np.zeros(nx + 1, np.uint32)
     writer = _format.BlockWriter(coder, level)
@@ -453,6 +460,8 @@ def _encode_predicted(
                 bitmap,
                 layer * size,
             )
+            _kernels.gather_codes(planes, order, ordered)
+            stream.write(ordered)
         else:
             _lorenzo_layer(
                 rows,
@@ -470,9 +479,9 @@ def _encode_predicted(
                 prev,
                 counts,
             )
-        stream.write(planes)
+            stream.write(planes)
     predictors = np.where(
-        choices, _format.PREDICTOR_INTERPOLATION, _format.PREDICTOR_LORENZO
+        choices, _format.PREDICTOR_INTERPOLATION_ORDERED, _format.PREDICTOR_LORENZO
     ).astype(np.uint8)
     return writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps
 
@@ -564,6 +573,11 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
     size = ny * nx
     blocks = _BlockReader(chunk, len(rows), nx)
     layer_planes = np.empty((header.plane_count, size), np.uint8)
+    ordered = header.predictors == _format.PREDICTOR_INTERPOLATION_ORDERED
+    if ordered.any():
+        row_planes = np.empty_like(layer_planes)
+        order = np.empty(size, np.int64)
+        _kernels.interpolation_order(ny, nx, order)
     fine = np.empty((ny, nx), np.int64)
     prev = np.zeros(nx, np.uint32)
     layer, filled = 0, 0
@@ -580,7 +594,17 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
             filled += take
             done += take
             if filled == size:
-                if header.predictors[layer] == _format.PREDICTOR_INTERPOLATION:
+                if ordered[layer]:
+                    _kernels.scatter_codes(layer_planes, order, row_planes)
+                    _kernels.interpolation_decode(
+                        row_planes,
+                        header.nbits,
+                        header.offsets[layer],
+                        header.steps[layer],
+                        fine,
+                        layers[layer],
+                    )
+                elif header.predictors[layer] == _format.PREDICTOR_INTERPOLATION:
                     _kernels.interpolation_decode(
                         layer_planes,
                         header.nbits,

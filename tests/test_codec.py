@@ -7,12 +7,13 @@ import pickle
 import numcodecs
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_array_equal
 
-from layerquantizer import LayerQuantizer, _format, chunk, max_abs_error
+from layerquantizer import LayerQuantizer, _format, _kernels, chunk, max_abs_error
 from layerquantizer._format import layer_shape
 
 
@@ -447,7 +448,8 @@ def test_auto_keeps_version_1_where_lorenzo_wins_and_mixes_layers(real_fields):
     mixed = np.concatenate([field, noisy[None]])
     encoded = chunk.encode(mixed, 8, level=1)
     assert encoded[4] == 2
-    assert _format.parse(memoryview(encoded)).header.predictors.tolist() == [1, 1, 1, 0]
+    # Interpolation with the codes in coding order (2), Lorenzo (0).
+    assert _format.parse(memoryview(encoded)).header.predictors.tolist() == [2, 2, 2, 0]
     assert len(encoded) < len(chunk.encode(mixed, 8, level=1, predictor="lorenzo"))
     assert_within_bound(mixed, chunk.decode(encoded), 8)
 
@@ -466,3 +468,29 @@ def test_auto_encodes_the_same_from_many_threads(real_fields):
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(lambda field: chunk.encode(field, 8, level=1), fields))
     assert threaded == serial
+
+
+def test_codes_in_coding_order_code_smaller_than_in_row_order(real_fields):
+    # Predictor 2 stores the codes of predictor 1 level by level: the zero bins of the
+    # finest levels then make runs that zstd codes tightly.
+    field = real_fields["eraint_z"][0]
+    encoded = chunk.encode(field, 8, level=1, predictor="interpolation")
+    header = _format.parse(memoryview(encoded)).header
+    assert (header.predictors == _format.PREDICTOR_INTERPOLATION_ORDERED).all()
+    nlayers, ny, nx = field.shape
+    order = np.empty(ny * nx, np.int64)
+    _kernels.interpolation_order(ny, nx, order)
+    in_rows, in_order = [], []
+    for layer, offset, unit in zip(field, header.offsets, header.steps, strict=True):
+        planes = np.empty((1, ny * nx), np.uint8)
+        bits = np.zeros(ny * nx // 8 + 1, np.uint8)
+        fine = np.empty((ny, nx), np.int64)
+        _kernels.interpolation_encode(layer, offset, unit, 128 * unit, 8, fine, planes, bits, 0)
+        ordered = np.empty_like(planes)
+        _kernels.gather_codes(planes, order, ordered)
+        in_rows.append(planes)
+        in_order.append(ordered)
+    compressor = zstandard.ZstdCompressor(level=1)
+    rows_size = len(compressor.compress(np.concatenate(in_rows, axis=1)))
+    assert len(compressor.compress(np.concatenate(in_order, axis=1))) < 0.95 * rows_size
+    assert len(encoded) < 0.95 * rows_size

@@ -235,7 +235,8 @@ def test_header_layout_v2():
     chunk = sample_chunk_v2()
     assert struct.unpack_from("<4sBB", chunk) == (MAGIC, 2, 1)
     table_end = 16 + 24 + 32
-    assert chunk[table_end : table_end + 2] == b"\x01\x01"  # both layers interpolated
+    # Both layers interpolated, their codes in coding order.
+    assert chunk[table_end : table_end + 2] == b"\x02\x02"
     steps = np.frombuffer(chunk, "<f8", 4, 16 + 24).reshape(2, 2)[:, 1]
     assert (steps > 0).all()  # the fine step: a 256th of the quantization step
 
@@ -243,7 +244,7 @@ def test_header_layout_v2():
 @pytest.mark.parametrize(
     ("offset", "value", "match"),
     [
-        (16 + 24 + 32, 2, "unknown predictor 2"),
+        (16 + 24 + 32, 3, "unknown predictor 3 \\(upgrade layerquantizer"),
         (16 + 24 + 33, 255, "unknown predictor 255"),
         (4, 1, None),  # read as version 1: the table shifts every later field
     ],
@@ -251,6 +252,16 @@ def test_header_layout_v2():
 def test_crafted_predictor_tables_are_refused(offset, value, match):
     with pytest.raises(CorruptChunkError, match=match):
         CODEC.decode(patched(sample_chunk_v2(), offset, "<B", value))
+
+
+def test_predictor_1_and_2_read_the_same_codes_in_another_order():
+    # A crafted switch of the two is no corruption the decoder can see: other values,
+    # within the chunk's shape, nothing read out of bounds.
+    chunk = sample_chunk_v2(with_exceptions=False)
+    table_end = 16 + 24 + 32
+    switched = CODEC.decode(patched(chunk, table_end, "<B", 1))
+    assert switched.shape == (2, 5, 7)
+    assert np.isfinite(switched).all()
 
 
 def test_version_1_chunk_read_as_version_2_is_refused():

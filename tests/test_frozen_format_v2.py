@@ -36,3 +36,19 @@ def test_fixture_is_within_its_bound(name):
     decoded = np.load(FIXTURES / f"{name}.decoded.npy")
     assert_within_bound(original, decoded, INDEX[name]["nbits"])
     assert_array_equal(np.isnan(decoded), np.isnan(original))
+
+
+def test_fixtures_hold_both_forms_of_the_interpolation_predictor():
+    from layerquantizer import _format
+
+    def predictors(name):
+        encoded = (FIXTURES / f"{name}.lq").read_bytes()
+        return set(_format.parse(memoryview(encoded)).header.predictors.tolist())
+
+    # Row order (1) from the first fixtures, coding order (2) from the "ordered_" ones.
+    assert predictors("smooth_nb8") == {_format.PREDICTOR_INTERPOLATION}
+    assert predictors("ordered_smooth_nb8_uncoded") == {_format.PREDICTOR_INTERPOLATION_ORDERED}
+    assert predictors("ordered_eraint_z_nb8_auto_mixed") == {
+        _format.PREDICTOR_LORENZO,
+        _format.PREDICTOR_INTERPOLATION_ORDERED,
+    }

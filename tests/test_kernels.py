@@ -249,6 +249,28 @@ def test_interpolation_decode_of_any_codes_matches_reference(nbits):
         assert_array_equal(out, reference.interpolation_decode(codes, nbits, -3.0, 0.001))
 
 
+@pytest.mark.parametrize("shape", [(0, 5), *INTERPOLATION_SHAPES, (721, 1440)])
+def test_interpolation_order_matches_reference(shape):
+    ny, nx = shape
+    order = np.full(ny * nx, -1, np.int64)
+    _kernels.interpolation_order(ny, nx, order)
+    want = [i * nx + j for i, j, _, _ in reference.interpolation_order(ny, nx)] if ny else []
+    assert_array_equal(order, want)
+
+
+@pytest.mark.parametrize("nbytes", [1, 2, 3])
+def test_gather_and_scatter_codes_move_every_plane(nbytes):
+    rng = np.random.default_rng(nbytes)
+    order = rng.permutation(77)
+    planes = rng.integers(0, 256, (nbytes, 77)).astype(np.uint8)
+    gathered = np.empty_like(planes)
+    _kernels.gather_codes(planes, order, gathered)
+    assert_array_equal(gathered, planes[:, order])
+    back = np.empty_like(planes)
+    _kernels.scatter_codes(gathered, order, back)
+    assert_array_equal(back, planes)
+
+
 def test_clear_bits():
     target = np.random.default_rng(5).integers(0, 256, 9).astype(np.uint8)
     want = np.unpackbits(target, bitorder="little")
