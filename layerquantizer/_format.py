@@ -15,7 +15,8 @@ A chunk is, all integers little-endian::
     16      8*ndim   shape (uint64 each)
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
     ..      L        version 2 only: per layer, the predictor (0 Lorenzo, 1 interpolation,
-                       2 interpolation with the codes in coding order)
+                       2 interpolation with the codes in coding order, 3 the same on the
+                       transposed layer)
     ..      8        residual section size R (uint64)
     ..      8        residual section size before coding U (uint64)
     ..      R        residual section, through the coder: seeing the chunk as L * ny rows
@@ -55,12 +56,16 @@ READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS)
 PREDICTOR_LORENZO = 0
 PREDICTOR_INTERPOLATION = 1
 #: The interpolation predictor with the layer's codes in coding order (level by level), not
-#: in row order: what the encoder writes since it was added; code 1 is still read.
+#: in row order.
 PREDICTOR_INTERPOLATION_ORDERED = 2
+#: The interpolation predictor on the transposed layer (columns first at every stride), its
+#: codes in that layer's coding order: what the encoder writes for interpolated layers.
+PREDICTOR_INTERPOLATION_TRANSPOSED = 3
 PREDICTOR_NAMES = {
     PREDICTOR_LORENZO: "lorenzo",
     PREDICTOR_INTERPOLATION: "interpolation",
     PREDICTOR_INTERPOLATION_ORDERED: "interpolation, codes in coding order",
+    PREDICTOR_INTERPOLATION_TRANSPOSED: "interpolation, transposed, codes in coding order",
 }
 FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2

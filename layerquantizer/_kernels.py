@@ -700,6 +700,18 @@ def scatter_codes(planes, order, out):
 
 
 @numba.njit(**_JIT)
+def transpose_bits(source, nx, ny, target, base):
+    """Set in ``target`` the bits of ``source``, the exception bitmap of a transposed layer
+    (bit ``j * ny + i`` for point ``(i, j)``), at their places in the layer's row order,
+    bit ``base + i * nx + j``."""
+    for n in range(nx * ny):
+        if source[n >> 3] >> (n & 7) & 1:
+            j, i = divmod(n, ny)
+            m = base + i * nx + j
+            target[m >> 3] |= np.uint8(1 << (m & 7))
+
+
+@numba.njit(**_JIT)
 def clear_bits(target, start, count):
     """Clear the bits ``start`` to ``start + count - 1`` of the bitmap ``target``."""
     for n in range(start, start + count):

@@ -38,17 +38,22 @@ def test_fixture_is_within_its_bound(name):
     assert_array_equal(np.isnan(decoded), np.isnan(original))
 
 
-def test_fixtures_hold_both_forms_of_the_interpolation_predictor():
+def test_fixtures_hold_every_form_of_the_interpolation_predictor():
     from layerquantizer import _format
 
     def predictors(name):
         encoded = (FIXTURES / f"{name}.lq").read_bytes()
         return set(_format.parse(memoryview(encoded)).header.predictors.tolist())
 
-    # Row order (1) from the first fixtures, coding order (2) from the "ordered_" ones.
+    # Row order (1) from the first fixtures, coding order (2) from the "ordered_" ones, the
+    # transposed layer (3) from the "transposed_" ones.
     assert predictors("smooth_nb8") == {_format.PREDICTOR_INTERPOLATION}
     assert predictors("ordered_smooth_nb8_uncoded") == {_format.PREDICTOR_INTERPOLATION_ORDERED}
     assert predictors("ordered_eraint_z_nb8_auto_mixed") == {
         _format.PREDICTOR_LORENZO,
         _format.PREDICTOR_INTERPOLATION_ORDERED,
     }
+    transposed = _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+    assert predictors("transposed_specials_nb12") == {transposed}
+    mixed = predictors("transposed_eraint_z_nb8_auto_mixed")
+    assert mixed == {_format.PREDICTOR_LORENZO, transposed}

@@ -277,3 +277,15 @@ def test_clear_bits():
     _kernels.clear_bits(target, 10, 20)
     want[10:30] = 0
     assert_array_equal(np.unpackbits(target, bitorder="little"), want)
+
+
+def test_transpose_bits_puts_each_bit_at_its_row_order_place():
+    ny, nx, base = 5, 7, 3
+    rng = np.random.default_rng(1)
+    mask = rng.random((ny, nx)) < 0.3
+    source = np.packbits(mask.T.reshape(-1), bitorder="little")
+    target = np.zeros((base + ny * nx + 7) // 8, np.uint8)
+    _kernels.transpose_bits(source, nx, ny, target, base)
+    bits = np.unpackbits(target, bitorder="little")
+    assert_array_equal(bits[base : base + ny * nx], mask.reshape(-1))
+    assert not bits[:base].any() and not bits[base + ny * nx :].any()
