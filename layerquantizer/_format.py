@@ -23,7 +23,8 @@ A chunk is, all integers little-endian::
                        of nx values, one block per B rows (the last may be shorter), each a
                        mode byte and the block's coded residuals, byte-planar (byte 0 of
                        every value, then byte 1, ...) or with the upper bytes kept only
-                       where they are not zero (see _kernels.pack_block); blocks let
+                       where they are not zero (see _kernels.pack_block), or (version 2,
+                       nbits <= 8) as nbits bit planes (_kernels.pack_bit_planes); blocks let
                        encoder and decoder stream through a buffer that stays in cache
     ..      E        exception section (when flagged), the rest of the chunk but 4 bytes:
                        count (uint64), mask frame size M (uint64),
@@ -290,9 +291,13 @@ def block_count(header: Header) -> int:
 def residual_bounds(header: Header) -> tuple[int, int]:
     """Fewest and most bytes the residual section can hold before coding: each block is a
     mode byte and its planes, or (two planes or more) the escape form, chosen only when
-    smaller."""
+    smaller, or (version 2, 8 bits or fewer) nbits bit planes of ceil(M / 8) bytes."""
     blocks = block_count(header)
     planes = header.size * header.plane_count
+    if header.predictors is not None and header.nbits <= 8:
+        # Version 2 at 8 bits or fewer: blocks of nbits bit planes of ceil(M / 8) bytes,
+        # fewer bytes than M below 8 bits, up to 7 more at 8.
+        return min(header.nbits * header.size // 8, header.size) + blocks, planes + 8 * blocks
     return header.size + blocks, planes + blocks
 
 

@@ -331,6 +331,41 @@ def pack_block(packed, nbytes, positions, upper):
 
 
 @numba.njit(**_JIT)
+def zero_codes(codes):
+    """How many of ``codes`` (uint8) are 0."""
+    count = 0
+    for n in range(codes.size):
+        count += codes[n] == 0
+    return count
+
+
+@numba.njit(**_JIT)
+def pack_bit_planes(codes, nbits, out):
+    """Block mode 2 (format version 2, ``nbits <= 8``): bit ``b`` of code ``n`` of
+    ``codes`` (uint8[M]) into bit ``n % 8`` of byte ``b * ceil(M / 8) + n // 8`` of ``out``
+    (uint8[nbits * ceil(M / 8)]), least significant plane first, unused bits 0."""
+    size = codes.size
+    stride = (size + 7) // 8
+    out[: nbits * stride] = 0
+    for b in range(nbits):
+        base = b * stride
+        for n in range(size):
+            out[base + (n >> 3)] |= np.uint8(((codes[n] >> b) & 1) << (n & 7))
+
+
+@numba.njit(**_JIT)
+def unpack_bit_planes(data, nbits, codes):
+    """Inverse of :func:`pack_bit_planes`: fills ``codes`` (uint8[M]) from ``data``."""
+    size = codes.size
+    stride = (size + 7) // 8
+    codes[:] = 0
+    for b in range(nbits):
+        base = b * stride
+        for n in range(size):
+            codes[n] |= np.uint8(((data[base + (n >> 3)] >> (n & 7)) & 1) << b)
+
+
+@numba.njit(**_JIT)
 def escape_positions(gaps, positions):
     """The positions of a mode-1 block's escapes from its gap bytes (see
     :func:`pack_block`), into ``positions`` (int64[E]). Returns the position after the

@@ -85,6 +85,13 @@ def byte_planes(codes: np.ndarray, nbits: int) -> np.ndarray:
     return np.stack([(flat >> (8 * k)) & 0xFF for k in range((nbits + 7) // 8)]).astype(np.uint8)
 
 
+def bit_planes(codes: np.ndarray, nbits: int) -> bytes:
+    """Block mode 2's bytes after the mode byte: bit b of every code, 8 a byte, least
+    significant bit first, plane 0 first."""
+    flat = codes.reshape(-1).astype(np.int64)
+    return b"".join(np.packbits((flat >> b) & 1, bitorder="little").tobytes() for b in range(nbits))
+
+
 def pack_block(planes: np.ndarray) -> bytes:
     """A block's stored form (see layerquantizer._kernels.pack_block), the obvious way."""
     nbytes, size = planes.shape

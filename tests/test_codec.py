@@ -530,3 +530,24 @@ def test_auto_trial_on_tiles_picks_the_smaller_predictor_on_a_full_size_layer():
     interpolated = chunk.encode(field, 12, level=1, predictor="interpolation")
     assert len(interpolated) < len(chunk.encode(field, 12, level=1, predictor="lorenzo"))
     assert chunk.encode(field, 12, level=1) == interpolated
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 70), st.integers(1, 70)),
+    nbits=st.integers(1, 24),
+    holes=st.floats(0, 0.05),
+    predictor=st.sampled_from(["interpolation", "auto"]),
+)
+def test_error_bound_holds_on_smooth_fields(seed, shape, nbits, holes, predictor):
+    # Smooth layers: mostly zero bins at low nbits, so blocks of bit planes (mode 2).
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(0, 3, shape[1]), np.linspace(0, 5, shape[2]), indexing="ij")
+    scale = rng.uniform(1e-3, 1e4, (shape[0], 1, 1))
+    data = (scale * np.sin(y + rng.uniform(0, 3)) * np.cos(x) + rng.normal(0, 1e4)).astype(
+        np.float32
+    )
+    data[rng.random(shape) < holes] = np.nan
+    encoded = chunk.encode(data, nbits=nbits, level=1, predictor=predictor)
+    assert_within_bound(data, chunk.decode(encoded), nbits)

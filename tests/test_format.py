@@ -4,15 +4,17 @@ Every damaged or foreign input must raise a ValueError (CorruptChunkError) namin
 wrong: never a crash, a hang, a huge allocation or a silently wrong array.
 """
 
+import dataclasses
 import struct
 
 import crc32c
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerquantizer import CorruptChunkError, LayerQuantizer
+from layerquantizer import CorruptChunkError, LayerQuantizer, _format
 from layerquantizer._format import MAGIC
 
 CODEC = LayerQuantizer(nbits=12)
@@ -281,17 +283,84 @@ def test_every_truncation_and_bit_flip_of_version_2_is_refused(with_exceptions):
             CODEC.decode(bytes(damaged))
 
 
+def sample_chunk_bit_planes(nbits=6, coder=1):
+    """A version 2 chunk whose residual section is blocks of bit planes (mode 2)."""
+    from layerquantizer import chunk
+
+    x = np.linspace(0, 3, 40)
+    data = (np.sin(x)[:, None] * np.cos(x)[None, :] * np.ones((2, 1, 1))).astype(np.float32)
+    data[1, 3, 4] = np.nan
+    return chunk.encode(data, nbits=nbits, level=1, coder=coder, predictor="interpolation")
+
+
+def residual_blocks(encoded: bytes) -> bytes:
+    """The residual section of a chunk of sample_chunk_bit_planes, before coding."""
+    parsed = _format.parse(memoryview(encoded))
+    if parsed.header.coder == 0:
+        return bytes(parsed.residuals)
+    # The section is a streamed frame, without its size in the header.
+    return zstandard.ZstdDecompressor().decompressobj().decompress(bytes(parsed.residuals))
+
+
+@pytest.mark.parametrize("nbits", [1, 6, 8])
+def test_bit_plane_blocks_are_written_and_read(nbits):
+    encoded = sample_chunk_bit_planes(nbits)
+    blocks = residual_blocks(encoded)
+    assert blocks[0] == 2  # one block, of bit planes
+    assert len(blocks) == 1 + nbits * ((2 * 40 * 40 + 7) // 8)
+    decoded = CODEC.decode(encoded)
+    assert np.isnan(decoded[1, 3, 4]) and np.isfinite(decoded).sum() == decoded.size - 1
+
+
+@pytest.mark.parametrize(
+    ("chunk", "match"),
+    [
+        # Mode 2 in a version 1 chunk or above 8 bits is no mode of these chunks.
+        (lambda: CODEC.encode(np.zeros((2, 3), np.float32)), "unknown mode 2"),
+        (lambda: sample_chunk_v2(with_exceptions=False), "unknown mode 2"),
+    ],
+)
+def test_bit_plane_mode_where_it_does_not_exist_is_refused(chunk, match):
+    encoded = chunk()
+    parsed = _format.parse(memoryview(encoded))
+    blocks = bytearray(residual_blocks(encoded))
+    blocks[0] = 2
+    with pytest.raises(CorruptChunkError, match=match):
+        CODEC.decode(rebuild_uncoded(parsed, bytes(blocks)))
+
+
+def rebuild_uncoded(parsed, blocks):
+    """The chunk again with ``blocks`` as its residual section, uncoded (coder 0)."""
+    header = dataclasses.replace(parsed.header, coder=0)
+    return _format.pack(header, [blocks], len(blocks), None)
+
+
+def test_every_truncation_and_bit_flip_of_bit_planes_is_refused():
+    chunk = sample_chunk_bit_planes(nbits=3)
+    for length in range(len(chunk)):
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(chunk[:length])
+    for bit in range(0, len(chunk) * 8, 3):
+        damaged = bytearray(chunk)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(bytes(damaged))
+
+
 @settings(max_examples=500, deadline=None)
 @given(
     st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
     st.booleans(),
-    st.sampled_from(["interpolation", "auto"]),
+    st.sampled_from(["interpolation", "auto", "bit planes"]),
     st.booleans(),
 )
 def test_random_damage_of_version_2_with_a_resealed_checksum(
     damage, truncate, predictor, with_exceptions
 ):
-    body = bytearray(sample_chunk_v2(with_exceptions, predictor)[:-4])
+    if predictor == "bit planes":
+        body = bytearray(sample_chunk_bit_planes(coder=int(with_exceptions))[:-4])
+    else:
+        body = bytearray(sample_chunk_v2(with_exceptions, predictor)[:-4])
     for position, value in damage:
         body[position % len(body)] = value
     if truncate:

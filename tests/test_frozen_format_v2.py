@@ -57,3 +57,24 @@ def test_fixtures_hold_every_form_of_the_interpolation_predictor():
     assert predictors("transposed_specials_nb12") == {transposed}
     mixed = predictors("transposed_eraint_z_nb8_auto_mixed")
     assert mixed == {_format.PREDICTOR_LORENZO, transposed}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bitplanes_eraint_z_nb8",
+        "bitplanes_eraint_z_nb6_uncoded",
+        "bitplanes_eraint_z_nb1",
+        "bitplanes_eraint_z_nb4_specials",
+    ],
+)
+def test_bit_plane_fixtures_hold_blocks_of_mode_2(name):
+    import zstandard
+
+    from layerquantizer import _format
+
+    parsed = _format.parse(memoryview((FIXTURES / f"{name}.lq").read_bytes()))
+    blocks = bytes(parsed.residuals)
+    if parsed.header.coder:
+        blocks = zstandard.ZstdDecompressor().decompressobj().decompress(blocks)
+    assert blocks[0] == 2
