@@ -24,7 +24,7 @@ A chunk is, all integers little-endian::
                        mode byte and the block's coded residuals, byte-planar (byte 0 of
                        every value, then byte 1, ...) or with the upper bytes kept only
                        where they are not zero (see _kernels.pack_block), or (version 2,
-                       nbits <= 8) as nbits bit planes (_kernels.pack_bit_planes); blocks let
+                       nbits <= 12) as nbits bit planes (_kernels.pack_bit_planes); blocks let
                        encoder and decoder stream through a buffer that stays in cache
     ..      E        exception section (when flagged), the rest of the chunk but 4 bytes:
                        count (uint64), mask frame size M (uint64),
@@ -53,6 +53,8 @@ FORMAT_VERSION = 1
 #: Version 2 adds a predictor byte per layer after the layer table (see docs/format.md).
 FORMAT_VERSION_PREDICTORS = 2
 READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS)
+#: Version 2 chunks of at most this many bits may hold blocks of bit planes (mode 2).
+BIT_PLANES_MAX_NBITS = 12
 #: Per-layer predictors of version 2; version 1 chunks use Lorenzo everywhere.
 PREDICTOR_LORENZO = 0
 PREDICTOR_INTERPOLATION = 1
@@ -294,10 +296,11 @@ def residual_bounds(header: Header) -> tuple[int, int]:
     smaller, or (version 2, 8 bits or fewer) nbits bit planes of ceil(M / 8) bytes."""
     blocks = block_count(header)
     planes = header.size * header.plane_count
-    if header.predictors is not None and header.nbits <= 8:
-        # Version 2 at 8 bits or fewer: blocks of nbits bit planes of ceil(M / 8) bytes,
-        # fewer bytes than M below 8 bits, up to 7 more at 8.
-        return min(header.nbits * header.size // 8, header.size) + blocks, planes + 8 * blocks
+    if header.predictors is not None and header.nbits <= BIT_PLANES_MAX_NBITS:
+        # Version 2 at 12 bits or fewer: blocks may be nbits bit planes of ceil(M / 8)
+        # bytes, fewer bytes than M below 8 bits, up to nbits more than nbits M / 8.
+        lowest = min(header.nbits * header.size // 8, header.size) + blocks
+        return lowest, max(planes, header.nbits * header.size // 8) + (header.nbits + 1) * blocks
     return header.size + blocks, planes + blocks
 
 

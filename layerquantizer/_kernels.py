@@ -331,38 +331,35 @@ def pack_block(packed, nbytes, positions, upper):
 
 
 @numba.njit(**_JIT)
-def zero_codes(codes):
-    """How many of ``codes`` (uint8) are 0."""
-    count = 0
-    for n in range(codes.size):
-        count += codes[n] == 0
-    return count
-
-
-@numba.njit(**_JIT)
-def pack_bit_planes(codes, nbits, out):
-    """Block mode 2 (format version 2, ``nbits <= 8``): bit ``b`` of code ``n`` of
-    ``codes`` (uint8[M]) into bit ``n % 8`` of byte ``b * ceil(M / 8) + n // 8`` of ``out``
-    (uint8[nbits * ceil(M / 8)]), least significant plane first, unused bits 0."""
-    size = codes.size
+def pack_bit_planes(planes, nbits, out):
+    """Block mode 2 (format version 2, ``nbits <= 12``): bit ``b`` of code ``n``, the code
+    whose byte ``k`` is ``planes[k, n]`` (uint8[nbytes, M]), into bit ``n % 8`` of byte
+    ``b * ceil(M / 8) + n // 8`` of ``out`` (uint8[nbits * ceil(M / 8)]), least
+    significant plane first, unused bits 0."""
+    size = planes.shape[1]
     stride = (size + 7) // 8
     out[: nbits * stride] = 0
     for b in range(nbits):
+        source = planes[b >> 3]
+        shift = b & 7
         base = b * stride
         for n in range(size):
-            out[base + (n >> 3)] |= np.uint8(((codes[n] >> b) & 1) << (n & 7))
+            out[base + (n >> 3)] |= np.uint8(((source[n] >> shift) & 1) << (n & 7))
 
 
 @numba.njit(**_JIT)
-def unpack_bit_planes(data, nbits, codes):
-    """Inverse of :func:`pack_bit_planes`: fills ``codes`` (uint8[M]) from ``data``."""
-    size = codes.size
+def unpack_bit_planes(data, nbits, planes):
+    """Inverse of :func:`pack_bit_planes`: fills ``planes`` (uint8[nbytes, M]) from
+    ``data``; bits above ``nbits`` are 0."""
+    size = planes.shape[1]
     stride = (size + 7) // 8
-    codes[:] = 0
+    planes[:, :] = 0
     for b in range(nbits):
+        target = planes[b >> 3]
+        shift = b & 7
         base = b * stride
         for n in range(size):
-            codes[n] |= np.uint8(((data[base + (n >> 3)] >> (n & 7)) & 1) << b)
+            target[n] |= np.uint8(((data[base + (n >> 3)] >> (n & 7)) & 1) << shift)
 
 
 @numba.njit(**_JIT)

@@ -290,12 +290,12 @@ def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper, compr
     return len(compressor.compress(block[:stored]))
 
 
-#: A block of a version 2 chunk at 8 bits or fewer is stored as bit planes (mode 2) when at
-#: least this share of its codes is 0: the interpolation predictor's at low nbits. zstd
-#: then codes runs of zero bits (eight codes a byte) instead of zero bytes: the ratio at 8
-#: bits went from 86.8 to 95.6 on eraint_z, 26.8 to 32.6 on eraint_u, 30 to 41 on the
-#: synthetic temperature (measured at zstd level 1).
-BIT_PLANES_ZERO_SHARE = 0.75
+#: The blocks of a version 2 chunk at this many bits or fewer are stored as bit planes
+#: (mode 2): zstd then codes runs of zero bits (eight codes a byte) instead of zero bytes.
+#: Measured at zstd level 1, interpolated layers: at 8 bits eraint_z 86.8 -> 95.6, eraint_u
+#: 26.8 -> 32.6, synthetic temperature 30 -> 41; at 12 bits eraint_z 14.2 -> 16.9,
+#: eraint_v 7.39 -> 7.76. Lorenzo codes gain too at 8 and 12 bits, and lose at 16.
+BIT_PLANES_MAX_NBITS = _format.BIT_PLANES_MAX_NBITS
 #: Block modes of the residual section (docs/format.md).
 MODE_BIT_PLANES = 2
 
@@ -335,11 +335,10 @@ class _BlockStream:
                 self._start_block()
 
     def _flush(self) -> None:
-        codes = self.planes[0]
-        if self.nbits <= 8 and _kernels.zero_codes(codes) >= BIT_PLANES_ZERO_SHARE * codes.size:
-            stored = self.bit_planes[: 1 + self.nbits * ((codes.size + 7) // 8)]
+        if self.nbits <= BIT_PLANES_MAX_NBITS:
+            stored = self.bit_planes[: 1 + self.nbits * ((self.size + 7) // 8)]
             stored[0] = MODE_BIT_PLANES
-            _kernels.pack_bit_planes(codes, self.nbits, stored[1:])
+            _kernels.pack_bit_planes(self.planes, self.nbits, stored[1:])
             self.writer.write(stored)
             return
         stored = _kernels.pack_block(self.block, self.plane_count, self.positions, self.upper)
@@ -572,9 +571,9 @@ class _BlockReader:
         self.no_escapes = np.empty((max(plane_count - 1, 1), 0), np.uint8)
         self.mode = np.empty(1, np.uint8)
         self.counts = np.empty(2, "<u4")
-        # Mode 2 (bit planes) exists in version 2 chunks of 8 bits or fewer only.
+        # Mode 2 (bit planes) exists in version 2 chunks of 12 bits or fewer only.
         self.nbits = header.nbits
-        self.bit_planes = header.predictors is not None and header.nbits <= 8
+        self.bit_planes = header.predictors is not None and header.nbits <= BIT_PLANES_MAX_NBITS
         if self.bit_planes:
             self.bit_buffer = np.empty(header.nbits * ((block_size + 7) // 8), np.uint8)
 
@@ -588,7 +587,7 @@ class _BlockReader:
         mode = self.mode[0]
         if mode == MODE_BIT_PLANES and self.bit_planes:
             data = reader.read_into(self.bit_buffer[: self.nbits * ((size + 7) // 8)])
-            _kernels.unpack_bit_planes(data, self.nbits, planes[0])
+            _kernels.unpack_bit_planes(data, self.nbits, planes)
             return planes, False, self.positions, self.no_escapes
         reader.read_into(planes[0])
         if mode == 0:

@@ -283,13 +283,15 @@ def test_every_truncation_and_bit_flip_of_version_2_is_refused(with_exceptions):
             CODEC.decode(bytes(damaged))
 
 
-def sample_chunk_bit_planes(nbits=6, coder=1):
-    """A version 2 chunk whose residual section is blocks of bit planes (mode 2)."""
+def sample_chunk_bit_planes(nbits=6, coder=1, with_exceptions=True):
+    """A version 2 chunk whose residual section is blocks of bit planes (mode 2) at 12
+    bits or fewer."""
     from layerquantizer import chunk
 
     x = np.linspace(0, 3, 40)
     data = (np.sin(x)[:, None] * np.cos(x)[None, :] * np.ones((2, 1, 1))).astype(np.float32)
-    data[1, 3, 4] = np.nan
+    if with_exceptions:
+        data[1, 3, 4] = np.nan
     return chunk.encode(data, nbits=nbits, level=1, coder=coder, predictor="interpolation")
 
 
@@ -302,7 +304,7 @@ def residual_blocks(encoded: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj().decompress(bytes(parsed.residuals))
 
 
-@pytest.mark.parametrize("nbits", [1, 6, 8])
+@pytest.mark.parametrize("nbits", [1, 6, 8, 9, 12])
 def test_bit_plane_blocks_are_written_and_read(nbits):
     encoded = sample_chunk_bit_planes(nbits)
     blocks = residual_blocks(encoded)
@@ -315,9 +317,9 @@ def test_bit_plane_blocks_are_written_and_read(nbits):
 @pytest.mark.parametrize(
     ("chunk", "match"),
     [
-        # Mode 2 in a version 1 chunk or above 8 bits is no mode of these chunks.
+        # Mode 2 in a version 1 chunk or above 12 bits is no mode of these chunks.
         (lambda: CODEC.encode(np.zeros((2, 3), np.float32)), "unknown mode 2"),
-        (lambda: sample_chunk_v2(with_exceptions=False), "unknown mode 2"),
+        (lambda: sample_chunk_bit_planes(nbits=13, with_exceptions=False), "unknown mode 2"),
     ],
 )
 def test_bit_plane_mode_where_it_does_not_exist_is_refused(chunk, match):

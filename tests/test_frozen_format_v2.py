@@ -66,6 +66,10 @@ def test_fixtures_hold_every_form_of_the_interpolation_predictor():
         "bitplanes_eraint_z_nb6_uncoded",
         "bitplanes_eraint_z_nb1",
         "bitplanes_eraint_z_nb4_specials",
+        "bitplanes_eraint_z_nb12",
+        "bitplanes_eraint_z_nb9_specials",
+        "bitplanes_mixed_nb10_uncoded",
+        "bitplanes_eraint_z_nb8_auto_mixed",
     ],
 )
 def test_bit_plane_fixtures_hold_blocks_of_mode_2(name):
