@@ -338,13 +338,23 @@ def pack_bit_planes(planes, nbits, out):
     significant plane first, unused bits 0."""
     size = planes.shape[1]
     stride = (size + 7) // 8
-    out[: nbits * stride] = 0
+    full = size >> 3
     for b in range(nbits):
         source = planes[b >> 3]
         shift = b & 7
         base = b * stride
-        for n in range(size):
-            out[base + (n >> 3)] |= np.uint8(((source[n] >> shift) & 1) << (n & 7))
+        # Whole bytes first, each built in a register (no read-modify-write of ``out``).
+        for q in range(full):
+            n = q << 3
+            byte = 0
+            for t in range(8):
+                byte |= ((source[n + t] >> shift) & 1) << t
+            out[base + q] = byte
+        if full < stride:
+            byte = 0
+            for n in range(full << 3, size):
+                byte |= ((source[n] >> shift) & 1) << (n & 7)
+            out[base + full] = byte
 
 
 @numba.njit(**_JIT)
@@ -358,8 +368,14 @@ def unpack_bit_planes(data, nbits, planes):
         target = planes[b >> 3]
         shift = b & 7
         base = b * stride
-        for n in range(size):
-            target[n] |= np.uint8(((data[base + (n >> 3)] >> (n & 7)) & 1) << shift)
+        for q in range(stride):
+            byte = data[base + q]
+            # The high planes are mostly zero bytes: nothing to set there.
+            if byte == 0:
+                continue
+            first = q << 3
+            for t in range(min(8, size - first)):
+                target[first + t] |= np.uint8(((byte >> t) & 1) << shift)
 
 
 @numba.njit(**_JIT)
