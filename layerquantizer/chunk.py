@@ -28,6 +28,8 @@ BLOCK_BYTES = 1 << 20
 # A layer quantized on a detected coarse grid goes back to the plain step when more
 # than this share of its values had to be stored as exceptions.
 _GRID_EXCEPTION_SHARE = 1 / 256
+# The highest quantization level the format holds.
+_MAX_LEVEL = float((1 << MAX_NBITS) - 1)
 
 
 def max_abs_error(vmin: float, vmax: float, nbits: int) -> float:
@@ -56,12 +58,13 @@ def as_float32_layers(array: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def encode(
     array: np.ndarray,
-    nbits: int,
+    nbits: int | None,
     level: int,
     coder: int = CODER_ZSTD,
     fill_value: float | None = None,
     *,
     tolerances: np.ndarray | None = None,
+    tolerance: float | None = None,
     predictor: str = "auto",
 ) -> bytes:
     """Encode a float32 array of any shape into one chunk.
@@ -81,6 +84,11 @@ def encode(
     half step. The bytes stay a valid chunk of this format; more values become
     exceptions. Used to hold the float32 rounding of float64 data to the float64 bound.
 
+    ``tolerance`` (with ``nbits=None``) is an absolute bound instead: every finite value
+    comes back within ``tolerance`` (+ one float32 ulp). Each layer is quantized with a step
+    of ``2 * tolerance`` (or a coarser grid its values sit on, losslessly), and the chunk's
+    nbits are what its widest layer needs: see :func:`tolerance_steps`.
+
     Examples
     --------
     >>> x = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
@@ -88,6 +96,10 @@ def encode(
     >>> bool(np.abs(x - y).max() <= max_abs_error(0.0, 1.0, 8) + 1e-7)
     True
     """
+    if (nbits is None) == (tolerance is None):
+        raise ValueError(
+            f"give nbits or tolerance, not both nor neither (nbits={nbits}, tolerance={tolerance})"
+        )
     if predictor not in ("auto", "lorenzo", "interpolation"):
         raise ValueError(
             f"predictor must be 'auto', 'lorenzo' or 'interpolation', got {predictor!r}"
@@ -101,7 +113,12 @@ def encode(
         fills = np.zeros(nlayers, np.int64)
     else:
         mins, maxs, _, fills = _kernels.finite_ranges_except(bits, *fill)
-    plain_steps = (maxs - mins) / ((1 << nbits) - 1)
+    if tolerance is None:
+        plain_steps = (maxs - mins) / ((1 << nbits) - 1)
+        allowed = plain_steps / 2.0
+    else:
+        plain_steps = tolerance_steps(mins, maxs, tolerance)
+        allowed = np.full(nlayers, float(tolerance))
     grid_offsets, grids = _grid.coarse_grids(
         layers.reshape(nlayers, ny * nx),
         mins,
@@ -112,7 +129,6 @@ def encode(
     snapped = ~np.isnan(grids)
     offsets = np.where(snapped, grid_offsets, mins)
     steps = np.where(snapped, grids, plain_steps)
-    allowed = plain_steps / 2.0
     if tolerances is not None:
         tolerances = np.asarray(tolerances, np.float64)
         if tolerances.shape != (nlayers,):
@@ -121,10 +137,15 @@ def encode(
                 f"{tolerances.shape}"
             )
         allowed = np.minimum(allowed, tolerances)
+    if tolerance is not None:
+        nbits = _levels_bits(maxs, offsets, steps)
     predictors = None
     if predictor == "auto" and nbits > AUTO_INTERPOLATION_MAX_NBITS:
         predictor = "lorenzo"
     if predictor != "lorenzo" and layers.size:
+        if tolerance is not None:
+            # Enough bits for the plain steps too: a layer whose grid fails falls back to them.
+            nbits = max(nbits, _levels_bits(maxs, mins, plain_steps))
         predicted = _encode_predicted(
             layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level,
             predictor,
@@ -132,6 +153,8 @@ def encode(
         if predicted is not None:
             residuals, residual_bytes, bitmap, counts, predictors, offsets, steps = predicted
     while predictors is None:
+        if tolerance is not None:
+            nbits = _levels_bits(maxs, offsets, steps)
         residuals, residual_bytes, bitmap, counts = _encode_residuals(
             layers, offsets, steps, allowed, nbits, coder, level
         )
@@ -165,6 +188,47 @@ def encode(
         predictors=predictors,
     )
     return _format.pack(header, residuals, residual_bytes, exceptions)
+
+
+def tolerance_steps(mins: np.ndarray, maxs: np.ndarray, tolerance: float) -> np.ndarray:
+    """The quantization step of each layer for an absolute ``tolerance`` (offset: ``mins``).
+
+    ``2 * tolerance``, the coarsest step whose half is within the tolerance, with two
+    exceptions. A layer of one sign whose values' own float32 spacing is coarser (1e-3 on
+    values of 1e5, whose spacing is 7.8e-3) takes that spacing: all its values are multiples
+    of the spacing at its smallest magnitude, so it comes back exactly with fewer levels. A
+    layer that would need more than ``2**24`` levels (the most the format holds) gets the
+    24-bit step ``(max - min) / (2**24 - 1)``: the encoder still allows each value only
+    ``tolerance`` (+ one ulp) and stores the values that miss it exactly, as exceptions.
+    A constant layer gets step 0.
+
+    Examples
+    --------
+    >>> tolerance_steps(np.array([270.0, 0.0]), np.array([300.0, 0.0]), 0.01)
+    array([0.02, 0.  ])
+    >>> float(tolerance_steps(np.array([65536.0]), np.array([70000.0]), 1e-3)[0]) == 2.0**-7
+    True
+    """
+    spans = maxs - mins
+    steps = np.full(spans.shape, 2.0 * tolerance)
+    smallest = np.where(mins > 0, mins, -maxs)  # the smallest magnitude, when of one sign
+    spacing = np.maximum(np.ldexp(1.0, np.frexp(smallest)[1] - 24), 2.0**-149)
+    steps = np.where((smallest > 0) & (spacing > steps), spacing, steps)
+    with np.errstate(over="ignore"):
+        wide = spans / steps > _MAX_LEVEL
+    steps[wide] = spans[wide] / _MAX_LEVEL
+    steps[spans == 0] = 0.0
+    return steps
+
+
+def _levels_bits(maxs: np.ndarray, offsets: np.ndarray, steps: np.ndarray) -> int:
+    """The bits the highest level of any layer needs (1 to 24)."""
+    positive = steps > 0
+    with np.errstate(over="ignore"):
+        levels = np.floor((maxs[positive] - offsets[positive]) / steps[positive] + 0.5)
+    highest = min(float(levels.max(initial=0.0)), _MAX_LEVEL)
+    # A level the bits cannot hold is clipped and the value stored as an exception.
+    return max(1, int(highest).bit_length())
 
 
 def _fill_bits(fill_value: float | None) -> tuple[int, int] | None:

@@ -10,6 +10,8 @@ from layerquantizer import chunk
 
 #: zstd level used when none is given: the fastest level that met every ratio target.
 DEFAULT_LEVEL = 1
+#: Bits per value when neither nbits nor a tolerance is given.
+DEFAULT_NBITS = 16
 
 
 def parse_nbits(nbits: object) -> int:
@@ -32,6 +34,35 @@ def parse_level(level: object) -> int:
     if not -7 <= level <= 22:
         raise ValueError(f"level must be a zstd level between -7 and 22, got {level}")
     return level
+
+
+def parse_tolerance(tolerance: object) -> float:
+    """Check ``tolerance``: a positive, finite number (an absolute error, in the data's units)."""
+    if isinstance(tolerance, bool) or not isinstance(
+        tolerance, int | float | np.integer | np.floating
+    ):
+        raise TypeError(f"tolerance must be a number, got {type(tolerance).__name__} {tolerance!r}")
+    value = float(tolerance)
+    if not (value > 0 and np.isfinite(2.0 * value)):
+        raise ValueError(
+            f"tolerance must be a positive, finite number (the largest absolute error, in the "
+            f"data's units), got {tolerance!r}; for lossless storage use a lossless codec "
+            "(e.g. numcodecs.Zstd)"
+        )
+    return value
+
+
+def parse_nbits_or_tolerance(nbits: object, tolerance: object) -> tuple[int | None, float | None]:
+    """Check the two exclusive ways of setting the error: ``(nbits, None)`` (16 when neither
+    is given) or ``(None, tolerance)``."""
+    if tolerance is None:
+        return parse_nbits(DEFAULT_NBITS if nbits is None else nbits), None
+    if nbits is not None:
+        raise ValueError(
+            f"give nbits or tolerance, not both (got nbits={nbits!r}, tolerance={tolerance!r}): "
+            "nbits sets the error relative to each layer's range, tolerance in the data's units"
+        )
+    return None, parse_tolerance(tolerance)
 
 
 def parse_fill_value(fill_value: object) -> float | None:
@@ -61,9 +92,14 @@ class LayerQuantizer(Codec):
 
     Parameters
     ----------
-    nbits : int
+    nbits : int, optional
         Bits per value, 1 to 24: the layer's range is cut into ``2**nbits - 1`` steps.
-        16 keeps a full-scale error of 7.6e-6.
+        16 (the default) keeps a full-scale error of 7.6e-6.
+    tolerance : float, optional
+        Instead of ``nbits``: the largest absolute error, in the data's units (e.g. 0.01 for
+        temperatures to 0.01 K). Every finite value comes back within ``tolerance`` plus one
+        float32 ulp; each chunk uses the bits its widest layer needs (a layer that would need
+        more than 24 keeps the bound by storing the values that miss it exactly).
     level : int
         zstd level, -7 to 22. Higher levels compress slightly better and encode slower;
         decoding speed hardly changes.
@@ -83,29 +119,47 @@ class LayerQuantizer(Codec):
     >>> y = codec.decode(codec.encode(x))
     >>> bool(abs(y - x).max() <= 50 / (2**16 - 1) / 2 + 3e-5)
     True
+    >>> codec = LayerQuantizer(tolerance=0.01)
+    >>> bool(abs(codec.decode(codec.encode(x)) - x).max() <= 0.01 + 3e-5)
+    True
     """
 
     codec_id = "layerquantizer1"
 
-    def __init__(self, nbits: int = 16, level: int = DEFAULT_LEVEL, fill_value=None):
-        self.nbits = parse_nbits(nbits)
+    def __init__(
+        self,
+        nbits: int | None = None,
+        level: int = DEFAULT_LEVEL,
+        fill_value=None,
+        tolerance: float | None = None,
+    ):
+        self.nbits, self.tolerance = parse_nbits_or_tolerance(nbits, tolerance)
         self.level = parse_level(level)
         self.fill_value = parse_fill_value(fill_value)
 
     def encode(self, buf):
         return chunk.encode(
-            ensure_ndarray(buf), nbits=self.nbits, level=self.level, fill_value=self.fill_value
+            ensure_ndarray(buf),
+            nbits=self.nbits,
+            level=self.level,
+            fill_value=self.fill_value,
+            tolerance=self.tolerance,
         )
 
     def decode(self, buf, out=None):
         return chunk.decode(ensure_contiguous_ndarray(buf), out=out)
 
     def get_config(self):
-        config = {"id": self.codec_id, "nbits": self.nbits, "level": self.level}
+        # Only the setting in use: the configs of nbits codecs stay what they were.
+        if self.tolerance is None:
+            config = {"id": self.codec_id, "nbits": self.nbits, "level": self.level}
+        else:
+            config = {"id": self.codec_id, "tolerance": self.tolerance, "level": self.level}
         if self.fill_value is not None:  # only then: the configs of before stay the same
             config["fill_value"] = self.fill_value
         return config
 
     def __repr__(self):
         fill = "" if self.fill_value is None else f", fill_value={self.fill_value!r}"
-        return f"{type(self).__name__}(nbits={self.nbits}, level={self.level}{fill})"
+        error = f"nbits={self.nbits}" if self.tolerance is None else f"tolerance={self.tolerance!r}"
+        return f"{type(self).__name__}({error}, level={self.level}{fill})"

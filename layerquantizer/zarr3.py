@@ -24,7 +24,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 
 from layerquantizer import chunk
-from layerquantizer.codec import DEFAULT_LEVEL, parse_level, parse_nbits
+from layerquantizer.codec import DEFAULT_LEVEL, parse_level, parse_nbits_or_tolerance
 
 if TYPE_CHECKING:
     from typing import Self
@@ -43,20 +43,31 @@ class LayerQuantizerCodec(ArrayBytesCodec):
 
     Parameters
     ----------
-    nbits : int
-        Bits per value, 1 to 24.
+    nbits : int, optional
+        Bits per value, 1 to 24 (16 when neither this nor ``tolerance`` is given).
     level : int
         zstd level, -7 to 22.
+    tolerance : float, optional
+        Instead of ``nbits``: the largest absolute error, in the data's units.
     """
 
     is_fixed_size = False
 
-    nbits: int
+    nbits: int | None
     level: int
+    tolerance: float | None
 
-    def __init__(self, *, nbits: int = 16, level: int = DEFAULT_LEVEL) -> None:
-        object.__setattr__(self, "nbits", parse_nbits(nbits))
+    def __init__(
+        self,
+        *,
+        nbits: int | None = None,
+        level: int = DEFAULT_LEVEL,
+        tolerance: float | None = None,
+    ) -> None:
+        nbits, tolerance = parse_nbits_or_tolerance(nbits, tolerance)
+        object.__setattr__(self, "nbits", nbits)
         object.__setattr__(self, "level", parse_level(level))
+        object.__setattr__(self, "tolerance", tolerance)
 
     @classmethod
     def from_dict(cls, data: dict) -> Self:
@@ -64,7 +75,11 @@ class LayerQuantizerCodec(ArrayBytesCodec):
         return cls(**(configuration or {}))
 
     def to_dict(self) -> dict:
-        return {"name": CODEC_NAME, "configuration": {"nbits": self.nbits, "level": self.level}}
+        if self.tolerance is None:
+            configuration = {"nbits": self.nbits, "level": self.level}
+        else:
+            configuration = {"tolerance": self.tolerance, "level": self.level}
+        return {"name": CODEC_NAME, "configuration": configuration}
 
     def validate(
         self,
@@ -109,7 +124,9 @@ class LayerQuantizerCodec(ArrayBytesCodec):
         # Zarr pads edge chunks with the fill value: it must not widen the layers' range.
         fill = chunk_spec.fill_value
         fill = float(fill) if isinstance(fill, float | np.floating) else None
-        encoded = chunk.encode(data, nbits=self.nbits, level=self.level, fill_value=fill)
+        encoded = chunk.encode(
+            data, nbits=self.nbits, level=self.level, fill_value=fill, tolerance=self.tolerance
+        )
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
