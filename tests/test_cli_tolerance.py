@@ -284,3 +284,26 @@ def test_resume_with_another_tolerance_is_refused(sample_v2, tmp_path):
                          resume=True)  # fmt: skip
     array = np.asarray(zarr.open_array(str(dst), path="temperature", mode="r")[:])
     assert np.isfinite(array).all()
+
+
+@pytest.mark.slow
+def test_looser_nbits_chunks_with_the_interpolation_predictor_are_a_mismatch(sample_v2, tmp_path):
+    """Chunks in format version 2 (the interpolation predictor, chosen at 12 bits or fewer)
+    have the same prefix: their nbits are read as those of version 1."""
+    from layerquantizer import chunk
+
+    dst = tmp_path / "v2chunks.zarr"
+    dataset.compress(sample_v2, str(dst), variables=["temperature"], nbits=16)
+    path = dst / "temperature" / "0.0.0.0"
+    values = LayerQuantizer(nbits=16).decode(path.read_bytes())
+    path.write_bytes(chunk.encode(values, nbits=8, level=1, predictor="interpolation"))
+    assert path.read_bytes()[4] == 2  # format version 2
+    result = subprocess.run(
+        [*lq_command(), "verify", sample_v2, str(dst), "--json", "--vars", "temperature"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    entry = json.loads(result.stdout)["variables"]["temperature"]
+    assert ("metadata_mismatch", [0, 0, 0, 0]) in [
+        (p["kind"], p["chunk"]) for p in entry["problems"]
+    ]
