@@ -307,3 +307,43 @@ def test_looser_nbits_chunks_with_the_interpolation_predictor_are_a_mismatch(sam
     assert ("metadata_mismatch", [0, 0, 0, 0]) in [
         (p["kind"], p["chunk"]) for p in entry["problems"]
     ]
+
+
+@pytest.mark.slow
+def test_verify_draws_a_progress_bar_on_a_terminal(sample_v2, tmp_path):
+    """stderr a terminal (a pseudo-terminal here), stdout a pipe: the bar goes to stderr
+    only, and the report stays clean."""
+    import os
+    import threading
+
+    dst = tmp_path / "out.zarr"
+    dataset.compress(sample_v2, str(dst), variables=["temperature"], tolerance=0.1)
+    leader, follower = os.openpty()
+    seen = bytearray()
+
+    def drain():
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the follower side closed
+                return
+            if not data:
+                return
+            seen.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {**os.environ, "COLUMNS": "120"}
+    try:
+        result = subprocess.run(
+            [*lq_command(), "verify", sample_v2, str(dst), "--vars", "temperature"],
+            stdout=subprocess.PIPE, stderr=follower, text=True, timeout=300, env=env,
+        )  # fmt: skip
+    finally:
+        os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    assert result.returncode == 0
+    assert b"verifying" in seen and b"chunks" in seen
+    assert "verifying" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "ok: 1 variable within its bound"
