@@ -433,7 +433,7 @@ def layer_table_end(shape: tuple[int, ...]) -> int:
     prefix, the shape and the layer table.
 
     >>> layer_table_end((1, 37, 721, 1440))
-    636
+    640
     """
     return _PREFIX.size + 8 * len(shape) + 16 * layer_shape(shape)[0]
 
