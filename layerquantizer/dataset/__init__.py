@@ -35,6 +35,16 @@ import it.
 
 from __future__ import annotations
 
+from layerquantizer.dataset._advise import (
+    AdviceReport,
+    Recommendation,
+    Trial,
+    VariableAdvice,
+    advise,
+    bit_pair_counts,
+    bitinformation,
+    keepbits,
+)
 from layerquantizer.dataset._codec_metadata import (
     ATTR_BOUND,
     ATTR_CODEC,
@@ -83,6 +93,11 @@ from layerquantizer.dataset._verify import (
 from layerquantizer.dataset._write import ProgressCallback, WriteResult, write_plan
 
 __all__ = [
+    "AdviceReport",
+    "Recommendation",
+    "Trial",
+    "VariableAdvice",
+    "advise",
     "ChunkTask",
     "ChunkWriteError",
     "CompressReport",
