@@ -8,9 +8,12 @@ Example
 >>> import tempfile
 >>> from layerquantizer import dataset
 >>> folder = tempfile.mkdtemp()
->>> dataset.write_sample(folder + "/s.zarr", levels=3, grid=(37, 72), times=2)
+>>> _ = dataset.write_sample(folder + "/s.zarr", levels=3, grid=(37, 72), times=2)
 >>> report = dataset.advise(folder + "/s.zarr", variables=["temperature"], sample=1)
->>> plot_advice(report, folder + "/advise.png")  # doctest: +SKIP
+>>> plot_advice(report, folder + "/advise.png")
+>>> import matplotlib.image
+>>> matplotlib.image.imread(folder + "/advise.png").shape
+(720, 1200, 4)
 """
 
 from __future__ import annotations
