@@ -36,22 +36,30 @@ def _advice_table(report) -> Table:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    for column in ("variable", "units", "source grid", "information", "advised", "ratio",
+    for column in ("variable", "source grid", "information", "advised", "ratio",
                    "max abs error", "max fs error"):  # fmt: skip
         right = column in ("ratio", "max abs error", "max fs error")
-        table.add_column(column, justify="right" if right else "left", no_wrap=True)
+        # On a narrow terminal the descriptions wrap; names and settings stay whole.
+        wraps = column in ("source grid", "information", "max abs error")
+        table.add_column(column, justify="right" if right else "left", no_wrap=not wraps)
     for name, advice in report.variables.items():
         rec = advice.recommendation
         grid = (
-            f"{advice.source_step:.4g} ({advice.source_bits} bits)"
+            f"{advice.source_step:.4g} = {advice.source_bits} bits"
             if advice.source_step is not None
-            else f"none ({advice.layers_on_grid}/{advice.layers} layers)"
+            else f"none ({advice.layers_on_grid}/{advice.layers})"
         )
-        info = f"{advice.keepbits} mantissa bits ≈ {advice.information_nbits} bits"
+        info = f"{advice.keepbits} → nbits={advice.information_nbits}"
+        units = f" {advice.units}" if advice.units else ""
         table.add_row(
-            name, advice.units or "-", grid, info, rec.trial.label, ratio_text(rec.trial.ratio),
-            f"{rec.trial.max_abs_error:.3g}", f"{rec.trial.max_fs_error:.3g}",
+            name, grid, info, rec.trial.label, ratio_text(rec.trial.ratio),
+            f"{rec.trial.max_abs_error:.3g}{units}", f"{rec.trial.max_fs_error:.3g}",
         )  # fmt: skip
+    table.caption = (
+        "source grid: the step the values sit on, in bits of the widest layer; information: "
+        "mantissa bits holding 99% of the real information, and the nbits erring no more"
+    )
+    table.caption_justify = "left"
     return table
 
 

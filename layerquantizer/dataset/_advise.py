@@ -490,9 +490,11 @@ def _advise_variable(name, var, sample, rng, trial_nbits, tolerances) -> Variabl
         ) or _measure(blocks, source_bytes, nbits=None, tolerance=tolerance)
         recommendation = Recommendation(min(source_bits, 24), tolerance, reason, trial)
     else:
+        units = f" {var.attrs['units']}" if var.attrs.get("units") else ""
         reason = (
-            f"{kept} mantissa bits hold {INFORMATION_LEVEL:.0%} of the real information "
-            f"(rounding error {info_error:.3g}): {info_nbits} bits err no more"
+            f"{kept} mantissa bits hold {INFORMATION_LEVEL:.0%} of the real information; "
+            f"rounding to them errs up to {info_error:.3g}{units} at the median magnitude of "
+            f"the tightest layer, and nbits={info_nbits} no more"
         )
         trial = next(
             (t for t in trials if t.mode == "nbits" and t.value == info_nbits), None
