@@ -199,3 +199,20 @@ def test_advise_config_keeps_the_input_configs_other_keys(ensemble_v2, tmp_path)
     config = load_config(tmp_path / "out.yaml")
     assert config.zarr_format == 3 and config.chunks == {"time": 1}
     assert config.variables["temperature"].nbits is not None
+
+
+def test_verify_names_the_worst_layer_of_each_level(sample_v2, tmp_path):
+    """The verify picture reads back one layer: the one LevelStats.worst_layer names."""
+    import xarray as xr
+
+    dst = str(tmp_path / "out.zarr")
+    dataset.compress(sample_v2, dst, variables=["temperature"], nbits=6)
+    check = dataset.verify(sample_v2, dst, variables=["temperature"]).variables["temperature"]
+    source, back = xr.open_zarr(sample_v2)["temperature"], xr.open_zarr(dst)["temperature"]
+    for stats in check.levels:
+        error = abs(back.sel(level=stats.level) - source.sel(level=stats.level)).max(
+            ["latitude", "longitude"]
+        )
+        worst = error["time"].values[int(np.argmax(error.values))]
+        assert stats.worst_layer == {"time": worst}
+        assert float(error.max()) == pytest.approx(stats.max_abs_error, rel=1e-6)

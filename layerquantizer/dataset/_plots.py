@@ -141,25 +141,20 @@ def _worst(report):
 
 def _worst_layer(report, name: str, level_index: int, token=None):
     """Source and decoded values of the layer with the largest error at one level of one
-    variable: read again, one layer at a time, from both stores."""
+    variable (:attr:`LevelStats.worst_layer`), read again from both stores."""
     from layerquantizer.dataset._stores import open_dataset
 
     src = open_dataset(report.src, token=token)[name]
     dst = open_dataset(report.dst, token=token)[name]
-    check = report.variables[name]
-    if "level" in src.dims and check.levels[level_index].level is not None:
-        src = src.sel(level=check.levels[level_index].level)
-        dst = dst.sel(level=check.levels[level_index].level)
-    lead = src.shape[:-2]
-    worst = (-1.0, None, None, None)
-    for index in np.ndindex(*lead):
-        a = np.asarray(src[index].values, np.float64)
-        b = np.asarray(dst[index].values, np.float64)
-        with np.errstate(invalid="ignore"):
-            error = float(np.nanmax(np.abs(a - b))) if np.isfinite(a).any() else 0.0
-        if error > worst[0]:
-            worst = (error, index, a, b)
-    return worst[1:], src
+    stats = report.variables[name].levels[level_index]
+    where = dict(stats.worst_layer or {})
+    if "level" in src.dims and stats.level is not None:
+        where["level"] = stats.level
+    labels = {dim: v for dim, v in where.items() if dim in src.coords}
+    positions = {dim: v for dim, v in where.items() if dim not in src.coords}
+    a = np.asarray(src.sel(labels).isel(positions).values, np.float64)
+    b = np.asarray(dst.sel(labels).isel(positions).values, np.float64)
+    return a, b, stats.worst_layer or {}, src
 
 
 # The error map shows at most this many cells a side.
@@ -229,13 +224,10 @@ def plot_verify(report, path: str | Path, token=None) -> None:
         right.set_axis_off()
     else:
         _, name, level_index = worst
-        (index, a, b), src = _worst_layer(report, name, level_index, token)
+        a, b, worst_layer, src = _worst_layer(report, name, level_index, token)
         error = _coarsen(b - a, _MAP_CELLS)
         limit = float(np.nanmax(np.abs(error))) or 1.0
-        where = ", ".join(
-            f"{dim}={_coordinate_text(src[dim].values[i])}" if dim in src.coords else f"{dim}={i}"
-            for dim, i in zip(src.dims[:-2], index, strict=True)
-        )
+        where = ", ".join(f"{dim}={_coordinate_text(v)}" for dim, v in worst_layer.items())
         level = report.variables[name].levels[level_index].level
         # Few colours: the error is noise, and a PNG of noise in a smooth colour map weighs
         # megabytes; the extent keeps the axes in the layer's own indices.

@@ -85,6 +85,8 @@ class LevelStats:
     bound_abs: float | None
     nonfinite_mismatches: int
     ok: bool
+    #: The layer of the largest error: a coordinate label (else an index) per leading dim.
+    worst_layer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -450,6 +452,8 @@ def _check_variable(
         per_level = stats.reshape(1, -1, 7)
         fails = failing.reshape(1, -1)
         level_values = [None]
+    other_dims = [dim for dim in dims if dim != "level"]
+    other_shape = [src_var.sizes[dim] for dim in other_dims]
     levels = []
     for value, layers, failed in zip(level_values, per_level, fails, strict=True):
         lo, hi = layers[:, _LO], layers[:, _HI]
@@ -481,12 +485,24 @@ def _check_variable(
                 bound_abs=abs_bound if bound is None else abs_bound_level,
                 nonfinite_mismatches=int(layers[:, _BAD].sum()),
                 ok=not failed.any(),
+                worst_layer=_layer_labels(
+                    src_var, other_dims, np.unravel_index(int(max_err.argmax()), other_shape)
+                )
+                if max_err.size
+                else None,
             )
         )
     return VariableCheck(
         name=name, codec=codec, nbits=nbits, codec_bound=codec_bound, levels=levels,
         problems=problems, bound_from=bound_from, abs_bound=abs_bound,
     )  # fmt: skip
+
+
+def _layer_labels(var: xr.DataArray, dims: list[str], index: tuple) -> dict[str, Any]:
+    return {
+        dim: var[dim].values[i] if dim in var.coords else int(i)
+        for dim, i in zip(dims, index, strict=True)
+    }
 
 
 def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
