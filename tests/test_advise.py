@@ -216,3 +216,16 @@ def test_verify_names_the_worst_layer_of_each_level(sample_v2, tmp_path):
         worst = error["time"].values[int(np.argmax(error.values))]
         assert stats.worst_layer == {"time": worst}
         assert float(error.max()) == pytest.approx(stats.max_abs_error, rel=1e-6)
+
+
+def test_large_samples_are_measured_on_a_share_of_their_layers(ensemble_v2, monkeypatch):
+    from layerquantizer.dataset import _advise
+
+    full = dataset.advise(ensemble_v2, variables=["temperature"], sample=4, nbits=[12])
+    monkeypatch.setattr(_advise, "_MAX_TRIAL_VALUES", 2 * 61 * 120)
+    thin = dataset.advise(ensemble_v2, variables=["temperature"], sample=4, nbits=[12])
+    before, after = full.variables["temperature"], thin.variables["temperature"]
+    assert before.values == after.values == 4 * 2 * 61 * 120
+    assert before.measured_values == before.values and after.measured_values == 4 * 61 * 120
+    assert after.trials[0].ratio == pytest.approx(before.trials[0].ratio, rel=0.1)
+    assert after.source_step == before.source_step  # the grid from every layer still
