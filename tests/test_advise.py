@@ -229,3 +229,24 @@ def test_large_samples_are_measured_on_a_share_of_their_layers(ensemble_v2, monk
     assert before.measured_values == before.values and after.measured_values == 4 * 61 * 120
     assert after.trials[0].ratio == pytest.approx(before.trials[0].ratio, rel=0.1)
     assert after.source_step == before.source_step  # the grid from every layer still
+
+
+def test_matplotlib_only_with_plot(sample_v2, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import cli.main, layerquantizer.dataset as d; "
+        "d.inspect(sys.argv[1]); print('matplotlib' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, sample_v2], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip() == "False", result.stderr
+    # Without the plot extra: one line naming the way out, exit 2, nothing drawn.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    picture = tmp_path / "inspect.png"
+    result = runner.invoke(app, ["inspect", sample_v2, "--plot", str(picture)])
+    assert result.exit_code == 2
+    assert "pip install 'layerquantizer[plot]'" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and not picture.exists()
