@@ -250,3 +250,24 @@ def test_matplotlib_only_with_plot(sample_v2, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "pip install 'layerquantizer[plot]'" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and not picture.exists()
+
+
+def test_advise_on_nan_layers_and_constant_fields(tmp_path):
+    """Masked fields (NaN over land), a layer all NaN and a constant field: advice without
+    warnings (errors under the tests' settings)."""
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    sst = (280 + 10 * rng.random((2, 2, 30, 40))).astype(np.float32)
+    sst[:, :, :10] = np.nan
+    sst[1, 1] = np.nan
+    dims = ("time", "level", "latitude", "longitude")
+    xr.Dataset(
+        {"sst": (dims, sst), "flat": (dims, np.full(sst.shape, 5.0, np.float32))},
+        coords={"latitude": np.linspace(90, -90, 30), "longitude": np.arange(40) * 9.0},
+    ).to_zarr(tmp_path / "masked.zarr", zarr_format=2)
+    report = dataset.advise(str(tmp_path / "masked.zarr"), sample=2)
+    assert report.variables["flat"].recommendation.trial.max_abs_error == 0.0
+    sst_advice = report.variables["sst"]
+    assert 1 <= sst_advice.recommendation.nbits <= 24
+    assert all(math.isfinite(t.ratio) for t in sst_advice.trials)

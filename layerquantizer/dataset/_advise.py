@@ -440,8 +440,10 @@ def _advise_variable(name, var, sample, rng, trial_nbits, tolerances) -> Variabl
         peak = np.where(has, np.maximum(np.abs(low), np.abs(high)), 0.0)
         ulps = np.array([float32_ulp(float(v)) for v in peak])
         _, grids = coarse_grids(layers[has], low[has], high[has], ulps[has])
-        with np.errstate(invalid="ignore"):
-            typical = np.nanmedian(np.where(np.isfinite(layers), np.abs(layers), np.nan), 1)
+        typical = np.zeros(len(layers))
+        for i in np.flatnonzero(has):  # an all-NaN layer has no median (and NumPy warns)
+            values = layers[i]
+            typical[i] = np.median(np.abs(values[np.isfinite(values)]))
         ranges.append(np.stack([low, high, typical]))
         grid_steps.append(grids)
     mins, maxs, typical = np.concatenate(ranges, axis=1)
