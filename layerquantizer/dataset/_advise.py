@@ -17,6 +17,12 @@ that a report can be reproduced) and measures:
 - a recommendation: the ``nbits`` whose error is within that of rounding to the
   information's mantissa bits, or the source's own grid when that is coarser.
 
+The information is computed here in NumPy rather than with xbitinfo (0.0.7): its default
+implementation calls Julia (BitInformation.jl), its Python one has no significance
+threshold (``set_zero_insignificant`` raises NotImplementedError), and it pins
+``numcodecs<0.16.4`` and ``numpy<2.4``. ``tests/test_advise.py`` checks this code against
+the numbers its Python implementation gives on a real field.
+
 Example
 -------
 >>> import tempfile
