@@ -171,6 +171,16 @@ def compress(
         int | None,
         typer.Option("--nbits", help="Bits per value for every quantized variable (default 16)."),
     ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance",
+            metavar="X",
+            help="Instead of --nbits: the largest absolute error of every quantized variable, "
+            "in its own units (e.g. 0.01 for temperatures to 0.01 K), plus one float32 ulp.",
+            show_default=False,
+        ),
+    ] = None,
     time: Annotated[
         str | None, typer.Option("--time", metavar="START:END", help="Time range, inclusive.")
     ] = None,
@@ -250,6 +260,7 @@ def compress(
 
     \b
       lq compress sample.zarr out.zarr --vars temperature,geopotential
+      lq compress sample.zarr out.zarr --vars temperature --tolerance 0.01
       SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
       lq compress $SRC gs://my-bucket/era5.zarr --config configs/era5.yaml \\
           --time 2020-01-01:2020-12-31 --gcs-token key.json --scheduler tcp://10.0.0.5:8786
@@ -271,6 +282,7 @@ def compress(
                 variables=usage_value("--vars", dataset.parse_variables, vars),
                 config=cfg,
                 nbits=nbits,
+                tolerance=tolerance,
                 time=usage_value("--time", dataset.parse_time_range, time),
                 levels=usage_value("--levels", dataset.parse_levels, levels),
                 chunks=usage_value("--chunks", dataset.parse_chunks, chunks),

@@ -20,8 +20,11 @@ from layerquantizer.dataset._codec_metadata import (
     ATTR_BOUND,
     ATTR_CODEC,
     ATTR_DROPPED,
+    ATTR_MODE,
     ATTR_NBITS,
     ATTR_SOURCE_DTYPE,
+    ATTR_TOLERANCE,
+    MODE_TOLERANCE,
     full_scale_bound,
 )
 from layerquantizer.dataset._errors import RequestError, _one_line
@@ -74,7 +77,10 @@ class Plan:
     encoding : dict
         The explicit Zarr encoding of every data variable (source encodings are dropped).
     quantized : dict
-        Variable -> nbits of the variables LayerQuantizer encodes.
+        Variable -> nbits of the variables LayerQuantizer encodes (None for those in
+        ``tolerances``).
+    tolerances : dict
+        Variable -> absolute tolerance of the quantized variables encoded with one.
     copied, dropped, skipped : tuple of str
         Data variables copied losslessly, left out on purpose, and named in the config
         but missing from the source (with ``on_missing: skip``).
@@ -97,7 +103,7 @@ class Plan:
     source: xr.Dataset
     template: xr.Dataset
     encoding: dict[str, dict]
-    quantized: dict[str, int]
+    quantized: dict[str, int | None]
     copied: tuple[str, ...]
     dropped: tuple[str, ...]
     skipped: tuple[str, ...]
@@ -108,6 +114,7 @@ class Plan:
     raw_read: frozenset[str] = frozenset()
     location: str | None = None
     token: Any = None
+    tolerances: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         return tuple(self.chunks[dim] for dim in self.source[name].dims)
@@ -261,15 +268,20 @@ def _check_unit_memory(
     )
 
 
-def _build_codec(nbits: int, zarr_format: int) -> dict[str, Any]:
-    """The xarray encoding entries that make Zarr write ``name`` with LayerQuantizer."""
+def _build_codec(
+    nbits: int | None, zarr_format: int, tolerance: float | None = None
+) -> dict[str, Any]:
+    """The xarray encoding entries that make Zarr write ``name`` with LayerQuantizer, with
+    ``nbits`` or (``nbits`` None) an absolute ``tolerance``."""
     if zarr_format == 2:
         from layerquantizer.codec import LayerQuantizer
 
-        return {"compressors": (LayerQuantizer(nbits=nbits),), "filters": None}
+        codec = LayerQuantizer(nbits=nbits, tolerance=tolerance)
+        return {"compressors": (codec,), "filters": None}
     from layerquantizer.zarr3 import LayerQuantizerCodec
 
-    return {"serializer": LayerQuantizerCodec(nbits=nbits), "compressors": None, "filters": None}
+    codec = LayerQuantizerCodec(nbits=nbits, tolerance=tolerance)
+    return {"serializer": codec, "compressors": None, "filters": None}
 
 
 def _codec_name(zarr_format: int) -> str:
@@ -282,6 +294,7 @@ def plan_compress(
     variables: Sequence[str] | None = None,
     config: Config | None = None,
     nbits: int | None = None,
+    tolerance: float | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -299,6 +312,9 @@ def plan_compress(
         See :mod:`layerquantizer.config`.
     nbits : int, optional
         Bits for every quantized variable; default: per variable from the config, else 16.
+    tolerance : float, optional
+        Instead of ``nbits``: the absolute error allowed in every quantized variable, in
+        its units (each value within it plus one float32 ulp); exclusive with ``nbits``.
     time : (start, end), optional
         Inclusive time labels; either may be None.
     levels : sequence of float, optional
@@ -313,9 +329,15 @@ def plan_compress(
     Raises
     ------
     RequestError
-        On an unknown variable, a variable the codec cannot take, a bad subset or chunks.
+        On an unknown variable, a variable the codec cannot take, a bad subset or chunks,
+        ``nbits`` and ``tolerance`` together.
     """
     config = config if config is not None else Config()
+    if nbits is not None and tolerance is not None:
+        raise RequestError(
+            "--nbits and --tolerance are exclusive: give one (nbits bounds the error relative "
+            "to each layer's range, tolerance in each variable's units)"
+        )
     from_config = variables is None
     wanted = list(config.variables) if from_config else list(variables)
     if not wanted:
@@ -358,7 +380,8 @@ def plan_compress(
     ds = ds.drop_vars(list(positions))
 
     grid = grid_dims(ds)
-    quantized: dict[str, int] = {}
+    quantized: dict[str, int | None] = {}
+    tolerances: dict[str, float] = {}
     for name in quantize:
         var = ds[name]
         if var.dtype not in (np.float32, np.float64):
@@ -373,12 +396,19 @@ def plan_compress(
                 f"cannot quantize {name!r} with dims ({', '.join(map(str, var.dims))}): the "
                 f"codec quantizes 2-D layers over the last two dims, which must be {expected}"
             )
-        bits = nbits if nbits is not None else (config.nbits_for(name) or DEFAULT_NBITS)
+        if nbits is not None or tolerance is not None:
+            bits, tol = nbits, tolerance
+        else:
+            bits, tol = config.setting_for(name)
+        if bits is None and tol is None:
+            bits = DEFAULT_NBITS
         try:
-            _build_codec(bits, zarr_format)
+            _build_codec(bits, zarr_format, tol)
         except (TypeError, ValueError) as exc:
             raise RequestError(f"{name}: {exc}") from exc
         quantized[name] = bits
+        if tol is not None:
+            tolerances[name] = float(tol)
 
     for name in config.drop:
         if name in ds.data_vars:
@@ -472,15 +502,13 @@ def plan_compress(
             data_vars[name] = var
             continue
         if name in quantized:
-            bits = quantized[name]
-            encoding[name].update(_build_codec(bits, zarr_format))
-            var.attrs.update(
-                {
-                    ATTR_CODEC: _codec_name(zarr_format),
-                    ATTR_NBITS: bits,
-                    ATTR_BOUND: full_scale_bound(bits),
-                }
-            )
+            bits, tol = quantized[name], tolerances.get(name)
+            encoding[name].update(_build_codec(bits, zarr_format, tol))
+            if tol is None:  # the attributes of before, unchanged
+                settings = {ATTR_NBITS: bits, ATTR_BOUND: full_scale_bound(bits)}
+            else:
+                settings = {ATTR_MODE: MODE_TOLERANCE, ATTR_TOLERANCE: tol}
+            var.attrs.update({ATTR_CODEC: _codec_name(zarr_format), **settings})
             if var.dtype != np.float32:
                 # Decoded (packed int16 is float64 once decoded) values, quantized through
                 # float32 within the bound of the float64 values (see _unit.float64_chunk).
@@ -509,6 +537,7 @@ def plan_compress(
         raw_read=raw_read,
         location=location,
         token=token,
+        tolerances=tolerances,
     )
 
 
