@@ -198,7 +198,8 @@ def test_advise_config_keeps_the_input_configs_other_keys(ensemble_v2, tmp_path)
     assert "skipped ozone: not in the source" in result.stdout
     config = load_config(tmp_path / "out.yaml")
     assert config.zarr_format == 3 and config.chunks == {"time": 1}
-    assert config.variables["temperature"].nbits is not None
+    setting = config.variables["temperature"]
+    assert (setting.nbits is None) != (setting.tolerance is None)  # one precision, stated
 
 
 def test_verify_names_the_worst_layer_of_each_level(sample_v2, tmp_path):
