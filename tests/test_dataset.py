@@ -148,7 +148,11 @@ def test_plan_defaults(small):
     assert plan.chunks == {"time": 1, "level": 3, "latitude": 10, "longitude": 20}
     assert plan.encoding["temperature"]["chunks"] == (1, 3, 10, 20)
     assert plan.encoding["temperature"]["compressors"][0].get_config()["nbits"] == 16
-    assert plan.encoding["geopotential"] == {"chunks": (1, 3, 10, 20)}
+    assert plan.encoding["geopotential"]["chunks"] == (1, 3, 10, 20)
+    (copy_codec,) = plan.encoding["geopotential"]["compressors"]  # a copy: lossless
+    assert copy_codec.get_config() == {
+        "id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1, "blocksize": 0
+    }  # fmt: skip
     attrs = plan.source["temperature"].attrs
     assert attrs["layerquantizer_codec"] == "layerquantizer1"
     assert attrs["layerquantizer_nbits"] == 16

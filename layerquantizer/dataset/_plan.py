@@ -272,6 +272,29 @@ def _build_codec(nbits: int, zarr_format: int) -> dict[str, Any]:
     return {"serializer": LayerQuantizerCodec(nbits=nbits), "compressors": None, "filters": None}
 
 
+def _lossless_codec(zarr_format: int) -> dict[str, Any]:
+    """The xarray encoding entries of a copy: Blosc zstd, clevel 3, byte shuffle.
+
+    Measured by benchmarks/bench_lossless.py on real ERA5 fields: +26% ratio over Blosc
+    lz4 (the WeatherBench2 store's and numcodecs' default) and 2.7x on categorical fields,
+    at a speed the workers keep up with. Lossless: the dtype and values are the stored ones.
+    Blosc runs one thread inside workers (see ``_unit.configure_process``).
+    """
+    if zarr_format == 2:
+        from numcodecs import Blosc
+
+        return {
+            "compressors": (Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE),),
+            "filters": None,
+        }
+    from zarr.codecs import BloscCodec
+
+    return {
+        "compressors": (BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),),
+        "filters": None,
+    }
+
+
 def _codec_name(zarr_format: int) -> str:
     return "layerquantizer1" if zarr_format == 2 else "layerquantizer"
 
@@ -464,6 +487,8 @@ def plan_compress(
         var_chunks = tuple(chosen[dim] for dim in var.dims)
         _check_unit_memory(str(name), ds[name], var_chunks, source_chunk_sizes.get(name))
         encoding[name] = {"chunks": var_chunks}
+        if name in copied:
+            encoding[name].update(_lossless_codec(zarr_format))
         if name in stored_forms:
             var, zarr_fill = _stored_variable(var, stored_forms[name])
             ds[name] = var  # what the workers read and write: the stored values
