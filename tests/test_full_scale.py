@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 
+from layerquantizer.config import load_config
 from layerquantizer.synthetic import wb2_schema, write_wb2_metadata_store, write_wb2_sample_store
 
 pytestmark = pytest.mark.slow  # lq runs as a subprocess
@@ -148,3 +150,80 @@ def test_copies_use_blosc_zstd_3_shuffle_and_keep_values(wb2_sample, tmp_path):
             )  # fmt: skip
         assert written[name].dtype == source[name].dtype
         xr.testing.assert_identical(written[name].load(), source[name].load())
+
+
+def test_era5_config_gives_every_wb2_variable_a_treatment():
+    """Every one of the 62 variables is named once: quantized, copied or dropped."""
+    config = load_config(CONFIG)
+    lists = {"variables": set(config.variables), "copy": set(config.copy), "drop": set(config.drop)}
+    schema = wb2_schema()
+    for name in schema:
+        assert sum(name in names for names in lists.values()) == 1, name
+    # Classes and masks are copied, never quantized.
+    kinds = {name: var.kind for name, var in schema.items()}
+    assert {name for name in schema if kinds[name] == "categorical"} <= lists["copy"]
+    assert "land_sea_mask" in lists["copy"]
+
+
+def test_wb2_sample_compressed_with_era5_config_verifies(wb2_sample, tmp_path):
+    """Before: 11 of the 62 variables were quantized, the rest copied. Now every variable
+    is treated as the config says, NaN fields (sea_surface_temperature, sea_ice_cover) and
+    heavy tails (precipitation, fluxes) quantized within their bound: lq verify exits 0."""
+    dst = tmp_path / "out.zarr"
+    result = lq("compress", wb2_sample, dst, "--config", CONFIG, "--json")
+    assert result.returncode == 0, result.stderr
+    config = load_config(CONFIG)
+    written = xr.open_zarr(dst)
+    for name in wb2_schema():
+        quantized = "layerquantizer_nbits" in written[name].attrs
+        assert quantized == (name in config.variables), name
+    verified = lq("verify", wb2_sample, dst, "--json")
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["ok"]
+    # NaN where the source has NaN, nowhere else.
+    for name in ("sea_surface_temperature", "sea_ice_cover"):
+        source = xr.open_zarr(wb2_sample)[name].values
+        assert np.isnan(source).any()
+        np.testing.assert_array_equal(np.isnan(written[name].values), np.isnan(source))
+
+
+def test_one_dimensional_and_transposed_variables(tmp_path):
+    """Before: a (time,) series was one object per time step and a (longitude, latitude)
+    field could not be quantized. Now the series is one chunk, the transposed field is
+    quantized per layer, and a variable the codec cannot take is refused with why."""
+    src, dst = tmp_path / "src.zarr", tmp_path / "out.zarr"
+    rng = np.random.default_rng(0)
+    field = rng.normal(280, 10, (3, 2, 7, 12)).astype("f4")
+    ds = xr.Dataset(
+        {
+            "temperature": (("time", "level", "latitude", "longitude"), field),
+            "series": (("time",), np.arange(3, dtype="f4")),
+            "profile": (("level",), np.array([1.5, 2.5], dtype="f4")),
+            "flipped": (("longitude", "latitude"), field[0, 0].T.copy()),
+            "sideways": (("latitude", "time", "longitude"), field[:, 0].transpose(1, 0, 2)),
+        },
+        coords={
+            "time": np.arange(3) * np.timedelta64(6, "h") + np.datetime64("2020-01-01"),
+            "level": [500, 850],
+            "latitude": np.linspace(90, -90, 7),
+            "longitude": np.arange(12) * 30.0,
+        },
+    )
+    ds.to_zarr(src, zarr_format=2, consolidated=True)
+    config = tmp_path / "config.yaml"
+    config.write_text("chunks: {time: 1}\nvariables:\n  temperature:\n  flipped:\n")
+    result = lq("compress", src, dst, "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((dst / "series" / ".zarray").read_text())["chunks"] == [3]
+    assert sorted(p.name for p in (dst / "series").iterdir() if p.name[0] != ".") == ["0"]
+    assert json.loads((dst / "profile" / ".zarray").read_text())["chunks"] == [2]
+    assert "layerquantizer_nbits" in xr.open_zarr(dst)["flipped"].attrs
+    assert lq("verify", src, dst).returncode == 0
+
+    config.write_text("variables:\n  sideways:\n")
+    refused = lq("compress", src, tmp_path / "refused.zarr", "--config", config)
+    assert refused.returncode == 2
+    assert "cannot quantize 'sideways' with dims (latitude, time, longitude)" in refused.stderr
+    assert "copy it losslessly" in refused.stderr
+    assert not (tmp_path / "refused.zarr").exists()

@@ -80,6 +80,9 @@ class Plan:
         but missing from the source (with ``on_missing: skip``).
     chunks : dict
         Output chunk size per dimension.
+    own_chunks : dict
+        Variable -> its chunks where they are not those of ``chunks``: one chunk for a
+        variable of one dimension. Follows from the dims, shapes and ``chunks``.
     source_chunk_ids : dict
         Variable -> dim -> the source chunk each position along ``dim`` comes from (only
         for variables whose source chunking is known); see :meth:`tasks`.
@@ -108,8 +111,12 @@ class Plan:
     raw_read: frozenset[str] = frozenset()
     location: str | None = None
     token: Any = None
+    own_chunks: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
+        own = self.own_chunks.get(name)
+        if own is not None:
+            return own
         return tuple(self.chunks[dim] for dim in self.source[name].dims)
 
     def _units(self, name: str) -> list[list[tuple[int, int]]]:
@@ -390,11 +397,15 @@ def plan_compress(
                 "codec encodes float32 (and float64 through float32) only; leave it out to "
                 "copy it losslessly"
             )
-        if var.ndim < 2 or (grid is not None and var.dims[-2:] != grid):
-            expected = f"({', '.join(grid)})" if grid else "a 2-D grid"
+        # A layer is the whole horizontal grid whichever way round it is stored, so that
+        # the bound is relative to the range of one level (or one static field).
+        if var.ndim < 2 or (grid is not None and set(var.dims[-2:]) != set(grid)):
+            expected = f"({', '.join(grid)}) in either order" if grid else "a 2-D grid"
             raise RequestError(
                 f"cannot quantize {name!r} with dims ({', '.join(map(str, var.dims))}): the "
-                f"codec quantizes 2-D layers over the last two dims, which must be {expected}"
+                f"codec quantizes 2-D layers over the last two dims, which must be {expected}; "
+                f"leave it out of the variables to quantize to copy it losslessly (or "
+                "transpose it in the source)"
             )
         bits = nbits if nbits is not None else (config.nbits_for(name) or DEFAULT_NBITS)
         try:
@@ -403,7 +414,9 @@ def plan_compress(
             raise RequestError(f"{name}: {exc}") from exc
         quantized[name] = bits
 
-    for name in config.drop:
+    listed = [("drop", name) for name in config.drop]
+    listed += [("copy", name) for name in config.copy]
+    for key, name in listed:
         if name in ds.data_vars:
             continue
         if config.on_missing == "skip":
@@ -411,7 +424,7 @@ def plan_compress(
             continue
         kind = "a coordinate, not a data variable" if name in ds.coords else "not in the source"
         raise RequestError(
-            f"{config.source}: 'drop' lists {name!r}, {kind}; available: "
+            f"{config.source}: '{key}' lists {name!r}, {kind}; available: "
             f"{', '.join(available)} (or set on_missing: skip)"
         )
     dropped = tuple(name for name in config.drop if name in ds.data_vars and name not in quantized)
@@ -480,11 +493,18 @@ def plan_compress(
 
     for name in ds.coords:  # small, and written once with the metadata
         ds[name].variable.load()
+    # A variable of one dimension (a series in time, a profile over levels) is written as
+    # one chunk: chunked like the fields, it would be one object of a few bytes per step.
+    own_chunks = {
+        str(name): tuple(var.shape)
+        for name, var in ds.data_vars.items()
+        if var.ndim == 1 and var.nbytes <= MAX_UNIT_BYTES
+    }
     encoding: dict[str, dict] = {}
     data_vars = {}
     for name in list(ds.data_vars):
         var = ds[name].variable
-        var_chunks = tuple(chosen[dim] for dim in var.dims)
+        var_chunks = own_chunks.get(str(name), tuple(chosen[dim] for dim in var.dims))
         _check_unit_memory(str(name), ds[name], var_chunks, source_chunk_sizes.get(name))
         encoding[name] = {"chunks": var_chunks}
         if name in copied:
@@ -526,6 +546,7 @@ def plan_compress(
         dropped=dropped,
         skipped=tuple(skipped),
         chunks=chosen,
+        own_chunks=own_chunks,
         zarr_format=zarr_format,
         source_chunk_ids=source_chunk_ids,
         source_positions=source_positions,
