@@ -227,3 +227,53 @@ def test_one_dimensional_and_transposed_variables(tmp_path):
     assert "cannot quantize 'sideways' with dims (latitude, time, longitude)" in refused.stderr
     assert "copy it losslessly" in refused.stderr
     assert not (tmp_path / "refused.zarr").exists()
+
+
+def test_dry_run_on_full_size_store_prints_the_plan_and_writes_nothing(full_store, tmp_path):
+    """Before: no --dry-run. Now the plan of all 62 variables, with chunk objects, logical
+    bytes and estimates from the sampled chunks that hold data; nothing in or beside DST."""
+    dst = tmp_path / "out.zarr"
+    result = lq("compress", full_store, dst, "--config", CONFIG, "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.iterdir()) == []  # no DST, no DST.lq-lock
+    report = json.loads(result.stdout)
+    schema = wb2_schema()
+    config = load_config(CONFIG)
+    variables = report["variables"]
+    assert set(schema) <= set(variables)
+    for name, entry in variables.items():
+        assert set(entry) >= {"treatment", "chunks", "logical_bytes", "estimated_stored_bytes"}
+        if name not in schema:
+            assert entry["treatment"] == "skip"  # in the 37-level stores only
+            continue
+        assert entry["treatment"] == ("quantize" if name in config.variables else "copy"), name
+        steps = 1 if schema[name].static else 93544
+        assert entry["chunks"] == steps, name
+        assert isinstance(entry["estimated_stored_bytes"], int), name  # steps 0, 1 have data
+        assert 0 < entry["estimated_stored_bytes"] < entry["logical_bytes"]
+    assert variables["temperature"]["logical_bytes"] == 93544 * 13 * 721 * 1440 * 4
+    total = report["total"]
+    written = [e for e in variables.values() if e["chunks"]]
+    assert total["chunks"] == sum(e["chunks"] for e in written) == 49 * 93544 + 13
+    assert total["logical_bytes"] == sum(e["logical_bytes"] for e in written)
+    assert total["estimated_stored_bytes"] == sum(e["estimated_stored_bytes"] for e in written)
+    assert total["estimated_seconds"] > 0
+
+    table = lq("compress", full_store, dst, "--config", CONFIG, "--dry-run")
+    assert table.returncode == 0, table.stderr
+    assert "nothing written" in table.stdout and "estimated" in table.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dry_run_without_data_has_no_estimate_and_refuses_overwrite(tmp_path):
+    src = tmp_path / "empty.zarr"
+    write_wb2_metadata_store(str(src), times=8, grid=(7, 12))
+    result = lq("compress", src, tmp_path / "out.zarr", "--config", CONFIG, "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["variables"]["temperature"]["estimated_stored_bytes"] is None
+    assert report["total"]["estimated_stored_bytes"] is None
+    refused = lq("compress", src, tmp_path / "out.zarr", "--dry-run", "--overwrite")
+    assert refused.returncode == 2
+    assert "--dry-run writes nothing" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.zarr"]
