@@ -404,7 +404,7 @@ def plan_compress(
             raise RequestError(
                 f"cannot quantize {name!r} with dims ({', '.join(map(str, var.dims))}): the "
                 f"codec quantizes 2-D layers over the last two dims, which must be {expected}; "
-                f"leave it out of the variables to quantize to copy it losslessly (or "
+                "leave it out of the variables to quantize to copy it losslessly (or "
                 "transpose it in the source)"
             )
         bits = nbits if nbits is not None else (config.nbits_for(name) or DEFAULT_NBITS)
