@@ -190,8 +190,9 @@ def test_wb2_sample_compressed_with_era5_config_verifies(wb2_sample, tmp_path):
 
 def test_one_dimensional_and_transposed_variables(tmp_path):
     """Before: a (time,) series was one object per time step and a (longitude, latitude)
-    field could not be quantized. Now the series is one chunk, the transposed field is
-    quantized per layer, and a variable the codec cannot take is refused with why."""
+    field could not be quantized. Now the series is one chunk, the transposed field and a
+    time-less (level, latitude, longitude) field are quantized per layer, and a variable
+    the codec cannot take is refused with why and the way out."""
     src, dst = tmp_path / "src.zarr", tmp_path / "out.zarr"
     rng = np.random.default_rng(0)
     field = rng.normal(280, 10, (3, 2, 7, 12)).astype("f4")
@@ -201,6 +202,7 @@ def test_one_dimensional_and_transposed_variables(tmp_path):
             "series": (("time",), np.arange(3, dtype="f4")),
             "profile": (("level",), np.array([1.5, 2.5], dtype="f4")),
             "flipped": (("longitude", "latitude"), field[0, 0].T.copy()),
+            "per_level": (("level", "latitude", "longitude"), field[0]),
             "sideways": (("latitude", "time", "longitude"), field[:, 0].transpose(1, 0, 2)),
         },
         coords={
@@ -212,13 +214,16 @@ def test_one_dimensional_and_transposed_variables(tmp_path):
     )
     ds.to_zarr(src, zarr_format=2, consolidated=True)
     config = tmp_path / "config.yaml"
-    config.write_text("chunks: {time: 1}\nvariables:\n  temperature:\n  flipped:\n")
+    config.write_text("chunks: {time: 1}\nvariables:\n  temperature:\n  flipped:\n  per_level:\n")
     result = lq("compress", src, dst, "--config", config)
     assert result.returncode == 0, result.stderr
     assert json.loads((dst / "series" / ".zarray").read_text())["chunks"] == [3]
     assert sorted(p.name for p in (dst / "series").iterdir() if p.name[0] != ".") == ["0"]
     assert json.loads((dst / "profile" / ".zarray").read_text())["chunks"] == [2]
-    assert "layerquantizer_nbits" in xr.open_zarr(dst)["flipped"].attrs
+    written = xr.open_zarr(dst)
+    assert "layerquantizer_nbits" in written["flipped"].attrs
+    assert "layerquantizer_nbits" in written["per_level"].attrs
+    assert json.loads((dst / "per_level" / ".zarray").read_text())["chunks"] == [2, 7, 12]
     assert lq("verify", src, dst).returncode == 0
 
     config.write_text("variables:\n  sideways:\n")
