@@ -53,6 +53,7 @@ from layerquantizer.dataset._codec_metadata import (
     full_scale_bound,
 )
 from layerquantizer.dataset._compress import CompressReport, compress
+from layerquantizer.dataset._dry_run import DryRunReport, VariableEstimate, dry_run
 from layerquantizer.dataset._errors import (
     ChunkWriteError,
     DatasetError,
@@ -104,6 +105,7 @@ __all__ = [
     "DEFAULT_NBITS",
     "DatasetError",
     "DestinationExistsError",
+    "DryRunReport",
     "LevelStats",
     "PROBLEM_KINDS",
     "Plan",
@@ -114,9 +116,11 @@ __all__ = [
     "StoreReport",
     "ArrayReport",
     "VariableCheck",
+    "VariableEstimate",
     "VerifyReport",
     "WriteResult",
     "compress",
+    "dry_run",
     "full_scale_bound",
     "inspect",
     "open_dataset",
