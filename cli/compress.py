@@ -290,6 +290,7 @@ def compress(
                 variables=usage_value("--vars", dataset.parse_variables, vars),
                 config=load_config(config) if config is not None else None,
                 nbits=nbits,
+                tolerance=tolerance,
                 time=usage_value("--time", dataset.parse_time_range, time),
                 levels=usage_value("--levels", dataset.parse_levels, levels),
                 chunks=usage_value("--chunks", dataset.parse_chunks, chunks),

@@ -282,3 +282,16 @@ def test_dry_run_without_data_has_no_estimate_and_refuses_overwrite(tmp_path):
     assert refused.returncode == 2
     assert "--dry-run writes nothing" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.zarr"]
+
+
+@pytest.mark.parametrize("zarr_format", ["2", "3"])
+def test_dry_run_plans_with_the_tolerance_asked_for(tmp_path, zarr_format):
+    """--dry-run --tolerance estimates what the run would write: tolerance codecs."""
+    src = tmp_path / "src.zarr"
+    write_wb2_sample_store(str(src), times=1, grid=(19, 36))
+    common = ("compress", src, tmp_path / "out.zarr", "--vars", "temperature", "--dry-run",
+              "--json", "--zarr-format", zarr_format)  # fmt: skip
+    fine = json.loads(lq(*common, "--tolerance", "1.0e-6").stdout)["variables"]["temperature"]
+    coarse = json.loads(lq(*common, "--tolerance", "10.0").stdout)["variables"]["temperature"]
+    assert fine["treatment"] == coarse["treatment"] == "quantize"
+    assert coarse["estimated_stored_bytes"] < fine["estimated_stored_bytes"]

@@ -137,6 +137,7 @@ def dry_run(
     variables: Sequence[str] | None = None,
     config: Config | None = None,
     nbits: int | None = None,
+    tolerance: float | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -169,8 +170,8 @@ def dry_run(
     started = _time.perf_counter()
     ds = open_dataset(src, token=_token(token, None))
     plan = plan_compress(
-        ds, variables=variables, config=config, nbits=nbits, time=time, levels=levels,
-        chunks=chunks, zarr_format=zarr_format,
+        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
+        levels=levels, chunks=chunks, zarr_format=zarr_format,
     )  # fmt: skip
     plan_seconds = _time.perf_counter() - started
     if plan.location is None:
