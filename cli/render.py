@@ -197,3 +197,54 @@ def problem_lines(report, per_variable: int = PROBLEMS_SHOWN) -> list[str]:
                 f"... and {rest} more problem{'s' if rest > 1 else ''} of {check.name} (see --json)"
             )
     return lines
+
+
+def dry_run_table(report) -> Table:
+    """``lq compress --dry-run``: per variable the treatment, bits, chunk objects, logical
+    and estimated stored bytes and ratio; the total and the estimated time in the caption."""
+    title = f"{report.dst} would be written (zarr v{report.zarr_format}; dry run, nothing written)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("variable", "treatment", "nbits", "chunks", "logical", "est. stored",
+                   "est. ratio"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("variable", "treatment") else "right")
+
+    def ratio(logical: int, stored: int | None) -> str:
+        return ratio_text(logical / stored) if stored else "n/a"
+
+    for name, v in report.variables.items():
+        written = v.chunks > 0
+        table.add_row(
+            name, v.treatment, "" if v.nbits is None else str(v.nbits),
+            str(v.chunks) if written else "", human_bytes(v.logical_bytes) if written else "",
+            human_bytes(v.estimated_stored_bytes) if written and v.estimated_stored_bytes
+            is not None else ("n/a" if written else ""),
+            ratio(v.logical_bytes, v.estimated_stored_bytes) if written else "",
+        )  # fmt: skip
+    table.add_section()
+    stored = report.estimated_stored_bytes
+    table.add_row(
+        "total", plural(sum(1 for v in report.variables.values() if v.chunks), "variable"), "",
+        str(report.total_chunks), human_bytes(report.total_logical_bytes),
+        human_bytes(stored) if stored is not None else "n/a",
+        ratio(report.total_logical_bytes, stored),
+    )  # fmt: skip
+    seconds, speed = report.estimated_seconds, report.mib_per_s
+    if seconds is None:
+        table.caption = "no sampled chunk held data: no estimate of the size or the time"
+    else:
+        table.caption = (
+            f"estimated from sampled chunks; at the measured {speed:.1f} MiB/s per thread on "
+            f"{plural(report.threads, 'thread')}: about {_duration(seconds)}"
+        )
+    table.caption_justify = "left"
+    return table
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -24,6 +24,7 @@ from cli._common import (
     DebugOption,
     GcsTokenOption,
     JsonOption,
+    PlotOption,
     WorkersOption,
     handle_errors,
     plural,
@@ -93,6 +94,7 @@ def verify(
     workers: WorkersOption = None,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
+    plot: PlotOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Compare DST with SRC: per variable (per level with --by-level) the max absolute
@@ -104,16 +106,21 @@ def verify(
     with handle_errors(debug), _progress_bar() as progress:
         from layerquantizer import dataset
 
+        token = usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token)
         report = dataset.verify(
             src,
             dst,
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
-            token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
+            token=token,
             max_abs_error=max_abs_error,
             max_fs_error=max_fs_error,
             progress=progress,
         )
+        if plot is not None:
+            from layerquantizer.dataset._plots import plot_verify
+
+            plot_verify(report, plot, token=token)
     if json_output:
         print_json(report.to_dict())
     else:

@@ -14,6 +14,8 @@ A config file is a YAML mapping; every key is optional and command-line options 
     on_missing: error     # error (default) or skip: what to do with a listed variable
                           # that the source does not have
     drop: [total_precipitation_24hr]   # data variables not written at all
+    copy: [land_sea_mask]   # data variables copied losslessly, named so that a config
+                            # can give every variable of a store its treatment
     variables:            # the variables to quantize; all other data variables are
       temperature:        # copied losslessly
       specific_humidity: {nbits: 20}
@@ -54,6 +56,7 @@ _TOP_KEYS = (
     "on_missing",
     "drop",
     "variables",
+    "copy",
 )
 _VARIABLE_KEYS = ("nbits", "tolerance")
 _ON_MISSING = ("error", "skip")
@@ -85,6 +88,7 @@ class Config:
     levels: tuple[float, ...] | None = None
     on_missing: str = "error"
     drop: tuple[str, ...] = ()
+    copy: tuple[str, ...] = ()
     description: str | None = None
     source: str = "<config>"
 
@@ -236,6 +240,11 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         fields["on_missing"] = data["on_missing"]
     if data.get("drop") is not None:
         fields["drop"] = _string_list(data["drop"], "drop", source)
+    if data.get("copy") is not None:
+        fields["copy"] = _string_list(data["copy"], "copy", source)
+        both = sorted(set(fields["copy"]) & set(fields.get("drop", ())))
+        if both:
+            raise _fail(source, "copy", f"lists variables that 'drop' leaves out: {both}")
 
     variables = data.get("variables")
     if variables is not None:
@@ -266,6 +275,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         overlap = sorted(set(parsed_vars) & set(fields.get("drop", ())))
         if overlap:
             raise _fail(source, "drop", f"lists variables that 'variables' quantizes: {overlap}")
+        overlap = sorted(set(parsed_vars) & set(fields.get("copy", ())))
+        if overlap:
+            raise _fail(source, "copy", f"lists variables that 'variables' quantizes: {overlap}")
     return Config(**fields)
 
 

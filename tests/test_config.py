@@ -131,3 +131,17 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     path.write_text("variables: [a\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("document", "match"),
+    [
+        ({"copy": "soil_type"}, r"c.yaml: 'copy' must be a list of names"),
+        ({"copy": ["a"], "drop": ["a"]}, r"'copy' lists variables that 'drop' leaves out: \['a'\]"),
+        ({"copy": ["a"], "variables": {"a": None}}, r"'copy' lists variables that 'variables'"),
+    ],
+)
+def test_copy_lists_variables_copied_losslessly(document, match):
+    assert parse_config({"copy": ["soil_type"]}).copy == ("soil_type",)
+    with pytest.raises(ConfigError, match=match):
+        parse_config(document, source="c.yaml")

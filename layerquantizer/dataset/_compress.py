@@ -104,8 +104,8 @@ def compress(
     """Copy the dataset at ``src`` to ``dst``, quantizing the chosen variables.
 
     The chosen variables are written with LayerQuantizer (Zarr v2: the ``layerquantizer1``
-    compressor; v3: the ``layerquantizer`` serializer), every other data variable with
-    Zarr's default lossless compressor, in its stored form (raw values, dtype, fill value
+    compressor; v3: the ``layerquantizer`` serializer), every other data variable losslessly
+    with Blosc zstd clevel 3 and byte shuffle, in its stored form (raw values, dtype, fill value
     and attributes, netCDF packing included); coordinates and attributes are kept, and each
     quantized variable records ``layerquantizer_codec``, ``layerquantizer_nbits`` and
     ``layerquantizer_error_bound`` (full scale) in its attributes, or, with an absolute

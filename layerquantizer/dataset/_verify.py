@@ -90,6 +90,8 @@ class LevelStats:
     nonfinite_mismatches: int
     ok: bool
     count: int = 0  # finite pairs compared
+    #: The layer of the largest error: a coordinate label (else an index) per leading dim.
+    worst_layer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -550,6 +552,8 @@ def _check_variable(
         per_level = stats.reshape(1, -1, 7)
         fails = failing.reshape(1, -1)
         level_values = [None]
+    other_dims = [dim for dim in dims if dim != "level"]
+    other_shape = [src_var.sizes[dim] for dim in other_dims]
     levels = []
     for value, layers, failed in zip(level_values, per_level, fails, strict=True):
         lo, hi = layers[:, _LO], layers[:, _HI]
@@ -587,6 +591,11 @@ def _check_variable(
                 nonfinite_mismatches=int(layers[:, _BAD].sum()),
                 ok=not failed.any(),
                 count=int(count),
+                worst_layer=_layer_labels(
+                    src_var, other_dims, np.unravel_index(int(max_err.argmax()), other_shape)
+                )
+                if max_err.size
+                else None,
             )
         )
     return VariableCheck(
@@ -595,6 +604,13 @@ def _check_variable(
         mode=array.mode if array is not None else None, tolerance=tolerance,
         units=array.units if array is not None else _units(src_var),
     )  # fmt: skip
+
+
+def _layer_labels(var: xr.DataArray, dims: list[str], index: tuple) -> dict[str, Any]:
+    return {
+        dim: var[dim].values[i] if dim in var.coords else int(i)
+        for dim, i in zip(dims, index, strict=True)
+    }
 
 
 def _units(var: xr.DataArray) -> str:
