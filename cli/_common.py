@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,6 +19,15 @@ DebugOption = Annotated[
 JsonOption = Annotated[
     bool,
     typer.Option("--json", help="Print a machine-readable JSON summary.", show_default=False),
+]
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        metavar="FILE.png",
+        help="Also draw the report as a PNG picture (needs the plot extra: matplotlib).",
+        show_default=False,
+    ),
 ]
 WorkersOption = Annotated[
     int | None,

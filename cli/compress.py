@@ -46,7 +46,7 @@ from cli._common import (
     stdout_console,
     usage_value,
 )
-from cli.render import store_table
+from cli.render import dry_run_table, store_table
 
 
 class _MiBPerSecond(ProgressColumn):
@@ -171,6 +171,16 @@ def compress(
         int | None,
         typer.Option("--nbits", help="Bits per value for every quantized variable (default 16)."),
     ] = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance",
+            metavar="X",
+            help="Instead of --nbits: the largest absolute error of every quantized variable, "
+            "in its own units (e.g. 0.01 for temperatures to 0.01 K), plus one float32 ulp.",
+            show_default=False,
+        ),
+    ] = None,
     time: Annotated[
         str | None, typer.Option("--time", metavar="START:END", help="Time range, inclusive.")
     ] = None,
@@ -238,6 +248,15 @@ def compress(
             "another host that is gone. A dead run on this host is recognised by itself.",
         ),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Write nothing: print the plan (per variable the treatment, chunk objects, "
+            "logical and estimated stored bytes, from a few sampled chunks) and the time "
+            "it would take at the speed measured on them.",
+        ),
+    ] = False,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -250,11 +269,40 @@ def compress(
 
     \b
       lq compress sample.zarr out.zarr --vars temperature,geopotential
+      lq compress sample.zarr out.zarr --vars temperature --tolerance 0.01
       SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
       lq compress $SRC gs://my-bucket/era5.zarr --config configs/era5.yaml \\
           --time 2020-01-01:2020-12-31 --gcs-token key.json --scheduler tcp://10.0.0.5:8786
       lq compress $SRC gs://my-bucket/era5.zarr ... --resume   # after an interruption
     """
+    if dry_run:
+        with handle_errors(debug):
+            from layerquantizer import dataset
+            from layerquantizer.config import load_config
+
+            if overwrite or resume:
+                raise dataset.RequestError(
+                    "--dry-run writes nothing: leave out --overwrite and --resume"
+                )
+            estimate = dataset.dry_run(
+                src,
+                dst,
+                variables=usage_value("--vars", dataset.parse_variables, vars),
+                config=load_config(config) if config is not None else None,
+                nbits=nbits,
+                tolerance=tolerance,
+                time=usage_value("--time", dataset.parse_time_range, time),
+                levels=usage_value("--levels", dataset.parse_levels, levels),
+                chunks=usage_value("--chunks", dataset.parse_chunks, chunks),
+                zarr_format=zarr_format,
+                workers=workers,
+                token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
+            )
+        if json_output:
+            print_json(estimate.to_dict())
+        else:
+            stdout_console().print(dry_run_table(estimate))
+        return
     from layerquantizer._unit import keep_large_allocations
 
     keep_large_allocations()  # first, before any library starts a thread (see its docstring)
@@ -271,6 +319,7 @@ def compress(
                 variables=usage_value("--vars", dataset.parse_variables, vars),
                 config=cfg,
                 nbits=nbits,
+                tolerance=tolerance,
                 time=usage_value("--time", dataset.parse_time_range, time),
                 levels=usage_value("--levels", dataset.parse_levels, levels),
                 chunks=usage_value("--chunks", dataset.parse_chunks, chunks),

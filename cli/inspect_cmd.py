@@ -17,6 +17,7 @@ from cli._common import (
     DebugOption,
     GcsTokenOption,
     JsonOption,
+    PlotOption,
     handle_errors,
     print_json,
     stdout_console,
@@ -29,6 +30,7 @@ def inspect(
     store: Annotated[str, typer.Argument(metavar="STORE", help="A Zarr store: a path or URL.")],
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
+    plot: PlotOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Per variable: dims, shape, chunks, dtype, codec and settings, logical and stored
@@ -40,6 +42,10 @@ def inspect(
         report = dataset.inspect(
             store, token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token)
         )
+        if plot is not None:
+            from layerquantizer.dataset._plots import plot_inspect
+
+            plot_inspect(report, plot)
     if json_output:
         print_json(report.to_dict())
         return

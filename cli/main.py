@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand
 
-from cli import compress, inspect_cmd, sample, verify
+from cli import advise, compress, inspect_cmd, sample, verify
 
 app = typer.Typer(
     name="lq",
@@ -67,6 +67,7 @@ app.command("compress", no_args_is_help=True, cls=_Command)(compress.compress)
 app.command("verify", no_args_is_help=True, cls=_Command)(verify.verify)
 app.command("inspect", no_args_is_help=True, cls=_Command)(inspect_cmd.inspect)
 app.command("sample", no_args_is_help=True, cls=_Command)(sample.sample)
+app.command("advise", no_args_is_help=True, cls=_Command)(advise.advise)
 
 if __name__ == "__main__":
     app()

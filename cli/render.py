@@ -38,7 +38,7 @@ def store_table(
                 "shape": "×".join(map(str, array.shape)),
                 "chunks": "×".join(map(str, array.chunks)),
                 "codec": array.codec,
-                "settings": settings_text(array.codec, array.settings, array.error_bound),
+                "settings": _settings_cell(array),
                 "logical": human_bytes(array.logical_bytes),
                 "stored": human_bytes(array.stored_bytes),
                 "ratio": ratio_text(array.ratio),
@@ -67,17 +67,86 @@ def store_table(
     return table
 
 
+def _settings_cell(array) -> str:
+    """The codec's settings; an absolute tolerance first, in the variable's units:
+    ``tol 0.01 K level=1``."""
+    if array.tolerance is None:
+        return settings_text(array.codec, array.settings, array.error_bound)
+    rest = {k: v for k, v in array.settings.items() if k != "tolerance"}
+    rest_text = settings_text(array.codec, rest, None)
+    return f"{tolerance_text(array.tolerance, array.units)} {rest_text}"
+
+
+def tolerance_text(tolerance: float, units: str = "") -> str:
+    """``tol 0.01 K``.
+
+    >>> tolerance_text(0.01, "K"), tolerance_text(2.5e-07)
+    ('tol 0.01 K', 'tol 2.5e-07')
+    """
+    return f"tol {tolerance:.6g}" + (f" {units}" if units else "")
+
+
+_FS_CAPTION = (
+    "fs = full scale: error over the layer's max - min; an nbits bound is the codec's fs "
+    "bound plus one float32 ulp of the largest value, a tolerance is absolute (plus one "
+    "float32 ulp of the value)"
+)
+
+
+def verify_summary_table(report) -> Table:
+    """One row per variable: units, max abs error, max fs error, RMSE over every value,
+    bound, verdict (``--by-level`` gives :func:`verify_table`)."""
+    table = Table(
+        title=f"{report.dst} against {report.src}",
+        caption=_FS_CAPTION,
+        title_justify="left",
+        caption_justify="left",
+    )
+    for column in ("variable", "units", "max abs err", "max fs err", "rmse", "bound", "ok"):
+        table.add_column(column, justify="left" if column in ("variable", "units") else "right")
+    for name, check in report.variables.items():
+        if not check.levels:  # nothing to compare: a missing variable
+            kinds = ", ".join(dict.fromkeys(p.kind for p in check.problems)) or "-"
+            table.add_row(name, "", "", "", "", kinds, "[bold red]FAIL[/]")
+            continue
+        table.add_row(
+            name,
+            check.units or "-",
+            error_text(check.max_abs_error),
+            error_text(check.max_fs_error),
+            error_text(check.rmse),
+            _variable_bound_text(check),
+            "ok" if check.ok else "[bold red]FAIL[/]",
+        )
+    return table
+
+
+def _variable_bound_text(check) -> str:
+    if check.codec_bound == 0:
+        return "lossless"
+    if check.bound_from is None:
+        return "unknown"
+    if check.tolerance is not None:
+        return tolerance_text(check.tolerance, check.units)
+    parts = []
+    if check.bound is not None:
+        bits = f"{check.nbits} bits, " if check.bound_from == "codec" and check.nbits else ""
+        parts.append(f"{bits}fs {error_text(check.bound)}")
+    if check.abs_bound is not None and check.bound_from == "user":
+        parts.append(f"abs {error_text(check.abs_bound)}")
+    return ", ".join(parts) or "unknown"
+
+
 def verify_table(report) -> Table:
     """Per variable and level: range, errors, bound, verdict."""
     table = Table(
         title=f"{report.dst} against {report.src}",
-        caption="fs = full scale: error over the layer's max - min; the fs bound is the "
-        "codec's plus one float32 ulp of the largest value",
+        caption=_FS_CAPTION,
         title_justify="left",
         caption_justify="left",
     )
     for column in ("variable", "level", "min", "max", "max abs err", "max fs err", "rmse",
-                   "fs bound", "ok"):  # fmt: skip
+                   "bound", "ok"):  # fmt: skip
         table.add_column(column, justify="left" if column == "variable" else "right")
     for name, check in report.variables.items():
         if not check.levels:  # nothing to compare: a missing variable
@@ -104,6 +173,8 @@ def _bound_text(check, level) -> str:
         return "lossless"
     if check.bound_from is None:
         return "unknown"
+    if check.tolerance is not None:
+        return tolerance_text(check.tolerance, check.units)
     if level.bound is None and level.bound_abs is not None:
         return f"abs {error_text(level.bound_abs)}"
     return error_text(level.bound)
@@ -126,3 +197,54 @@ def problem_lines(report, per_variable: int = PROBLEMS_SHOWN) -> list[str]:
                 f"... and {rest} more problem{'s' if rest > 1 else ''} of {check.name} (see --json)"
             )
     return lines
+
+
+def dry_run_table(report) -> Table:
+    """``lq compress --dry-run``: per variable the treatment, bits, chunk objects, logical
+    and estimated stored bytes and ratio; the total and the estimated time in the caption."""
+    title = f"{report.dst} would be written (zarr v{report.zarr_format}; dry run, nothing written)"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("variable", "treatment", "nbits", "chunks", "logical", "est. stored",
+                   "est. ratio"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("variable", "treatment") else "right")
+
+    def ratio(logical: int, stored: int | None) -> str:
+        return ratio_text(logical / stored) if stored else "n/a"
+
+    for name, v in report.variables.items():
+        written = v.chunks > 0
+        table.add_row(
+            name, v.treatment, "" if v.nbits is None else str(v.nbits),
+            str(v.chunks) if written else "", human_bytes(v.logical_bytes) if written else "",
+            human_bytes(v.estimated_stored_bytes) if written and v.estimated_stored_bytes
+            is not None else ("n/a" if written else ""),
+            ratio(v.logical_bytes, v.estimated_stored_bytes) if written else "",
+        )  # fmt: skip
+    table.add_section()
+    stored = report.estimated_stored_bytes
+    table.add_row(
+        "total", plural(sum(1 for v in report.variables.values() if v.chunks), "variable"), "",
+        str(report.total_chunks), human_bytes(report.total_logical_bytes),
+        human_bytes(stored) if stored is not None else "n/a",
+        ratio(report.total_logical_bytes, stored),
+    )  # fmt: skip
+    seconds, speed = report.estimated_seconds, report.mib_per_s
+    if seconds is None:
+        table.caption = "no sampled chunk held data: no estimate of the size or the time"
+    else:
+        table.caption = (
+            f"estimated from sampled chunks; at the measured {speed:.1f} MiB/s per thread on "
+            f"{plural(report.threads, 'thread')}: about {_duration(seconds)}"
+        )
+    table.caption_justify = "left"
+    return table
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -3,6 +3,7 @@
 Example::
 
     lq verify sample.zarr out.zarr --vars temperature --json
+    lq verify sample.zarr out.zarr --by-level    # a row per variable and level
 
 Exit status 0 when every value is within the bound its codec promises, 1 on any problem:
 values beyond the bound, a missing or corrupt chunk, values that differ under a codec whose
@@ -12,22 +13,48 @@ looser than the attributes promise, a missing variable, an unfinished store.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cli._common import (
     DebugOption,
     GcsTokenOption,
     JsonOption,
+    PlotOption,
     WorkersOption,
     handle_errors,
     plural,
     print_json,
+    stderr_console,
     stdout_console,
     usage_value,
 )
-from cli.render import problem_lines, verify_table
+from cli.render import problem_lines, verify_summary_table, verify_table
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator:
+    """A ``progress(chunks_done, chunks_total)`` callback drawing a bar on stderr, or None
+    when stderr is not a terminal (a pipe or a log stays clean)."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+        TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("verify", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def verify(
@@ -56,33 +83,49 @@ def verify(
             show_default=False,
         ),
     ] = None,
+    by_level: Annotated[
+        bool,
+        typer.Option(
+            "--by-level",
+            help="A row per variable and level (range, errors, bound) instead of one per variable.",
+            show_default=False,
+        ),
+    ] = False,
     workers: WorkersOption = None,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
+    plot: PlotOption = None,
     debug: DebugOption = False,
 ) -> None:
-    """Compare DST with SRC: per variable and level the max absolute error, the max
-    full-scale error (over each layer's max-min range), the RMSE, and the bound the codec
-    promises; and every problem found (missing or corrupt chunks, values under a codec lq
+    """Compare DST with SRC: per variable (per level with --by-level) the max absolute
+    error, the max full-scale error (over each layer's max-min range), the RMSE, and the
+    bound the codec promises (nbits: full scale; a tolerance: absolute, in the variable's
+    units); and every problem found (missing or corrupt chunks, values under a codec lq
     cannot bound, chunks looser than their metadata, missing variables, an unfinished
     store). Exit status 1 on any problem."""
-    with handle_errors(debug):
+    with handle_errors(debug), _progress_bar() as progress:
         from layerquantizer import dataset
 
+        token = usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token)
         report = dataset.verify(
             src,
             dst,
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
-            token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
+            token=token,
             max_abs_error=max_abs_error,
             max_fs_error=max_fs_error,
+            progress=progress,
         )
+        if plot is not None:
+            from layerquantizer.dataset._plots import plot_verify
+
+            plot_verify(report, plot, token=token)
     if json_output:
         print_json(report.to_dict())
     else:
         console = stdout_console()
-        console.print(verify_table(report))
+        console.print(verify_table(report) if by_level else verify_summary_table(report))
         for name, reason in report.skipped.items():
             console.print(f"skipped {name}: {reason}")
         for line in problem_lines(report):

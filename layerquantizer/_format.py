@@ -439,8 +439,9 @@ PREFIX_SIZE = _PREFIX.size
 
 def peek_nbits(prefix: bytes) -> int | None:
     """The nbits a chunk was encoded with, from its first :data:`PREFIX_SIZE` bytes; None
-    when they are not the start of a version-1 chunk (no checksum is checked: this is for
-    telling what a store holds, not for decoding).
+    when they are not the start of a chunk of a version this module reads (no checksum is
+    checked: this is for telling what a store holds, not for decoding). Versions 1 and 2
+    share the prefix.
 
     >>> peek_nbits(MAGIC + bytes([FORMAT_VERSION, 0, 1, 12, 1, 2, 0, 0, 1, 0, 0, 0]))
     12
@@ -448,4 +449,36 @@ def peek_nbits(prefix: bytes) -> int | None:
     if len(prefix) < _PREFIX.size:
         return None
     magic, version, _, _, nbits, *_ = _PREFIX.unpack(bytes(prefix[: _PREFIX.size]))
-    return nbits if magic == MAGIC and version == FORMAT_VERSION else None
+    return nbits if magic == MAGIC and version in READ_VERSIONS else None
+
+
+def layer_table_end(shape: tuple[int, ...]) -> int:
+    """Bytes at the start of a chunk of ``shape`` that :func:`peek_steps` needs: the
+    prefix, the shape and the layer table.
+
+    >>> layer_table_end((1, 37, 721, 1440))
+    640
+    """
+    return _PREFIX.size + 8 * len(shape) + 16 * layer_shape(shape)[0]
+
+
+def peek_steps(prefix: bytes) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """The shape and the per-layer quantization steps of a chunk, from its first bytes
+    (:func:`layer_table_end` of its shape); None when they are not the start of a chunk of
+    a version this module reads, or too few. No checksum is checked (as :func:`peek_nbits`).
+    """
+    prefix = bytes(prefix)
+    if len(prefix) < _PREFIX.size:
+        return None
+    magic, version, _, _, _, _, ndim, *_ = _PREFIX.unpack(prefix[: _PREFIX.size])
+    if magic != MAGIC or version not in READ_VERSIONS or ndim > MAX_NDIM:
+        return None
+    end = _PREFIX.size + 8 * ndim
+    if len(prefix) < end:
+        return None
+    shape = struct.unpack(f"<{ndim}Q", prefix[_PREFIX.size : end])
+    if any(n > MAX_EXTENT for n in shape) or len(prefix) < layer_table_end(shape):
+        return None
+    nlayers = layer_shape(shape)[0]
+    table = np.frombuffer(prefix[end : end + 16 * nlayers], "<f8").reshape(nlayers, 2)
+    return shape, table[:, 1].copy()

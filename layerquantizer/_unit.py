@@ -299,8 +299,8 @@ def _chunk_encoder(array, data: np.ndarray):
     if data.dtype == np.float64 and stored == np.float32:
         if settings is None:
             return None
-        nbits, level = settings
-        return lambda block: float64_chunk(block, nbits=nbits, level=level)
+        nbits, level, tolerance = settings
+        return lambda block: float64_chunk(block, nbits=nbits, level=level, tolerance=tolerance)
     if data.dtype != stored or data.dtype.kind != "f":
         return None
     if meta.zarr_format == 2:
@@ -308,13 +308,14 @@ def _chunk_encoder(array, data: np.ndarray):
             return None
         return meta.compressor.encode
     if settings is not None:
-        nbits, level = settings
-        return lambda block: lq_chunk.encode(block, nbits=nbits, level=level)
+        nbits, level, tolerance = settings
+        return lambda block: lq_chunk.encode(block, nbits=nbits, level=level, tolerance=tolerance)
     return None
 
 
-def _layerquantizer_settings(meta) -> tuple[int, int] | None:
-    """(nbits, level) when LayerQuantizer alone turns a chunk of the array into bytes."""
+def _layerquantizer_settings(meta) -> tuple[int | None, int, float | None] | None:
+    """(nbits, level, tolerance) when LayerQuantizer alone turns a chunk of the array into
+    bytes; one of nbits and tolerance is None."""
     from layerquantizer.codec import LayerQuantizer
     from layerquantizer.zarr3 import LayerQuantizerCodec
 
@@ -326,10 +327,12 @@ def _layerquantizer_settings(meta) -> tuple[int, int] | None:
         if len(meta.codecs) != 1 or not isinstance(meta.codecs[0], LayerQuantizerCodec):
             return None
         codec = meta.codecs[0]
-    return codec.nbits, codec.level
+    return codec.nbits, codec.level, codec.tolerance
 
 
-def float64_chunk(block: np.ndarray, *, nbits: int, level: int) -> bytes:
+def float64_chunk(
+    block: np.ndarray, *, nbits: int | None, level: int, tolerance: float | None = None
+) -> bytes:
     """A LayerQuantizer chunk of float64 values, within the bound of the float64 values.
 
     The codec quantizes the float32 rounding ``r`` of each value ``x``; to hold
@@ -340,6 +343,9 @@ def float64_chunk(block: np.ndarray, *, nbits: int, level: int) -> bytes:
     bound holds whatever ``nbits``; when the half step is not well above the float32
     spacing of the layer's values (``(max - min) / max|x|`` below about
     ``(2**nbits - 1) * 2**-24``: 0.4% at 16 bits) most values are stored that way.
+
+    With an absolute ``tolerance`` (``nbits`` None) the same holds with ``tolerance`` in
+    place of the half step: ``|x - y| <= tolerance + ulp32(x)``.
 
     Raises
     ------
@@ -369,8 +375,11 @@ def float64_chunk(block: np.ndarray, *, nbits: int, level: int) -> bytes:
             )
         # A little more than half an ulp: room for the float64 rounding of the checks.
         half_ulp = 0.5 * _kernels.float32_ulp(float(np.float32(largest))) * (1 + 2**-20)
-        tolerances[index] = (hi - lo) / ((1 << nbits) - 1) / 2.0 - half_ulp
-    return lq_chunk.encode(rounded, nbits=nbits, level=level, tolerances=tolerances)
+        allowed = tolerance if nbits is None else (hi - lo) / ((1 << nbits) - 1) / 2.0
+        tolerances[index] = allowed - half_ulp
+    return lq_chunk.encode(
+        rounded, nbits=nbits, level=level, tolerances=tolerances, tolerance=tolerance
+    )
 
 
 def write_region(job: UnitJob, data: np.ndarray) -> bool:

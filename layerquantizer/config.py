@@ -1,11 +1,12 @@
-"""YAML configuration of ``lq compress``: which variables to quantize, with how many bits.
+"""YAML configuration of ``lq compress``: which variables to quantize, and how finely.
 
 A config file is a YAML mapping; every key is optional and command-line options override it.
 
 .. code-block:: yaml
 
     description: WeatherBench2 ERA5, 6-hourly, 0.25 degree   # free text, ignored
-    nbits: 16             # default bits for every quantized variable (1..24)
+    nbits: 16             # default bits for every quantized variable (1..24), or instead
+    # tolerance: 0.01     # a default absolute error, in each variable's own units
     zarr_format: 2        # 2 (default) or 3
     chunks: {time: 1}     # output chunk size per dimension; -1 = the whole dimension
     time: "2020-01-01:2020-12-31"   # subset of the time coordinate, START:END (inclusive)
@@ -13,20 +14,31 @@ A config file is a YAML mapping; every key is optional and command-line options 
     on_missing: error     # error (default) or skip: what to do with a listed variable
                           # that the source does not have
     drop: [total_precipitation_24hr]   # data variables not written at all
+    copy: [land_sea_mask]   # data variables copied losslessly, named so that a config
+                            # can give every variable of a store its treatment
     variables:            # the variables to quantize; all other data variables are
       temperature:        # copied losslessly
       specific_humidity: {nbits: 20}
+      geopotential: {tolerance: 1.0}   # within 1 m**2 s**-2 (+ one float32 ulp)
+
+A variable takes its own ``nbits`` or ``tolerance`` (not both), else the default ``nbits``
+or ``tolerance`` (not both), else 16 bits. ``nbits`` bounds the error relative to each
+layer's max - min; ``tolerance`` in the variable's units, whatever its range.
 
 Example
 -------
 >>> cfg = parse_config({"nbits": 12, "variables": {"temperature": None}}, source="inline")
 >>> cfg.nbits_for("temperature"), cfg.nbits_for("geopotential")
 (12, 12)
+>>> cfg = parse_config({"tolerance": 0.5, "variables": {"t": {"nbits": 14}, "z": None}})
+>>> cfg.setting_for("t"), cfg.setting_for("z")
+((14, None), (None, 0.5))
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +48,7 @@ __all__ = ["Config", "ConfigError", "VariableConfig", "load_config", "parse_conf
 _TOP_KEYS = (
     "description",
     "nbits",
+    "tolerance",
     "zarr_format",
     "chunks",
     "time",
@@ -43,8 +56,9 @@ _TOP_KEYS = (
     "on_missing",
     "drop",
     "variables",
+    "copy",
 )
-_VARIABLE_KEYS = ("nbits",)
+_VARIABLE_KEYS = ("nbits", "tolerance")
 _ON_MISSING = ("error", "skip")
 
 
@@ -54,9 +68,11 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class VariableConfig:
-    """Settings of one quantized variable; ``None`` means the config's default."""
+    """Settings of one quantized variable (at most one of the two); ``None`` means the
+    config's default."""
 
     nbits: int | None = None
+    tolerance: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,21 +81,32 @@ class Config:
 
     variables: Mapping[str, VariableConfig] = dataclasses.field(default_factory=dict)
     nbits: int | None = None
+    tolerance: float | None = None
     zarr_format: int | None = None
     chunks: Mapping[str, int] = dataclasses.field(default_factory=dict)
     time: str | None = None
     levels: tuple[float, ...] | None = None
     on_missing: str = "error"
     drop: tuple[str, ...] = ()
+    copy: tuple[str, ...] = ()
     description: str | None = None
     source: str = "<config>"
 
-    def nbits_for(self, name: str) -> int | None:
-        """Bits for variable ``name``: its own setting, else the config default, else None."""
+    def setting_for(self, name: str) -> tuple[int | None, float | None]:
+        """``(nbits, tolerance)`` of variable ``name``, at most one not None: its own
+        setting, else the config's default, else ``(None, None)``."""
         own = self.variables.get(name)
-        if own is not None and own.nbits is not None:
-            return own.nbits
-        return self.nbits
+        if own is not None and (own.nbits is not None or own.tolerance is not None):
+            return own.nbits, own.tolerance
+        return self.nbits, self.tolerance
+
+    def nbits_for(self, name: str) -> int | None:
+        """Bits for variable ``name`` (None when the config gives it a tolerance or nothing)."""
+        return self.setting_for(name)[0]
+
+    def tolerance_for(self, name: str) -> float | None:
+        """Absolute tolerance for variable ``name``, in its units (None when not set)."""
+        return self.setting_for(name)[1]
 
 
 def _fail(source: str, key: str, message: str) -> ConfigError:
@@ -107,6 +134,34 @@ def _integer(value: Any, key: str, source: str, *, low: int, high: int | None = 
         upper = f"..{high}" if high is not None else " or more"
         raise _fail(source, key, f"must be in {low}{upper}, got {value}")
     return value
+
+
+def _tolerance(value: Any, key: str, source: str) -> float:
+    # YAML 1.1 (PyYAML) reads 1e-3, without a dot, as text: say how to write it.
+    if isinstance(value, str):
+        hint = ""
+        try:
+            float(value)
+            hint = " (YAML reads a number like 1e-3 as text: write 1.0e-3 or 0.001)"
+        except ValueError:
+            pass
+        raise _fail(source, key, f"must be a number, got text {value!r}{hint}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(source, key, f"must be a number, got {_type_name(value)} {value!r}")
+    if not (value > 0 and math.isfinite(2.0 * float(value))):
+        raise _fail(
+            source, key, f"must be a positive, finite number (an absolute error), got {value!r}"
+        )
+    return float(value)
+
+
+def _exclusive(settings: Mapping, where: str, source: str) -> None:
+    if settings.get("nbits") is not None and settings.get("tolerance") is not None:
+        key = f"{where}." if where else ""
+        raise ConfigError(
+            f"{source}: {key}nbits and {key}tolerance are both given; keep one (nbits bounds "
+            "the error relative to each layer's range, tolerance in the variable's units)"
+        )
 
 
 def _string_list(value: Any, key: str, source: str) -> tuple[str, ...]:
@@ -146,6 +201,9 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         fields["description"] = data["description"]
     if data.get("nbits") is not None:
         fields["nbits"] = _integer(data["nbits"], "nbits", source, low=1, high=24)
+    if data.get("tolerance") is not None:
+        fields["tolerance"] = _tolerance(data["tolerance"], "tolerance", source)
+    _exclusive(data, "", source)
     if data.get("zarr_format") is not None:
         value = data["zarr_format"]
         if isinstance(value, bool) or value not in (2, 3):
@@ -182,6 +240,11 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         fields["on_missing"] = data["on_missing"]
     if data.get("drop") is not None:
         fields["drop"] = _string_list(data["drop"], "drop", source)
+    if data.get("copy") is not None:
+        fields["copy"] = _string_list(data["copy"], "copy", source)
+        both = sorted(set(fields["copy"]) & set(fields.get("drop", ())))
+        if both:
+            raise _fail(source, "copy", f"lists variables that 'drop' leaves out: {both}")
 
     variables = data.get("variables")
     if variables is not None:
@@ -195,17 +258,26 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
                 continue
             if not isinstance(settings, Mapping):
                 raise _fail(
-                    source, where, f"must be a mapping such as {{nbits: 16}}, got {settings!r}"
+                    source,
+                    where,
+                    f"must be a mapping such as {{nbits: 16}} or {{tolerance: 0.01}}, got "
+                    f"{settings!r}",
                 )
             _check_keys(settings, _VARIABLE_KEYS, where, source)
-            nbits = settings.get("nbits")
+            nbits, tolerance = settings.get("nbits"), settings.get("tolerance")
             if nbits is not None:
                 nbits = _integer(nbits, f"{where}.nbits", source, low=1, high=24)
-            parsed_vars[str(name)] = VariableConfig(nbits=nbits)
+            if tolerance is not None:
+                tolerance = _tolerance(tolerance, f"{where}.tolerance", source)
+            _exclusive(settings, where, source)
+            parsed_vars[str(name)] = VariableConfig(nbits=nbits, tolerance=tolerance)
         fields["variables"] = parsed_vars
         overlap = sorted(set(parsed_vars) & set(fields.get("drop", ())))
         if overlap:
             raise _fail(source, "drop", f"lists variables that 'variables' quantizes: {overlap}")
+        overlap = sorted(set(parsed_vars) & set(fields.get("copy", ())))
+        if overlap:
+            raise _fail(source, "copy", f"lists variables that 'variables' quantizes: {overlap}")
     return Config(**fields)
 
 

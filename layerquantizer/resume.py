@@ -22,9 +22,9 @@ source objects it reads have the size and version (GCS generation, etag or mtime
 marker records (``_unit.source_fingerprint``); a unit whose source changed between the
 runs is written again.
 
-The manifest records a description of the plan (source, variables and bits, selection,
-chunks, Zarr format); resuming with options that describe another plan is refused with
-the differences named.
+The manifest records a description of the plan (source, variables and their bits or
+tolerance, selection, chunks, Zarr format); resuming with options that describe another
+plan is refused with the differences named.
 
 Example::
 
@@ -95,6 +95,9 @@ def describe_plan(plan: Plan, src: str) -> dict[str, Any]:
             "nbits": plan.quantized.get(str(name)),
             "attrs": _digest(_json_bytes(var.attrs)),
         }
+        tolerance = plan.tolerances.get(str(name))
+        if tolerance is not None:  # only then: the descriptions of nbits runs stay as they were
+            variables[str(name)]["tolerance"] = tolerance
     coords = {}
     for name in source.coords:
         values = source[name].values

@@ -364,7 +364,7 @@ def test_version_and_usage_lines():
         and result.stdout == f"lq (layerquantizer) {version('layerquantizer')}\n"
     )
     for command, usage in [("compress", "SRC DST"), ("verify", "SRC DST"), ("inspect", "STORE"),
-                           ("sample", "DST")]:  # fmt: skip
+                           ("sample", "DST"), ("advise", "SRC")]:  # fmt: skip
         result = lq(command, "--help", timeout=60)
         assert f"Usage: lq {command} [OPTIONS] {usage}" in result.stdout, result.stdout
 
@@ -375,7 +375,7 @@ def test_every_command_has_json_and_counts_read_right(tmp_path):
     from cli.main import app
 
     runner = CliRunner()
-    for command in ("compress", "verify", "inspect", "sample"):
+    for command in ("compress", "verify", "inspect", "sample", "advise"):
         assert "--json" in runner.invoke(app, [command, "--help"]).stdout, command
     src = tmp_path / "one.zarr"
     result = runner.invoke(app, ["sample", str(src), "--levels", "1", "--grid", "24x13",

@@ -40,6 +40,19 @@ def test_nbits_precedence():
     assert parse_config({"variables": {"a": {}}}).nbits_for("a") is None
 
 
+def test_tolerance_precedence():
+    cfg = parse_config(
+        {"tolerance": 0.5, "variables": {"a": None, "b": {"nbits": 20}, "c": {"tolerance": 2}}}
+    )
+    assert cfg.setting_for("a") == (None, 0.5)
+    assert cfg.setting_for("b") == (20, None)
+    assert cfg.setting_for("c") == (None, 2.0)
+    assert (cfg.nbits_for("a"), cfg.tolerance_for("c")) == (None, 2.0)
+    cfg = parse_config({"nbits": 12, "variables": {"a": {"tolerance": 0.01}, "b": None}})
+    assert (cfg.setting_for("a"), cfg.setting_for("b")) == ((None, 0.01), (12, None))
+    assert parse_config({"variables": {"a": {}}}).setting_for("a") == (None, None)
+
+
 def test_full_config_parses():
     cfg = parse_config(
         {
@@ -65,7 +78,7 @@ def test_full_config_parses():
         pytest.param({"nbit": 16}, r"unknown key 'nbit' \(expected one of: description, nbits",
                      id="unknown-top-key"),
         pytest.param({"variables": {"t": {"bits": 3}}},
-                     r"unknown key 'bits' in 'variables.t' \(expected one of: nbits\)",
+                     r"unknown key 'bits' in 'variables.t' \(expected one of: nbits, tolerance\)",
                      id="unknown-variable-key"),
         pytest.param({"nbits": "16"}, r"'nbits' must be an integer, got str '16'", id="nbits-str"),
         pytest.param({"nbits": True}, r"'nbits' must be an integer, got bool", id="nbits-bool"),
@@ -85,6 +98,18 @@ def test_full_config_parses():
         pytest.param({"drop": ["t"], "variables": {"t": None}}, r"'drop' lists variables",
                      id="drop-overlap"),
         pytest.param([1, 2], r"must be a mapping of keys to values, got list", id="not-mapping"),
+        pytest.param({"variables": {"t": {"nbits": 8, "tolerance": 0.1}}},
+                     r"variables\.t\.nbits and variables\.t\.tolerance are both given; keep one",
+                     id="variable-both"),
+        pytest.param({"nbits": 8, "tolerance": 0.1}, r"nbits and tolerance are both given",
+                     id="default-both"),
+        pytest.param({"tolerance": 0}, r"'tolerance' must be a positive, finite number",
+                     id="tolerance-zero"),
+        pytest.param({"tolerance": True}, r"'tolerance' must be a number, got bool",
+                     id="tolerance-bool"),
+        pytest.param({"variables": {"t": {"tolerance": "1e-3"}}},
+                     r"'variables\.t\.tolerance' must be a number, got text '1e-3' \(YAML reads",
+                     id="tolerance-text"),
     ],
 )  # fmt: skip
 def test_bad_config_names_file_and_key(document, match):
@@ -106,3 +131,17 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     path.write_text("variables: [a\n")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("document", "match"),
+    [
+        ({"copy": "soil_type"}, r"c.yaml: 'copy' must be a list of names"),
+        ({"copy": ["a"], "drop": ["a"]}, r"'copy' lists variables that 'drop' leaves out: \['a'\]"),
+        ({"copy": ["a"], "variables": {"a": None}}, r"'copy' lists variables that 'variables'"),
+    ],
+)
+def test_copy_lists_variables_copied_losslessly(document, match):
+    assert parse_config({"copy": ["soil_type"]}).copy == ("soil_type",)
+    with pytest.raises(ConfigError, match=match):
+        parse_config(document, source="c.yaml")

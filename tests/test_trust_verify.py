@@ -29,6 +29,14 @@ from layerquantizer.resume import PROGRESS_DIR
 pytestmark = pytest.mark.slow
 
 
+def consolidate_by_hand(store) -> None:
+    """What a user's ``zarr.consolidate_metadata`` does to an lq store after editing it."""
+    with warnings.catch_warnings():
+        # zarr names lq's own marker (.lq-store.json) as no Zarr component: harmless here.
+        warnings.filterwarnings("ignore", message=r"Object at \.lq-store\.json is not")
+        zarr.consolidate_metadata(str(store))
+
+
 def lq_json(*args) -> tuple[int, dict]:
     result = subprocess.run(
         [*lq_command(), *map(str, args), "--json"], capture_output=True, text=True, timeout=300
@@ -174,10 +182,7 @@ def test_chunks_looser_than_the_attributes_claim(small_source, store):
 
 def test_a_deleted_variable_is_missing(small_source, store):
     shutil.rmtree(store / "geopotential")
-    with warnings.catch_warnings():
-        # zarr names lq's own marker (.lq-store.json) as no Zarr component: harmless here.
-        warnings.filterwarnings("ignore", message=r"Object at \.lq-store\.json is not")
-        zarr.consolidate_metadata(str(store))
+    consolidate_by_hand(store)
     code, report = lq_json("verify", small_source, store)
     assert code == 1
     assert kinds(report["variables"]["geopotential"]) == [("missing_variable", None)]
@@ -266,7 +271,7 @@ def test_a_variable_gone_from_a_consolidated_store_has_its_chunks_missing(small_
 def test_attributes_that_contradict_the_codec(small_source, store):
     array = zarr.open_array(str(store), path="temperature", mode="r+")
     array.attrs["layerquantizer_nbits"] = 20  # the codec metadata says 16
-    zarr.consolidate_metadata(str(store))
+    consolidate_by_hand(store)
     code, report = lq_json("verify", small_source, store)
     assert code == 1
     assert kinds(report["variables"]["temperature"]) == [

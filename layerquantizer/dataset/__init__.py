@@ -35,6 +35,16 @@ import it.
 
 from __future__ import annotations
 
+from layerquantizer.dataset._advise import (
+    AdviceReport,
+    Recommendation,
+    Trial,
+    VariableAdvice,
+    advise,
+    bit_pair_counts,
+    bitinformation,
+    keepbits,
+)
 from layerquantizer.dataset._codec_metadata import (
     ATTR_BOUND,
     ATTR_CODEC,
@@ -43,6 +53,7 @@ from layerquantizer.dataset._codec_metadata import (
     full_scale_bound,
 )
 from layerquantizer.dataset._compress import CompressReport, compress
+from layerquantizer.dataset._dry_run import DryRunReport, VariableEstimate, dry_run
 from layerquantizer.dataset._errors import (
     ChunkWriteError,
     DatasetError,
@@ -83,12 +94,18 @@ from layerquantizer.dataset._verify import (
 from layerquantizer.dataset._write import ProgressCallback, WriteResult, write_plan
 
 __all__ = [
+    "AdviceReport",
+    "Recommendation",
+    "Trial",
+    "VariableAdvice",
+    "advise",
     "ChunkTask",
     "ChunkWriteError",
     "CompressReport",
     "DEFAULT_NBITS",
     "DatasetError",
     "DestinationExistsError",
+    "DryRunReport",
     "LevelStats",
     "PROBLEM_KINDS",
     "Plan",
@@ -99,9 +116,11 @@ __all__ = [
     "StoreReport",
     "ArrayReport",
     "VariableCheck",
+    "VariableEstimate",
     "VerifyReport",
     "WriteResult",
     "compress",
+    "dry_run",
     "full_scale_bound",
     "inspect",
     "open_dataset",

@@ -1,5 +1,14 @@
 """What a store records about LayerQuantizer: the attributes written on each quantized
 variable, the codec ids, the lossless codecs, and the bound that ``nbits`` promises.
+
+A variable quantized with ``nbits`` records ``layerquantizer_codec``, ``layerquantizer_nbits``
+and ``layerquantizer_error_bound``: the full-scale bound ``0.5 / (2**nbits - 1)``, a fraction
+of each 2-D layer's ``max - min`` (plus one float32 ulp of the value), as it always has. One
+quantized with an absolute tolerance records ``layerquantizer_codec``,
+``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``: the absolute bound,
+in the variable's units (plus one float32 ulp); it has no full-scale bound, so no
+``layerquantizer_error_bound`` (nor ``layerquantizer_nbits``: each chunk takes the bits its
+widest layer needs).
 """
 
 from __future__ import annotations
@@ -8,6 +17,11 @@ from __future__ import annotations
 ATTR_CODEC = "layerquantizer_codec"
 ATTR_NBITS = "layerquantizer_nbits"
 ATTR_BOUND = "layerquantizer_error_bound"
+#: On a variable quantized with an absolute tolerance: "tolerance", and the tolerance.
+ATTR_MODE = "layerquantizer_mode"
+ATTR_TOLERANCE = "layerquantizer_tolerance"
+MODE_NBITS = "nbits"
+MODE_TOLERANCE = "tolerance"
 #: On a quantized variable whose source did not decode to float32: the dtype it decoded
 #: to (the bound is relative to those values; the variable now decodes to float32).
 ATTR_SOURCE_DTYPE = "layerquantizer_source_dtype"

@@ -34,7 +34,7 @@ class CompressReport:
     src: str
     dst: str
     store: StoreReport
-    quantized: dict[str, int]
+    quantized: dict[str, int | None]
     copied: tuple[str, ...]
     dropped: tuple[str, ...]
     skipped: tuple[str, ...]
@@ -85,6 +85,7 @@ def compress(
     variables: Sequence[str] | None = None,
     config: Config | None = None,
     nbits: int | None = None,
+    tolerance: float | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -103,11 +104,13 @@ def compress(
     """Copy the dataset at ``src`` to ``dst``, quantizing the chosen variables.
 
     The chosen variables are written with LayerQuantizer (Zarr v2: the ``layerquantizer1``
-    compressor; v3: the ``layerquantizer`` serializer), every other data variable with
-    Zarr's default lossless compressor, in its stored form (raw values, dtype, fill value
+    compressor; v3: the ``layerquantizer`` serializer), every other data variable losslessly
+    with Blosc zstd clevel 3 and byte shuffle, in its stored form (raw values, dtype, fill value
     and attributes, netCDF packing included); coordinates and attributes are kept, and each
     quantized variable records ``layerquantizer_codec``, ``layerquantizer_nbits`` and
-    ``layerquantizer_error_bound`` (full scale) in its attributes. float64 and packed
+    ``layerquantizer_error_bound`` (full scale) in its attributes, or, with an absolute
+    ``tolerance`` (exclusive with ``nbits``; per variable from the config),
+    ``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``. float64 and packed
     variables (decoded to float64) are quantized through float32 within the bound of their
     float64 values, and written as float32 with ``layerquantizer_source_dtype``. Metadata
     is consolidated. The source is only read. See :func:`plan_compress` for the selection
@@ -183,8 +186,8 @@ def compress(
     # opened, or a request that does not fit it, must not cost an existing DST.
     ds = open_dataset(src, token=src_token)
     plan = plan_compress(
-        ds, variables=variables, config=config, nbits=nbits, time=time, levels=levels,
-        chunks=chunks, zarr_format=zarr_format,
+        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
+        levels=levels, chunks=chunks, zarr_format=zarr_format,
     )  # fmt: skip
     try:
         lock = DestinationLock(dst, dst_token, break_lock=break_lock)

@@ -14,7 +14,11 @@ from layerquantizer.dataset._codec_metadata import (
     _LQ_CODEC_IDS,
     ATTR_CODEC,
     ATTR_DROPPED,
+    ATTR_MODE,
     ATTR_NBITS,
+    ATTR_TOLERANCE,
+    MODE_NBITS,
+    MODE_TOLERANCE,
     full_scale_bound,
 )
 from layerquantizer.dataset._errors import SourceError, _one_line
@@ -49,11 +53,41 @@ class ArrayReport:
 
     @property
     def nbits(self) -> int | None:
-        """Bits of LayerQuantizer, from the codec metadata, else from the attributes."""
+        """Bits of LayerQuantizer, from the codec metadata, else from the attributes (None
+        for an absolute tolerance)."""
         if self.codec in _LQ_CODEC_IDS and "nbits" in self.settings:
             return int(self.settings["nbits"])
+        if self.tolerance is not None:
+            return None
         value = self.attrs.get(ATTR_NBITS)
         return int(value) if isinstance(value, int | float) else None
+
+    @property
+    def tolerance(self) -> float | None:
+        """LayerQuantizer's absolute tolerance, from the codec metadata, else from the
+        attributes (when the codec metadata gives no nbits)."""
+        if self.codec in _LQ_CODEC_IDS:
+            if isinstance(self.settings.get("tolerance"), int | float):
+                return float(self.settings["tolerance"])
+            if "nbits" in self.settings:
+                return None
+        value = self.attrs.get(ATTR_TOLERANCE)
+        if self.attrs.get(ATTR_MODE) == MODE_TOLERANCE and isinstance(value, int | float):
+            return float(value)
+        return None
+
+    @property
+    def mode(self) -> str | None:
+        """``"nbits"`` or ``"tolerance"`` for LayerQuantizer, None for other codecs."""
+        if self.tolerance is not None:
+            return MODE_TOLERANCE
+        return MODE_NBITS if self.nbits is not None else None
+
+    @property
+    def units(self) -> str:
+        """The ``units`` attribute, "" without one."""
+        value = self.attrs.get("units")
+        return value if isinstance(value, str) else ""
 
     @property
     def error_bound(self) -> float | None:
@@ -73,6 +107,8 @@ class ArrayReport:
             "settings": self.settings,
             "codecs": self.codecs,
             "error_bound": self.error_bound,
+            "mode": self.mode,
+            "tolerance": self.tolerance,
             "logical_bytes": self.logical_bytes,
             "stored_bytes": self.stored_bytes,
             "ratio": None if self.ratio is None else round(self.ratio, 4),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,10 @@ from layerquantizer.dataset._codec_metadata import (
     _LQ_CODEC_IDS,
     ATTR_BOUND,
     ATTR_DROPPED,
+    ATTR_MODE,
     ATTR_NBITS,
+    ATTR_TOLERANCE,
+    MODE_TOLERANCE,
     full_scale_bound,
 )
 from layerquantizer.dataset._errors import RequestError, SourceError, _one_line
@@ -85,6 +89,9 @@ class LevelStats:
     bound_abs: float | None
     nonfinite_mismatches: int
     ok: bool
+    count: int = 0  # finite pairs compared
+    #: The layer of the largest error: a coordinate label (else an index) per leading dim.
+    worst_layer: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +146,11 @@ class VariableCheck:
     allows, over each layer's range, so that ``max_fs_error <= bound`` whenever ``ok``.
     When the codec's bound is unknown the bounds the user stated are checked instead
     (``bound_from`` ``"user"``); without them, values that differ at all are a problem.
+
+    ``mode`` is ``"nbits"`` or ``"tolerance"`` for LayerQuantizer (None otherwise); with a
+    ``tolerance`` the bound is absolute: ``|x - y| <= tolerance + ulp32(x)``, and
+    ``codec_bound`` is None. :attr:`abs_bound_max` is the largest absolute error allowed in
+    any layer (ulp included), so that ``max_abs_error <= abs_bound_max`` whenever ``ok``.
     """
 
     name: str
@@ -149,6 +161,24 @@ class VariableCheck:
     problems: list[Problem] = dataclasses.field(default_factory=list)
     bound_from: str | None = "codec"
     abs_bound: float | None = None
+    mode: str | None = None
+    tolerance: float | None = None
+    units: str = ""
+
+    @property
+    def abs_bound_max(self) -> float | None:
+        if self.codec_bound == 0:
+            return 0.0
+        found = [lev.bound_abs for lev in self.levels if lev.bound_abs is not None]
+        return max(found) if found else self.abs_bound
+
+    @property
+    def rmse(self) -> float:
+        """Over every compared value (from the levels' RMSEs and counts)."""
+        total = sum(lev.count for lev in self.levels)
+        if not total:
+            return 0.0
+        return math.sqrt(sum(lev.rmse**2 * lev.count for lev in self.levels) / total)
 
     @property
     def bound(self) -> float | None:
@@ -171,13 +201,18 @@ class VariableCheck:
     def to_dict(self) -> dict[str, Any]:
         return {
             "codec": self.codec,
+            "mode": self.mode,
             "nbits": self.nbits,
+            "tolerance": _json_float(self.tolerance),
+            "abs_bound": _json_float(self.abs_bound_max),
+            "units": self.units,
             "bound": _json_float(self.bound),
             "codec_bound": _json_float(self.codec_bound),
             "bound_from": self.bound_from,
             "max_abs_bound": _json_float(self.abs_bound),
             "max_fs_error": _json_float(self.max_fs_error),
             "max_abs_error": _json_float(self.max_abs_error),
+            "rmse": _json_float(self.rmse),
             "ok": self.ok,
             "problems": [problem.to_dict() for problem in self.problems],
             "levels": [lev.to_dict() for lev in self.levels],
@@ -251,10 +286,15 @@ class _ChunkReader:
     ``variable`` is the destination variable, lazily indexed (no dask): indexing one chunk's
     region reads and decodes that chunk alone, with xarray's decoding. ``key`` gives a chunk's
     object key (None when it cannot be told, e.g. sharded arrays); ``present`` the keys the
-    store holds; ``nbits`` the bits the metadata promises (chunk headers are then read).
+    store holds; ``nbits`` the bits the metadata promises (chunk headers are then read);
+    ``tolerance`` the absolute tolerance it promises instead, with ``chunk_shape`` the
+    shape of a whole chunk (each chunk's layer table is then read, see :meth:`_steps`).
     """
 
-    def __init__(self, name, variable, chunks, key, present, fs, root, nbits, location, pad):
+    def __init__(
+        self, name, variable, chunks, key, present, fs, root, nbits, location, pad,
+        tolerance=None, chunk_shape=None,
+    ):  # fmt: skip
         self.name = name
         self.variable = variable
         self.chunks = tuple(tuple(int(n) for n in sizes) for sizes in chunks)
@@ -266,6 +306,24 @@ class _ChunkReader:
         self.nbits = nbits
         self.location = location
         self.pad = pad  # leading axes added to a vector or scalar, absent from chunk indices
+        self.tolerance = tolerance
+        self.chunk_shape = chunk_shape
+
+    def _steps(self, key: str, block_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The quantization step of each layer of the block, from its chunk's layer table
+        (one small read), or None when the chunk is not one LayerQuantizer wrote in the
+        array's chunk shape."""
+        from layerquantizer._format import layer_table_end, peek_steps
+
+        if self.chunk_shape is None or len(self.chunk_shape) < 2:
+            return None
+        end = layer_table_end(self.chunk_shape)
+        found = peek_steps(self.fs.cat_file(f"{self.root}/{key}", start=0, end=end))
+        if found is None or tuple(found[0]) != tuple(self.chunk_shape):
+            return None
+        steps = found[1].reshape(self.chunk_shape[:-2])
+        # An edge chunk's block is the first part of the chunk along each dim.
+        return steps[tuple(slice(0, n) for n in block_shape[:-2])]
 
     def check(self, a: np.ndarray, coords: tuple[int, ...]) -> tuple[np.ndarray, list[Problem]]:
         """Statistics of the block (as :func:`_layer_stats`) and the problems of its chunk.
@@ -294,6 +352,9 @@ class _ChunkReader:
                     f"promises {self.nbits} bits; re-run lq compress for this variable",
                     coords,
                 ))  # fmt: skip
+        steps = None
+        if present and key is not None and self.tolerance is not None:
+            steps = self._steps(key, a.shape)
         try:
             b = np.asarray(self.variable[region].values)
         except Exception as exc:  # the decoders' error types differ by codec
@@ -317,7 +378,33 @@ class _ChunkReader:
                 coords,
             ))  # fmt: skip
             return _layer_stats(a, a), problems
-        return _layer_stats(a, b), problems
+        stats = _layer_stats(a, b)
+        if steps is not None:
+            problems.extend(self._looser_steps(stats, steps, coords, where))
+        return stats, problems
+
+    def _looser_steps(self, stats, steps, coords, where) -> list[Problem]:
+        """A layer quantized with a step over twice the tolerance whose values miss it:
+        the chunk was encoded with a looser setting than the metadata promises.
+
+        A step over ``2 X`` alone proves nothing: the encoder takes a coarser one for a
+        layer on a coarse grid, a layer of one sign whose float32 spacing is coarser, and a
+        layer too wide for 24 bits, all within ``X`` + ulp; and the layer table does not say
+        which. So only a layer whose values also miss ``X`` + ulp is named.
+        """
+        limit = 2.0 * self.tolerance * (1 + _BOUND_SLACK)
+        excess = stats[..., 0, 0, _MAX_EXCESS]
+        looser = (steps > limit) & (excess > self.tolerance * (1 + _BOUND_SLACK))
+        if not looser.any():
+            return []
+        step = float(steps[looser].max())
+        return [Problem(
+            "metadata_mismatch",
+            f"{self.name}: {where} is quantized with steps up to {step:.3g}, coarser than "
+            f"twice the tolerance {self.tolerance:.3g} the metadata promises; re-run lq "
+            "compress for this variable",
+            coords,
+        )]  # fmt: skip
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
@@ -390,10 +477,13 @@ def _check_variable(
     codec_bound = array.error_bound if array is not None else 0.0
     codec = array.codec if array is not None else "?"
     nbits = array.nbits if array is not None else None
+    tolerance = array.tolerance if array is not None else None
     problems = [problem for coords in np.ndindex(blocks.shape) for problem in blocks[coords][1]]
     if array is not None:
         problems[:0] = _metadata_problems(name, array)
-    if codec_bound is not None:
+    if tolerance is not None:
+        bound, abs_bound, bound_from = None, tolerance, "codec"
+    elif codec_bound is not None:
         bound, abs_bound, bound_from = codec_bound, None, "codec"
     elif user_fs is not None or user_abs is not None:
         bound, abs_bound, bound_from = user_fs, user_abs, "user"
@@ -411,13 +501,25 @@ def _check_variable(
     elif bound is not None:
         allowed = bound * span * (1 + _BOUND_SLACK)
         beyond |= per_block[..., _MAX_EXCESS] > allowed[..., None, None]
-    if abs_bound is not None:
+    if tolerance is not None:  # the codec also allows one float32 ulp of the value
+        beyond |= per_block[..., _MAX_EXCESS] > tolerance * (1 + _BOUND_SLACK)
+    elif abs_bound is not None:
         beyond |= block_err > abs_bound * (1 + _BOUND_SLACK)
     differ = block_err > 0 if bound_from is None else np.zeros_like(beyond)
     bad = per_block[..., _BAD] > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         block_fs = np.where(span[..., None, None] > 0, block_err / span[..., None, None], 0.0)
-    for coords, fs in _failing_chunks(beyond, block_fs, lead_ids, pad):
+    if tolerance is not None:
+        units = f" {array.units}" if array.units else ""
+        for coords, err in _failing_chunks(beyond, block_err, lead_ids, pad):
+            problems.append(Problem(
+                "bound", f"{name}: chunk {coords}: errors up to {err:.3g}{units}, beyond the "
+                f"tolerance ({tolerance:.3g}{units} + one float32 ulp)", coords,
+            ))  # fmt: skip
+        beyond_fs = np.zeros_like(beyond)
+    else:
+        beyond_fs = beyond
+    for coords, fs in _failing_chunks(beyond_fs, block_fs, lead_ids, pad):
         limit = f"{bound:.3g} of the layer's range" if bound is not None else ""
         if abs_bound is not None:
             limit += (" and " if limit else "") + f"{abs_bound:.3g} absolute"
@@ -450,6 +552,8 @@ def _check_variable(
         per_level = stats.reshape(1, -1, 7)
         fails = failing.reshape(1, -1)
         level_values = [None]
+    other_dims = [dim for dim in dims if dim != "level"]
+    other_shape = [src_var.sizes[dim] for dim in other_dims]
     levels = []
     for value, layers, failed in zip(level_values, per_level, fails, strict=True):
         lo, hi = layers[:, _LO], layers[:, _HI]
@@ -459,7 +563,12 @@ def _check_variable(
         with np.errstate(invalid="ignore", divide="ignore"):
             fs = np.where(span > 0, max_err / np.where(span > 0, span, 1.0), 0.0)
         count = layers[:, _COUNT].sum()
-        if bound is None:
+        if tolerance is not None:
+            fs_bound = None
+            largest = np.maximum(np.abs(lo), np.abs(hi))[has_range]
+            ulp = np.spacing(largest.astype(np.float32)).astype(np.float64)
+            abs_bound_level = tolerance + float(ulp.max(initial=0.0))
+        elif bound is None:
             fs_bound = None
         else:
             # The codec also allows one float32 ulp of the value, largest at max |x|.
@@ -478,15 +587,35 @@ def _check_variable(
                 max_fs_error=float(fs.max(initial=0.0)),
                 rmse=float(math.sqrt(layers[:, _SUM_SQ].sum() / count)) if count else 0.0,
                 bound=fs_bound,
-                bound_abs=abs_bound if bound is None else abs_bound_level,
+                bound_abs=(abs_bound if bound is None and tolerance is None else abs_bound_level),
                 nonfinite_mismatches=int(layers[:, _BAD].sum()),
                 ok=not failed.any(),
+                count=int(count),
+                worst_layer=_layer_labels(
+                    src_var, other_dims, np.unravel_index(int(max_err.argmax()), other_shape)
+                )
+                if max_err.size
+                else None,
             )
         )
     return VariableCheck(
         name=name, codec=codec, nbits=nbits, codec_bound=codec_bound, levels=levels,
         problems=problems, bound_from=bound_from, abs_bound=abs_bound,
+        mode=array.mode if array is not None else None, tolerance=tolerance,
+        units=array.units if array is not None else _units(src_var),
     )  # fmt: skip
+
+
+def _layer_labels(var: xr.DataArray, dims: list[str], index: tuple) -> dict[str, Any]:
+    return {
+        dim: var[dim].values[i] if dim in var.coords else int(i)
+        for dim, i in zip(dims, index, strict=True)
+    }
+
+
+def _units(var: xr.DataArray) -> str:
+    value = var.attrs.get("units")
+    return value if isinstance(value, str) else ""
 
 
 def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
@@ -501,6 +630,29 @@ def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
                 f"{name}: the attribute {ATTR_NBITS} says {int(claimed)} bits, the codec "
                 f"metadata {int(codec_nbits)}",
             ))  # fmt: skip
+    claimed_tol = array.attrs.get(ATTR_TOLERANCE)
+    codec_tol = array.settings.get("tolerance") if array.codec in _LQ_CODEC_IDS else None
+    if array.attrs.get(ATTR_MODE) == MODE_TOLERANCE and isinstance(claimed_tol, int | float):
+        if isinstance(codec_nbits, int | float):
+            codec_says = f"{int(codec_nbits)} bits"
+        elif isinstance(codec_tol, int | float) and not math.isclose(
+            float(codec_tol), float(claimed_tol), rel_tol=1e-9
+        ):
+            codec_says = f"tolerance {codec_tol:.6g}"
+        else:
+            codec_says = None
+        if codec_says is not None:
+            problems.append(Problem(
+                "metadata_mismatch",
+                f"{name}: the attribute {ATTR_TOLERANCE} says {claimed_tol:.6g}, the codec "
+                f"metadata {codec_says}",
+            ))  # fmt: skip
+    elif isinstance(codec_tol, int | float) and isinstance(claimed, int | float):
+        problems.append(Problem(
+            "metadata_mismatch",
+            f"{name}: the attribute {ATTR_NBITS} says {int(claimed)} bits, the codec "
+            f"metadata tolerance {codec_tol:.6g}",
+        ))  # fmt: skip
     promised = array.attrs.get(ATTR_BOUND)
     if isinstance(promised, int | float) and isinstance(claimed, int | float):
         expected = full_scale_bound(int(claimed))
@@ -532,10 +684,48 @@ def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) ->
         def key(coords: tuple[int, ...]) -> str:
             return f"{name}/{metadata.encode_chunk_key(coords)}"
 
+    tolerance = chunk_shape = None
     if array is not None and array.codec in ("layerquantizer1", "layerquantizer"):
         claimed = array.attrs.get(ATTR_NBITS)
-        nbits = int(claimed) if isinstance(claimed, int | float) else array.nbits
-    return _ChunkReader(name, dst_var.variable, grid, key, keys, fs, root, nbits, location, pad)
+        claimed_tol = array.attrs.get(ATTR_TOLERANCE)
+        if array.attrs.get(ATTR_MODE) == MODE_TOLERANCE and isinstance(claimed_tol, int | float):
+            tolerance = float(claimed_tol)
+        elif array.tolerance is not None:
+            tolerance = array.tolerance
+        else:
+            nbits = int(claimed) if isinstance(claimed, int | float) else array.nbits
+        chunk_shape = tuple(array.chunks) if not sharded else None
+    return _ChunkReader(
+        name, dst_var.variable, grid, key, keys, fs, root, nbits, location, pad, tolerance,
+        chunk_shape,
+    )  # fmt: skip
+
+
+class _ChunkCounter:
+    """Counts the chunks checked, for a ``progress(done, total)`` callback."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None) -> None:
+        self.progress = progress
+        self.done = 0
+        self.total = 0
+        self.lock = threading.Lock()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def wrap(self, check):
+        if self.progress is None:
+            return check
+
+        def counted(*args):
+            result = check(*args)
+            with self.lock:
+                self.done += 1
+                self.report()
+            return result
+
+        return counted
 
 
 def _positive(option: str, value: float | None) -> float | None:
@@ -555,6 +745,7 @@ def verify(
     workers: int | None = None,
     max_abs_error: float | None = None,
     max_fs_error: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Compare ``dst`` with ``src`` per variable and level, in float64, chunk by chunk.
 
@@ -574,8 +765,15 @@ def verify(
     one), a source variable missing from ``dst`` and not dropped by its config. An
     unfinished ``dst`` (see :func:`inspect`) is a problem of the report itself.
 
+    A variable quantized with an absolute tolerance ``X`` (``layerquantizer_mode:
+    "tolerance"``) is checked against ``|x - y| <= X + ulp32(x)`` instead; each of its
+    chunks' layer tables is read too, and a layer quantized with a step over ``2 X`` whose
+    values miss that bound is a ``metadata_mismatch`` (a looser chunk than promised).
+
     The destination may hold a subset (times, levels) of the source. ``token``: gcsfs
     credentials for ``gs://`` stores (both; by default ``gs://`` is read anonymously).
+    ``progress(chunks_done, chunks_total)`` is called from the reading threads as each
+    chunk is checked.
 
     Examples
     --------
@@ -626,6 +824,7 @@ def verify(
     }
     missing = [name for name in missing if name not in skipped]
     pending = []
+    counter = _ChunkCounter(progress)
     fs, root = filesystem(dst, "r", token=dst_token)
     with _quiet_consolidated():
         group = zarr.open_group(open_store(dst, "r", token=dst_token), mode="r")
@@ -644,12 +843,15 @@ def verify(
         for _ in range(pad):  # a vector or scalar is one layer
             a = a[None]
         parts = a.to_delayed()
+        check = counter.wrap(reader.check)
         tasks = [
-            dask.delayed(reader.check, pure=False)(parts[coords], coords)
+            dask.delayed(check, pure=False)(parts[coords], coords)
             for coords in np.ndindex(parts.shape)
         ]
+        counter.total += len(tasks)
         lead_ids = [np.repeat(np.arange(len(c)), c) for c in a.chunks[:-2]]
         pending.append((name, src_var, parts.shape, lead_ids, pad, tasks))
+    counter.report()
     with _single_threaded_blosc():
         computed = dask.compute(
             *[tasks for *_, tasks in pending],

@@ -314,6 +314,8 @@ def _check_finished(plan: Plan, dst: str, token: Any) -> None:
             problems.append(f"{name} chunks {array.chunks}")
         if array.nbits != plan.quantized.get(name):
             problems.append(f"{name} nbits {array.nbits}")
+        if array.tolerance != plan.tolerances.get(name):
+            problems.append(f"{name} tolerance {array.tolerance}")
     extra = sorted(set(report.variables) - {str(n) for n in plan.source.data_vars})
     problems.extend(f"{name} not asked for" for name in extra)
     if problems:

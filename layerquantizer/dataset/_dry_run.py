@@ -1,0 +1,273 @@
+"""What ``lq compress --dry-run`` prints: the plan of a run, per variable its treatment,
+chunk objects, logical bytes and estimated stored bytes, and the time it would take;
+nothing is written (:func:`dry_run`, :class:`DryRunReport`).
+
+The estimates come from a few chunks per variable read from the source and encoded here
+with the codec the plan chose (:data:`SAMPLES`, spread over the variable's chunks): their
+ratio gives the stored bytes, their speed on one thread the time. A sampled chunk that
+holds only the fill value (Zarr stores nothing for it) says nothing about the others and
+is left out; a variable none of whose samples holds data has no estimate (``None``).
+
+Example::
+
+    lq compress $SRC gs://my-bucket/era5-lq.zarr --config configs/era5.yaml --dry-run --json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time as _time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from layerquantizer.config import Config
+from layerquantizer.dataset._errors import RequestError
+from layerquantizer.dataset._plan import Plan, _build_codec, _lossless_codec, plan_compress
+from layerquantizer.dataset._stores import _token, open_dataset
+from layerquantizer.dataset._write import _check_locations, _source_selection
+
+#: Chunks read and encoded per variable for the estimates.
+SAMPLES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableEstimate:
+    """One data variable of the source (or named by the config) in a dry run.
+
+    ``treatment`` is ``"quantize"``, ``"copy"``, ``"drop"`` or ``"skip"`` (named by the
+    config, missing from the source); ``chunks`` the chunk objects a run would write at
+    most (Zarr skips those holding only the fill value); ``logical_bytes`` the values'
+    size; ``estimated_stored_bytes`` None where no sampled chunk held data.
+    """
+
+    treatment: str
+    chunks: int
+    logical_bytes: int
+    estimated_stored_bytes: int | None
+    nbits: int | None = None
+
+
+@dataclasses.dataclass
+class DryRunReport:
+    """The plan of ``lq compress`` without writing it; see :func:`dry_run`."""
+
+    src: str
+    dst: str
+    zarr_format: int
+    variables: dict[str, VariableEstimate]
+    sampled_bytes: int
+    sample_seconds: float
+    threads: int
+    plan_seconds: float
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(v.chunks for v in self.variables.values())
+
+    @property
+    def total_logical_bytes(self) -> int:
+        return sum(v.logical_bytes for v in self.variables.values() if v.chunks)
+
+    @property
+    def estimated_stored_bytes(self) -> int | None:
+        written = [v for v in self.variables.values() if v.chunks]
+        if any(v.estimated_stored_bytes is None for v in written):
+            return None
+        return sum(v.estimated_stored_bytes or 0 for v in written)
+
+    @property
+    def mib_per_s(self) -> float | None:
+        """Measured speed of reading and encoding the samples, on one thread."""
+        if self.sampled_bytes == 0 or self.sample_seconds <= 0:
+            return None
+        return self.sampled_bytes / 2**20 / self.sample_seconds
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        """The time to write everything at the measured speed on :attr:`threads` threads."""
+        speed = self.mib_per_s
+        if speed is None:
+            return None
+        return self.total_logical_bytes / 2**20 / speed / max(self.threads, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        ratio = None
+        stored = self.estimated_stored_bytes
+        if stored:
+            ratio = round(self.total_logical_bytes / stored, 3)
+        return {
+            "src": self.src,
+            "dst": self.dst,
+            "dry_run": True,
+            "zarr_format": self.zarr_format,
+            "variables": {
+                name: {
+                    "treatment": v.treatment,
+                    "chunks": v.chunks,
+                    "logical_bytes": v.logical_bytes,
+                    "estimated_stored_bytes": v.estimated_stored_bytes,
+                    "nbits": v.nbits,
+                }
+                for name, v in self.variables.items()
+            },
+            "total": {
+                "variables": sum(1 for v in self.variables.values() if v.chunks),
+                "chunks": self.total_chunks,
+                "logical_bytes": self.total_logical_bytes,
+                "estimated_stored_bytes": stored,
+                "estimated_ratio": ratio,
+                "measured_mib_per_s": None if self.mib_per_s is None else round(self.mib_per_s, 2),
+                "threads": self.threads,
+                "estimated_seconds": (
+                    None if self.estimated_seconds is None else round(self.estimated_seconds, 1)
+                ),
+                "plan_seconds": round(self.plan_seconds, 3),
+            },
+        }
+
+
+def dry_run(
+    src: str,
+    dst: str,
+    *,
+    variables: Sequence[str] | None = None,
+    config: Config | None = None,
+    nbits: int | None = None,
+    tolerance: float | None = None,
+    time: tuple[str | None, str | None] | None = None,
+    levels: Sequence[float] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    zarr_format: int | None = None,
+    workers: int | None = None,
+    token: Any = None,
+    samples: int = SAMPLES,
+) -> DryRunReport:
+    """Plan ``compress(src, dst, ...)`` and estimate it, writing nothing anywhere.
+
+    Takes the selection arguments of :func:`compress`; ``dst`` is only checked against
+    ``src`` (not opened). ``workers`` (default: one thread per core) scales the estimated
+    time. Raises what :func:`compress` raises before it writes.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from layerquantizer.dataset import write_sample
+    >>> tmp = tempfile.mkdtemp()
+    >>> _ = write_sample(f"{tmp}/in.zarr", levels=2, grid=(25, 48), times=2)
+    >>> report = dry_run(f"{tmp}/in.zarr", f"{tmp}/out.zarr", variables=["temperature"])
+    >>> report.variables["temperature"].treatment, report.variables["temperature"].chunks
+    ('quantize', 2)
+    """
+    from layerquantizer import parallel
+
+    if samples < 1:
+        raise RequestError(f"samples must be at least 1, got {samples}")
+    _check_locations(src, dst, overwrite=False, resume=False)
+    started = _time.perf_counter()
+    ds = open_dataset(src, token=_token(token, None))
+    plan = plan_compress(
+        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
+        levels=levels, chunks=chunks, zarr_format=zarr_format,
+    )  # fmt: skip
+    plan_seconds = _time.perf_counter() - started
+    if plan.location is None:
+        raise RequestError("the source was not opened with open_dataset(): nothing to sample")
+    run = f"dry-run-{uuid.uuid4().hex}"
+    estimates: dict[str, VariableEstimate] = {}
+    sampled_bytes, sample_seconds = 0, 0.0
+    for name in plan.source.data_vars:
+        name = str(name)
+        encode = _sample_encoder(plan, name)
+        stored = logical = 0
+        for region in _sample_regions(plan, name, samples):
+            tick = _time.perf_counter()
+            values = _read(plan, name, region, run)
+            if values.dtype.kind == "f" and np.isnan(values).all():
+                continue  # Zarr stores nothing for it: no evidence about the others
+            stored += len(encode(values))
+            logical += values.nbytes
+            sample_seconds += _time.perf_counter() - tick
+        sampled_bytes += logical
+        total = int(plan.source[name].nbytes)
+        estimates[name] = VariableEstimate(
+            treatment="quantize" if name in plan.quantized else "copy",
+            chunks=_chunk_count(plan, name),
+            logical_bytes=total,
+            estimated_stored_bytes=round(total * stored / logical) if logical else None,
+            nbits=plan.quantized.get(name),
+        )
+    for name in plan.dropped:
+        estimates[name] = VariableEstimate("drop", 0, int(ds[name].nbytes), 0)
+    for name in plan.skipped:
+        estimates[name] = VariableEstimate("skip", 0, 0, None)
+    threads = workers if workers is not None else parallel.default_threads()
+    return DryRunReport(
+        src=src, dst=dst, zarr_format=plan.zarr_format,
+        variables=dict(sorted(estimates.items())), sampled_bytes=sampled_bytes,
+        sample_seconds=sample_seconds, threads=threads, plan_seconds=plan_seconds,
+    )  # fmt: skip
+
+
+def _chunk_count(plan: Plan, name: str) -> int:
+    shape = plan.source[name].shape
+    chunks = plan.variable_chunks(name)
+    return math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
+
+
+def _sample_regions(plan: Plan, name: str, samples: int) -> list[dict[str, slice]]:
+    """Up to ``samples`` write units spread over the variable: the first, the last and
+    between, picked without listing every unit (millions on a full-size store)."""
+    var = plan.source[name]
+    out = plan.variable_chunks(name)
+    grid = [math.ceil(n / c) for n, c in zip(var.shape, out, strict=True)]
+    count = math.prod(grid)
+    picks = sorted({round(i * (count - 1) / max(samples - 1, 1)) for i in range(samples)})
+    regions = []
+    for flat in picks:
+        index = np.unravel_index(flat, grid) if grid else ()
+        region = {
+            str(dim): slice(int(i) * c, min((int(i) + 1) * c, n))
+            for dim, i, c, n in zip(var.dims, index, out, var.shape, strict=True)
+        }
+        regions.append(region)
+    return regions
+
+
+def _read(plan: Plan, name: str, region: Mapping[str, slice], run: str) -> np.ndarray:
+    """The values a worker would read for ``region`` of ``name`` (:func:`_unit.read_region`:
+    stored values for copies and raw reads, decoded ones otherwise)."""
+    from layerquantizer._unit import UnitJob, read_region
+
+    job = UnitJob(
+        run=run, src=plan.location, src_token=plan.token, dst="", dst_token=None,
+        variable=name, index=(), region=tuple(region.values()),
+        source=_source_selection(plan.source_positions, region),
+        raw_read=name in plan.raw_read, marker=None, nbytes=0, chunks=1,
+    )  # fmt: skip
+    values, _ = read_region(job)
+    return np.array(values, copy=True)  # read_region reuses its buffer
+
+
+def _sample_encoder(plan: Plan, name: str):
+    """The function that turns a chunk's values into the bytes a run would store (Zarr v3
+    chunks are estimated with the v2 codec of the same settings: the same bytes but the
+    framing)."""
+    if name in plan.quantized:
+        encoding = plan.encoding.get(name, {})
+        compressors = encoding.get("compressors") if plan.zarr_format == 2 else None
+        codec = (
+            compressors[0]
+            if compressors
+            else _build_codec(plan.quantized[name], 2, plan.tolerances.get(name))["compressors"][0]
+        )
+
+        def quantize(values: np.ndarray) -> bytes:
+            return codec.encode(np.ascontiguousarray(values, dtype=np.float32))
+
+        return quantize
+    codec = _lossless_codec(2)["compressors"][0]
+    return lambda values: codec.encode(np.ascontiguousarray(values))
