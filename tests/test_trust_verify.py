@@ -103,6 +103,14 @@ def test_corrupt_chunks_are_named_and_the_rest_is_checked(small_source, store):
     assert len(others) == 8 and all(e["ok"] and e["levels"] for e in others.values())
 
 
+def test_nan_where_the_source_has_a_value_is_nonfinite(small_source, store):
+    array = zarr.open_array(store, path="temperature", mode="r+")
+    array[1, 0, 3, 4] = np.nan  # within any bound "by distance": only the NaN check sees it
+    code, report = lq_json("verify", small_source, store)
+    assert code == 1 and report["ok"] is False
+    assert kinds(report["variables"]["temperature"]) == [("nonfinite", [1, 0, 0, 0])]
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_missing_chunks_are_named_not_bound_failures(small_source, tmp_path, zarr_format):
     dst = tmp_path / "out.zarr"
