@@ -275,29 +275,34 @@ def compress(
           --time 2020-01-01:2020-12-31 --gcs-token key.json --scheduler tcp://10.0.0.5:8786
       lq compress $SRC gs://my-bucket/era5.zarr ... --resume   # after an interruption
     """
+
+    def selection() -> dict:
+        """What to read and how to write it, parsed once for the run and the dry run alike
+        (each option a usage error of its own)."""
+        from layerquantizer import dataset
+        from layerquantizer.config import load_config
+
+        return {
+            "variables": usage_value("--vars", dataset.parse_variables, vars),
+            "config": load_config(config) if config is not None else None,
+            "nbits": nbits,
+            "tolerance": tolerance,
+            "time": usage_value("--time", dataset.parse_time_range, time),
+            "levels": usage_value("--levels", dataset.parse_levels, levels),
+            "chunks": usage_value("--chunks", dataset.parse_chunks, chunks),
+            "zarr_format": zarr_format,
+            "token": usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
+        }
+
     if dry_run:
         with handle_errors(debug):
             from layerquantizer import dataset
-            from layerquantizer.config import load_config
 
             if overwrite or resume:
                 raise dataset.RequestError(
                     "--dry-run writes nothing: leave out --overwrite and --resume"
                 )
-            estimate = dataset.dry_run(
-                src,
-                dst,
-                variables=usage_value("--vars", dataset.parse_variables, vars),
-                config=load_config(config) if config is not None else None,
-                nbits=nbits,
-                tolerance=tolerance,
-                time=usage_value("--time", dataset.parse_time_range, time),
-                levels=usage_value("--levels", dataset.parse_levels, levels),
-                chunks=usage_value("--chunks", dataset.parse_chunks, chunks),
-                zarr_format=zarr_format,
-                workers=workers,
-                token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
-            )
+            estimate = dataset.dry_run(src, dst, workers=workers, **selection())
         if json_output:
             print_json(estimate.to_dict())
         else:
@@ -309,26 +314,17 @@ def compress(
     written = _Written()
     with handle_errors(debug), _stop_on_signals(dst, written):
         from layerquantizer import dataset
-        from layerquantizer.config import load_config
 
-        cfg = load_config(config) if config is not None else None
+        chosen = selection()
         with progress_reporter(enabled=True) as bar:
             report = dataset.compress(
                 src,
                 dst,
-                variables=usage_value("--vars", dataset.parse_variables, vars),
-                config=cfg,
-                nbits=nbits,
-                tolerance=tolerance,
-                time=usage_value("--time", dataset.parse_time_range, time),
-                levels=usage_value("--levels", dataset.parse_levels, levels),
-                chunks=usage_value("--chunks", dataset.parse_chunks, chunks),
-                zarr_format=zarr_format,
+                **chosen,
                 overwrite=overwrite,
                 resume=resume,
                 workers=workers,
                 scheduler=scheduler,
-                token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
                 progress=written.tracking(bar),
                 break_lock=break_lock,
                 worker_timeout=worker_timeout,
