@@ -308,7 +308,7 @@ def compress(
         else:
             stdout_console().print(dry_run_table(estimate))
         return
-    from layerquantizer._unit import keep_large_allocations
+    from layerquantizer.dataset._unit import keep_large_allocations
 
     keep_large_allocations()  # first, before any library starts a thread (see its docstring)
     written = _Written()

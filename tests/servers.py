@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pytest
 
 # The workers keep every library to one thread, as lq's own local cluster does.
-from layerquantizer.parallel import WORKER_ENV
+from layerquantizer.dataset._parallel import WORKER_ENV
 
 if TYPE_CHECKING:
     import gcsfs.core

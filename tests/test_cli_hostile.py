@@ -190,7 +190,7 @@ def test_scheduler_without_workers_fails_before_dst_exists(bare_scheduler, sampl
 def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_units):
     from servers import start_worker
 
-    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import PROGRESS_DIR
 
     address, directory = bare_scheduler
     worker = start_worker(address, directory, "doomed")
@@ -234,7 +234,7 @@ def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupt_says_what_was_written_and_how_to_finish(many_units, tmp_path, signum, code):
-    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import PROGRESS_DIR
 
     dst = tmp_path / "out dir" / "out.zarr"  # a space: the printed command must quote it
     dst.parent.mkdir()

@@ -455,7 +455,7 @@ def test_unreadable_source(tmp_path):
 
 
 def test_failed_chunk_is_named(sample_v2, tmp_path, monkeypatch):
-    from layerquantizer import _unit
+    from layerquantizer.dataset import _unit
 
     real_write = _unit.write_region
 

@@ -20,8 +20,8 @@ import xarray as xr
 import zarr
 
 from layerquantizer import chunk
-from layerquantizer._unit import float64_chunk
 from layerquantizer.dataset import full_scale_bound
+from layerquantizer.dataset._unit import float64_chunk
 
 PACKED = ("z", "u", "v")
 COPIED = ("z", "u", "v", "f64", "i32", "u8", "u8_fill", "mask", "nanfill")

@@ -23,7 +23,7 @@ import xarray as xr
 from layerquantizer import _grid, _kernels, dataset
 from layerquantizer.codec import LayerQuantizer
 from layerquantizer.dataset import DestinationExistsError, ResumeMismatchError
-from layerquantizer.resume import PROGRESS_DIR, Progress, describe_plan, differences
+from layerquantizer.dataset._resume import PROGRESS_DIR, Progress, describe_plan, differences
 from layerquantizer.synthetic import era5_like_field
 
 pytestmark = pytest.mark.slow  # processes: lq subprocesses, clusters, the emulator
@@ -260,7 +260,7 @@ def test_plan_descriptions_name_their_differences(medium_store):
 
 def test_short_path_writes_the_bytes_zarr_writes(sample_store, tmp_path, monkeypatch):
     """The direct read/encode/store path and zarr's own pipeline give identical stores."""
-    from layerquantizer import _unit
+    from layerquantizer.dataset import _unit
 
     fast, slow = tmp_path / "fast.zarr", tmp_path / "slow.zarr"
     fmt = 3 if "v3" in sample_store else 2

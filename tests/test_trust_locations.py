@@ -19,8 +19,8 @@ import pytest
 import xarray as xr
 
 from layerquantizer import dataset
-from layerquantizer.destination import LOCK_SUFFIX, MARKER, DestinationLock
-from layerquantizer.resume import PROGRESS_DIR
+from layerquantizer.dataset._destination import LOCK_SUFFIX, MARKER, DestinationLock
+from layerquantizer.dataset._resume import PROGRESS_DIR
 
 pytestmark = pytest.mark.slow  # lq subprocesses, the GCS emulator
 
@@ -253,7 +253,7 @@ REMOVABLE = {
 
 @pytest.mark.parametrize("case", REMOVABLE)
 def test_check_removable_table(tmp_path, case):
-    from layerquantizer.destination import check_removable
+    from layerquantizer.dataset._destination import check_removable
 
     files, removable = REMOVABLE[case]
     dst = tmp_path / "dst.zarr"
@@ -270,7 +270,7 @@ def test_check_removable_table(tmp_path, case):
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_stores_of_the_previous_version_are_recognised(victim, tmp_path, zarr_format):
-    from layerquantizer.destination import check_removable
+    from layerquantizer.dataset._destination import check_removable
 
     out = tmp_path / "out.zarr"
     dataset.compress(str(victim), str(out), variables=["temperature"], zarr_format=zarr_format)

@@ -24,7 +24,7 @@ from test_cli_subprocess import lq_command
 
 from layerquantizer import dataset
 from layerquantizer.codec import LayerQuantizer
-from layerquantizer.resume import PROGRESS_DIR
+from layerquantizer.dataset._resume import PROGRESS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -290,7 +290,7 @@ def test_attributes_that_contradict_the_codec(small_source, store):
 
 
 def test_resume_redoes_the_units_whose_source_changed(small_source, tmp_path):
-    from layerquantizer.resume import Progress
+    from layerquantizer.dataset._resume import Progress
 
     src, dst = tmp_path / "in.zarr", tmp_path / "out.zarr"
     shutil.copytree(small_source, src)
@@ -316,7 +316,7 @@ def test_resume_redoes_the_units_whose_source_changed(small_source, tmp_path):
 
 
 def test_a_run_killed_before_its_metadata_is_named(small_source, tmp_path):
-    from layerquantizer.resume import Progress
+    from layerquantizer.dataset._resume import Progress
 
     dst = tmp_path / "early.zarr"
     Progress(str(dst)).start({"src": "in.zarr"})  # what a run writes first

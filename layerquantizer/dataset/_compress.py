@@ -130,7 +130,7 @@ def compress(
     scheduler : str, optional
         ``"tcp://HOST:PORT"`` of a dask scheduler whose workers write the units, or
         ``"threads"`` (the default: one thread per core in this process),
-        ``"synchronous"``, ``"processes"`` (see :mod:`layerquantizer.parallel`).
+        ``"synchronous"``, ``"processes"`` (see :mod:`layerquantizer.dataset._parallel`).
     token : optional
         gcsfs credentials (a service-account JSON file, ``"anon"``, ``"google_default"``,
         ``"cloud"``) for a ``gs://`` destination, and the source too when given. By
@@ -148,7 +148,7 @@ def compress(
     :func:`layerquantizer.storage.normalize_location`), and a local ``src`` must not link
     out of itself. The source is opened and the plan made before anything in ``dst`` is
     touched. While the call runs, ``dst`` + ``.lq-lock`` (beside it) keeps other runs out
-    (see :mod:`layerquantizer.destination`); ``overwrite`` removes only a store that
+    (see :mod:`layerquantizer.dataset._destination`); ``overwrite`` removes only a store that
     ``lq compress`` wrote.
     worker_timeout : float, optional
         Seconds a ``scheduler``'s cluster may be without workers, at the start (then
@@ -177,7 +177,7 @@ def compress(
     """
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
-    from layerquantizer.destination import DestinationLock, DestinationLocked
+    from layerquantizer.dataset._destination import DestinationLock, DestinationLocked
     from layerquantizer.storage import open_store, store_errors
 
     _check_locations(src, dst, overwrite, resume)
@@ -235,11 +235,11 @@ def compress(
 def _check_scheduler(scheduler: str | None, workers: int | None, timeout: float | None) -> None:
     """Before DST is touched (``--overwrite`` removes it): a scheduler that does not answer
     or has no worker is a bad request."""
-    from layerquantizer import parallel
+    import layerquantizer.dataset._parallel as _parallel
 
     try:
-        parallel.check_scheduler(
-            scheduler, workers, parallel.DEFAULT_WORKER_TIMEOUT if timeout is None else timeout
+        _parallel.check_scheduler(
+            scheduler, workers, _parallel.DEFAULT_WORKER_TIMEOUT if timeout is None else timeout
         )
-    except parallel.SchedulerError as exc:
+    except _parallel.SchedulerError as exc:
         raise RequestError(str(exc)) from exc

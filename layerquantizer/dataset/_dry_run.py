@@ -162,7 +162,7 @@ def dry_run(
     >>> report.variables["temperature"].treatment, report.variables["temperature"].chunks
     ('quantize', 2)
     """
-    from layerquantizer import parallel
+    import layerquantizer.dataset._parallel as _parallel
 
     if samples < 1:
         raise RequestError(f"samples must be at least 1, got {samples}")
@@ -204,7 +204,7 @@ def dry_run(
         estimates[name] = VariableEstimate("drop", 0, int(ds[name].nbytes), 0)
     for name in plan.skipped:
         estimates[name] = VariableEstimate("skip", 0, 0, None)
-    threads = workers if workers is not None else parallel.default_threads()
+    threads = workers if workers is not None else _parallel.default_threads()
     return DryRunReport(
         src=src, dst=dst, zarr_format=plan.zarr_format,
         variables=dict(sorted(estimates.items())), sampled_bytes=sampled_bytes,
@@ -240,7 +240,7 @@ def _sample_regions(plan: Plan, name: str, samples: int) -> list[dict[str, slice
 def _read(plan: Plan, name: str, region: Mapping[str, slice], run: str) -> np.ndarray:
     """The values a worker would read for ``region`` of ``name`` (:func:`_unit.read_region`:
     stored values for copies and raw reads, decoded ones otherwise)."""
-    from layerquantizer._unit import UnitJob, read_region
+    from layerquantizer.dataset._unit import UnitJob, read_region
 
     job = UnitJob(
         run=run, src=plan.location, src_token=plan.token, dst="", dst_token=None,

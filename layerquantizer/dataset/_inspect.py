@@ -216,7 +216,7 @@ def inspect(
     """
     import json
 
-    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import PROGRESS_DIR
     from layerquantizer.storage import StoreError, filesystem, local_file_reason, store_errors
 
     token = _token(token, storage_options)
@@ -340,7 +340,7 @@ def _incompleteness(
     location: str, progress: set[str], arrays: Mapping, root_attrs: Mapping, consolidated: bool
 ) -> str | None:
     """Why the store at ``location`` is an unfinished ``lq compress`` output, or None."""
-    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import PROGRESS_DIR
 
     if progress and f"{PROGRESS_DIR}/complete" not in progress:
         return (

@@ -788,7 +788,7 @@ def verify(
     import dask
     import zarr
 
-    from layerquantizer.resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import PROGRESS_DIR
     from layerquantizer.storage import filesystem, open_store
 
     user_abs = _positive("--max-abs-error", max_abs_error)

@@ -83,21 +83,21 @@ def write_plan(
     worker_timeout: float | None = None,
 ) -> WriteResult:
     """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
-    consolidated metadata; resumable at every step (see :mod:`layerquantizer.resume`).
+    consolidated metadata; resumable at every step (see :mod:`layerquantizer.dataset._resume`).
 
     ``dst`` must be new, or (``resume=True``) hold the progress of a run of the same plan;
     :func:`compress` checks which. ``scheduler`` and ``workers`` choose where the units run
-    (see :func:`layerquantizer.parallel.open_runner`): by default one thread per core here,
+    (see :func:`layerquantizer.dataset._parallel.open_runner`): by default one thread per core here,
     ``workers=N`` a local cluster of N processes, ``scheduler="tcp://HOST:PORT"`` an
     existing dask cluster; ``worker_timeout`` bounds the waits for its workers (see
-    :func:`layerquantizer.parallel.run_jobs`).
+    :func:`layerquantizer.dataset._parallel.run_jobs`).
     """
     import zarr
 
-    from layerquantizer import parallel
-    from layerquantizer._unit import UnitJob
-    from layerquantizer.destination import write_marker
-    from layerquantizer.resume import Progress, describe_plan, differences
+    import layerquantizer.dataset._parallel as _parallel
+    from layerquantizer.dataset._destination import write_marker
+    from layerquantizer.dataset._resume import Progress, describe_plan, differences
+    from layerquantizer.dataset._unit import UnitJob
     from layerquantizer.storage import open_store, store_errors
 
     if plan.location is None:
@@ -112,7 +112,7 @@ def write_plan(
                 "path or a gs:// URL"
             )
     if worker_timeout is None:
-        worker_timeout = parallel.DEFAULT_WORKER_TIMEOUT
+        worker_timeout = _parallel.DEFAULT_WORKER_TIMEOUT
     description = describe_plan(plan, plan.location)
     state = Progress(dst, token)
     with store_errors(dst):
@@ -192,12 +192,12 @@ def write_plan(
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
     try:
-        runner_context = parallel.open_runner(scheduler, workers, worker_timeout)
+        runner_context = _parallel.open_runner(scheduler, workers, worker_timeout)
         with _single_threaded_blosc(), runner_context as runner:
-            parallel.run_jobs(jobs(), runner, on_done)
-    except parallel.SchedulerError as exc:
+            _parallel.run_jobs(jobs(), runner, on_done)
+    except _parallel.SchedulerError as exc:
         raise RequestError(str(exc)) from exc
-    except parallel.WorkersLostError as exc:
+    except _parallel.WorkersLostError as exc:
         raise DatasetError(str(exc)) from exc
     with store_errors(dst), _quiet_consolidated():
         zarr.consolidate_metadata(open_store(dst, "r+", token=token))
@@ -217,7 +217,7 @@ def write_plan(
 def _check_locations(src: str | None, dst: str, overwrite: bool, resume: bool) -> None:
     """The checks of a request that read nothing: before the source is opened, and long
     before anything could be removed."""
-    from layerquantizer.destination import check_source_links
+    from layerquantizer.dataset._destination import check_source_links
     from layerquantizer.storage import locations_overlap
 
     if overwrite and resume:
@@ -236,9 +236,9 @@ def _check_locations(src: str | None, dst: str, overwrite: bool, resume: bool) -
 
 def _remove_lq_store(dst: str, token: Any) -> None:
     """Remove ``dst`` if ``lq compress`` wrote it (see
-    :func:`layerquantizer.destination.check_removable`), else refuse."""
-    from layerquantizer.destination import MARKER, check_removable
-    from layerquantizer.resume import PROGRESS_DIR
+    :func:`layerquantizer.dataset._destination.check_removable`), else refuse."""
+    from layerquantizer.dataset._destination import MARKER, check_removable
+    from layerquantizer.dataset._resume import PROGRESS_DIR
     from layerquantizer.storage import remove_store
 
     try:
@@ -254,9 +254,9 @@ def _destination_action(
     """``"new"``, ``"resume"`` or ``"complete"``: what to do with ``dst``, after the checks
     (and the removal of an old ``dst`` for ``overwrite``). Call it after
     :func:`_check_locations`, holding the lock of ``dst``
-    (:class:`layerquantizer.destination.DestinationLock`)."""
-    from layerquantizer.destination import MARKER
-    from layerquantizer.resume import PROGRESS_DIR, Progress
+    (:class:`layerquantizer.dataset._destination.DestinationLock`)."""
+    from layerquantizer.dataset._destination import MARKER
+    from layerquantizer.dataset._resume import PROGRESS_DIR, Progress
     from layerquantizer.storage import filesystem, locations_overlap, store_errors, store_exists
 
     if overwrite and resume:

@@ -40,10 +40,10 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from layerquantizer._unit import PROGRESS_DIR
+from layerquantizer.dataset._unit import PROGRESS_DIR
 
 if TYPE_CHECKING:
-    from layerquantizer.dataset import Plan
+    from layerquantizer.dataset._plan import Plan
 
 __all__ = ["PROGRESS_DIR", "Progress", "describe_plan", "differences"]
 

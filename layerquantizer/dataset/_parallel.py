@@ -18,8 +18,8 @@ unit reads its own source region and writes its own chunks, so nothing but a sma
 description travels to the workers and a small summary back.
 
 Every worker process keeps its libraries to one thread
-(:func:`layerquantizer._unit.configure_process`); threads in the caller's process change none
-of its settings (``lq`` tunes its own process's allocator, see ``cli/compress.py``):
+(:func:`layerquantizer.dataset._unit.configure_process`); threads in the caller's process
+change none of its settings (``lq`` tunes its own process's allocator, see ``cli/compress.py``):
 the codec's numba kernels release the GIL, so the parallelism is dask's threads or
 processes, and Blosc's or zarr's own pools would only oversubscribe the cores.
 """
@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from layerquantizer._unit import (
+from layerquantizer.dataset._unit import (
     MALLOC_ENV_VALUES,
     UnitDone,
     UnitJob,

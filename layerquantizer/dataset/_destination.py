@@ -28,7 +28,7 @@ import sys
 import uuid
 from typing import Any
 
-from layerquantizer._unit import PROGRESS_DIR
+from layerquantizer.dataset._unit import PROGRESS_DIR
 
 __all__ = [
     "LOCK_SUFFIX",

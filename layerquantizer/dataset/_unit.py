@@ -208,7 +208,7 @@ def _open_array(run: str, url: str, token: Any, name: str, mode: str):
 
 def _open_source_dataset(run: str, url: str, token: Any):
     def make():
-        from layerquantizer.dataset import open_dataset
+        from layerquantizer.dataset._stores import open_dataset
 
         return open_dataset(url, token=token)
 
@@ -523,7 +523,7 @@ def run_unit(job: UnitJob, zarr_threads: int | None = None) -> UnitDone:
         fast_write = write_region(job, data)
         write_marker(job, fingerprint)
     except Exception as exc:
-        from layerquantizer.dataset import ChunkWriteError, _one_line
+        from layerquantizer.dataset._errors import ChunkWriteError, _one_line
         from layerquantizer.storage import classify_store_error
 
         classified = classify_store_error(exc, job.dst)
