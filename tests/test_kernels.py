@@ -110,6 +110,24 @@ def test_encode_rows_matches_reference(nbits, shape, block_rows):
     assert codes.max(initial=0) < 2**nbits
 
 
+def test_row_ulps_are_float32_ulp_of_every_kind_of_float():
+    # The vectorized ulps of encode_rows must be float32_ulp's to the bit (the frozen bytes
+    # depend on which values within one ulp of the bound are kept): zeros, subnormals, the
+    # normal range, its extremes; 0 for NaN and infinities.
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, 2.0**-126, 2.0**-125, 1.0, -1.5,
+                        3.4028235e38, np.inf, -np.inf, np.nan], np.float32)  # fmt: skip
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [special, rng.integers(-(2**31), 2**31, 100_000).astype(np.int32).view(np.float32)]
+    )
+    ulp_bits = np.empty(values.size, np.int32)
+    _kernels._row_ulps(values.view(np.int32), ulp_bits)
+    finite = np.isfinite(values)
+    expected = [_kernels.float32_ulp(float(x)) for x in values[finite]]
+    assert_array_equal(ulp_bits.view(np.float32)[finite].astype(np.float64), expected)
+    assert_array_equal(ulp_bits[~finite], 0)
+
+
 @pytest.mark.parametrize(
     ("nbits", "escaped"),
     [(n, False) for n in (1, 8, 9, 16, 17, 24)] + [(n, True) for n in (9, 16, 17, 24)],
