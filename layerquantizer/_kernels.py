@@ -308,29 +308,41 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
 
 
 @numba.njit(**_JIT)
-def _escape_positions(planes, positions, upper):
-    """Fill ``positions`` with the indices of the codes that have a nonzero byte above
-    byte 0; returns how many. Eight codes at a time: most words hold none."""
+def _escape_flags(planes, upper):
+    """The bytes that are nonzero where a code has a nonzero byte above byte 0 (``planes[1]``
+    itself, or ``upper`` filled), and how many codes have one."""
     nbytes, size = planes.shape
     if nbytes == 2:
         flags = planes[1]
     else:
-        flags = upper
+        flags = upper[:size]
         for n in range(size):
             flags[n] = planes[1, n] | planes[2, n]
+    count = 0
+    for n in range(size):
+        count += flags[n] != 0
+    return flags, count
+
+
+@numba.njit(**_JIT)
+def _escape_positions(flags, positions):
+    """Fill ``positions`` with the indices of the nonzero ``flags``; returns how many.
+    Words of eight zero flags are skipped; within the others every index is written and
+    the count advances by the flag, without a branch (a quarter of the codes of a 16-bit
+    chunk are escapes: a branch per code would be mispredicted often)."""
+    size = flags.size
     count = 0
     words = size // 8
     packed = flags[: words * 8].view(np.uint64)
     for w in range(words):
         if packed[w]:
-            for n in range(w * 8, w * 8 + 8):
-                if flags[n]:
-                    positions[count] = n
-                    count += 1
+            first = w * 8
+            for n in range(first, first + 8):
+                positions[count] = n
+                count += flags[n] != 0
     for n in range(words * 8, size):
-        if flags[n]:
-            positions[count] = n
-            count += 1
+        positions[count] = n
+        count += flags[n] != 0
     return count
 
 
@@ -358,7 +370,12 @@ def pack_block(packed, nbytes, positions, upper):
     packed[0] = 0
     if nbytes == 1:
         return 1 + size
-    escapes = _escape_positions(planes, positions, upper)
+    flags, escapes = _escape_flags(planes, upper)
+    # Each escape costs its upper bytes and one gap byte at least: when that already
+    # reaches the planes' size, mode 0 it is, without finding the positions.
+    if 9 + size + nbytes * escapes >= 1 + nbytes * size:
+        return 1 + nbytes * size
+    _escape_positions(flags, positions)
     gap_bytes = 0
     last = -1
     for e in range(escapes):
