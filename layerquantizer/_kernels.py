@@ -171,20 +171,20 @@ def _store_residuals(cur, prev, mask, sign_shift, planes, base, nbytes):
 
 @numba.njit(**_JIT)
 def _load_codes(planes, base, codes, nbytes):
+    # Slices indexed from 0, so that the loops vectorize (see _store_residuals).
     nx = codes.size
+    low = planes[0, base : base + nx]
     if nbytes == 1:
         for j in range(nx):
-            codes[j] = planes[0, base + j]
+            codes[j] = low[j]
     elif nbytes == 2:
+        high = planes[1, base : base + nx]
         for j in range(nx):
-            codes[j] = np.uint32(planes[0, base + j]) | (np.uint32(planes[1, base + j]) << 8)
+            codes[j] = np.uint32(low[j]) | (np.uint32(high[j]) << 8)
     else:
+        middle, high = planes[1, base : base + nx], planes[2, base : base + nx]
         for j in range(nx):
-            codes[j] = (
-                np.uint32(planes[0, base + j])
-                | (np.uint32(planes[1, base + j]) << 8)
-                | (np.uint32(planes[2, base + j]) << 16)
-            )
+            codes[j] = np.uint32(low[j]) | (np.uint32(middle[j]) << 8) | (np.uint32(high[j]) << 16)
 
 
 @numba.njit(**_JIT)
@@ -265,7 +265,8 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
 
     The block's codes are ``planes`` (uint8[nbytes, M]); or, when ``escaped`` (a mode-1
     block, see :func:`pack_block`), only ``planes[0]`` holds data and the codes at
-    ``positions`` (int64[E], increasing) have the upper bytes ``uppers`` (uint8[nbytes-1, E]).
+    ``positions`` (int64[E], increasing, each below M) have the upper bytes ``uppers``
+    (uint8[nbytes-1, E]): ``planes[1:]`` is then scratch, overwritten with them.
     ``prev``, uint32[nx], carries the previous row's levels from block to block.
     """
     nx = rows.shape[1]
@@ -273,8 +274,15 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
     mask = np.uint32((1 << nbits) - 1)
     one = np.uint32(1)
     residuals = np.empty(nx, np.uint32)
-    escapes = uppers.shape[1]
-    cursor = 0
+    if escaped:
+        # The escapes' upper bytes go back into their planes, the rest of which is 0: then
+        # every code loads alike, in a loop that vectorizes, instead of a scalar pass
+        # merging the escapes row by row (a quarter of the codes at 16 bits).
+        planes[1:] = 0
+        for p in range(1, nbytes):
+            plane, upper = planes[p], uppers[p - 1]
+            for e in range(upper.size):
+                plane[positions[e]] = upper[e]
     for k in range(planes.shape[1] // nx):
         r = first + k
         layer = r // ny
@@ -282,23 +290,16 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
             prev[:] = 0
         offset = offsets[layer]
         step = steps[layer]
-        if not escaped:
-            _load_codes(planes, k * nx, residuals, nbytes)
-        else:
-            for j in range(nx):
-                residuals[j] = planes[0, k * nx + j]
-            end = (k + 1) * nx
-            while cursor < escapes and positions[cursor] < end:
-                upper = np.uint32(uppers[0, cursor]) << 8
-                if nbytes == 3:
-                    upper |= np.uint32(uppers[1, cursor]) << 16
-                residuals[positions[cursor] - k * nx] |= upper
-                cursor += 1
+        _load_codes(planes, k * nx, residuals, nbytes)
+        # Zigzag-decoded in a loop of its own, which vectorizes; what is left of the running
+        # sum is one addition per value.
+        for j in range(nx):
+            code = residuals[j]
+            residuals[j] = (code >> one) ^ (np.uint32(0) - (code & one))
         # q[i, j] - q[i-1, j] is the running sum of the residuals along the row.
         running = np.uint32(0)
         for j in range(nx):
-            code = residuals[j]
-            running += (code >> one) ^ (np.uint32(0) - (code & one))
+            running += residuals[j]
             residuals[j] = running
         row = rows[r]
         for j in range(nx):
@@ -463,6 +464,17 @@ def escape_positions(gaps, positions):
     last escape, or -1 if the gaps do not describe exactly E escapes: the caller checks
     that against the block's size and treats a failure as corruption."""
     position = -1
+    if gaps.size == positions.size:
+        # One byte per escape, when no gap reaches 255 (the usual case): a plain running
+        # sum, without the test per byte.
+        long_gaps = 0
+        for byte in gaps:
+            long_gaps += byte == 255
+        if long_gaps == 0:
+            for found in range(positions.size):
+                position += np.int64(gaps[found]) + 1
+                positions[found] = position
+            return position + 1
     cursor = 0
     for found in range(positions.size):
         gap = 0

@@ -195,6 +195,17 @@ def test_escape_positions_refuses_gaps_that_do_not_add_up():
     assert _kernels.escape_positions(np.array([255, 255], np.uint8), positions) == -1
 
 
+def test_escape_positions_of_one_byte_gaps_are_their_running_sum():
+    # The path for gaps of one byte each (none 255) against the general one.
+    gaps = np.array([0, 254, 3, 0, 0, 17], np.uint8)
+    positions = np.empty(6, np.int64)
+    assert _kernels.escape_positions(gaps, positions) == 280
+    assert positions.tolist() == (np.cumsum(gaps.astype(np.int64) + 1) - 1).tolist()
+    longer = np.empty(5, np.int64)
+    assert _kernels.escape_positions(np.append(gaps[:4], [255, 0]), longer) == 517
+    assert longer.tolist() == [0, 255, 259, 260, 516]
+
+
 def test_lorenzo_reference_round_trip():
     # The reference's own consistency: residuals of random levels decode to the levels.
     rng = np.random.default_rng(3)
