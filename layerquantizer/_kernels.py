@@ -409,52 +409,62 @@ def pack_block(packed, nbytes, positions, upper):
     return escaped_size
 
 
+# Byte t of _SPREAD[v] is bit t of v: one lookup spreads a byte of a bit plane over the
+# eight codes it holds bits of.
+_SPREAD = np.array(
+    [sum(((v >> t) & 1) << (8 * t) for t in range(8)) for v in range(256)], np.uint64
+)
+# Times a word whose bytes are 0 or 1, this puts byte t at bit 56 + t (the products of the
+# other pairs land at distinct bits, so nothing carries into the top byte).
+_GATHER = np.uint64(0x0102040810204080)
+_LOW_BITS = np.uint64(0x0101010101010101)
+
+
 @numba.njit(**_JIT)
 def pack_bit_planes(planes, nbits, out):
     """Block mode 2 (format version 2, ``nbits <= 12``): bit ``b`` of code ``n``, the code
     whose byte ``k`` is ``planes[k, n]`` (uint8[nbytes, M]), into bit ``n % 8`` of byte
     ``b * ceil(M / 8) + n // 8`` of ``out`` (uint8[nbits * ceil(M / 8)]), least
-    significant plane first, unused bits 0."""
+    significant plane first, unused bits 0.
+
+    Eight codes at a time: their bytes of one plane as a word, from which each bit plane's
+    byte is one mask, one multiplication and one shift."""
     size = planes.shape[1]
     stride = (size + 7) // 8
     full = size >> 3
-    for b in range(nbits):
-        source = planes[b >> 3]
-        shift = b & 7
-        base = b * stride
-        # Whole bytes first, each built in a register (no read-modify-write of ``out``).
-        for q in range(full):
-            n = q << 3
-            byte = 0
-            for t in range(8):
-                byte |= ((source[n + t] >> shift) & 1) << t
-            out[base + q] = byte
-        if full < stride:
-            byte = 0
-            for n in range(full << 3, size):
-                byte |= ((source[n] >> shift) & 1) << (n & 7)
-            out[base + full] = byte
+    for p in range((nbits + 7) // 8):
+        source = planes[p]
+        words = source[: full * 8].view(np.uint64)
+        bits = min(8, nbits - 8 * p)
+        for t in range(bits):
+            target = out[(8 * p + t) * stride : (8 * p + t + 1) * stride]
+            shift = np.uint64(t)
+            for q in range(full):
+                target[q] = (((words[q] >> shift) & _LOW_BITS) * _GATHER) >> np.uint64(56)
+            if full < stride:
+                byte = 0
+                for n in range(full << 3, size):
+                    byte |= ((source[n] >> t) & 1) << (n & 7)
+                target[full] = byte
 
 
 @numba.njit(**_JIT)
 def unpack_bit_planes(data, nbits, planes):
     """Inverse of :func:`pack_bit_planes`: fills ``planes`` (uint8[nbytes, M]) from
-    ``data``; bits above ``nbits`` are 0."""
-    size = planes.shape[1]
+    ``data``; bits above ``nbits`` are 0. Eight codes at a time, built in a word from
+    :data:`_SPREAD`."""
+    nbytes, size = planes.shape
     stride = (size + 7) // 8
-    planes[:, :] = 0
-    for b in range(nbits):
-        target = planes[b >> 3]
-        shift = b & 7
-        base = b * stride
-        for q in range(stride):
-            byte = data[base + q]
-            # The high planes are mostly zero bytes: nothing to set there.
-            if byte == 0:
-                continue
-            first = q << 3
-            for t in range(min(8, size - first)):
-                target[first + t] |= np.uint8(((byte >> t) & 1) << shift)
+    words = np.empty(stride, np.uint64)
+    spread = words.view(np.uint8)
+    for p in range(nbytes):
+        words[:] = 0
+        for b in range(8 * p, min(nbits, 8 * p + 8)):
+            source = data[b * stride : (b + 1) * stride]
+            shift = np.uint64(b - 8 * p)
+            for q in range(stride):
+                words[q] |= _SPREAD[source[q]] << shift
+        planes[p, :] = spread[:size]
 
 
 @numba.njit(**_JIT)
