@@ -632,7 +632,6 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
         transposed_order = np.empty(size, np.int64)
         _kernels.interpolation_order(nx, ny, transposed_order)
         transposed_fine = np.empty((nx, ny), np.int64)
-        transposed_layer = np.empty((nx, ny), np.float32)
     fine = np.empty((ny, nx), np.int64)
     prev = np.zeros(nx, np.uint32)
     layer, filled = 0, 0
@@ -651,15 +650,15 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
             if filled == size:
                 if transposed[layer]:
                     _kernels.scatter_codes(layer_planes, transposed_order, row_planes)
+                    # Written through the transposed view: no copy of the layer after.
                     _kernels.interpolation_decode(
                         row_planes,
                         header.nbits,
                         header.offsets[layer],
                         header.steps[layer],
                         transposed_fine,
-                        transposed_layer,
+                        layers[layer].T,
                     )
-                    layers[layer] = transposed_layer.T
                 elif ordered[layer]:
                     _kernels.scatter_codes(layer_planes, order, row_planes)
                     _kernels.interpolation_decode(
