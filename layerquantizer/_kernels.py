@@ -76,39 +76,119 @@ def float32_ulp(x):
 
 
 @numba.njit(**_JIT)
+def _row_ulps(bits, ulp_bits):
+    """:func:`float32_ulp` of each float32 whose bits (int32) are ``bits``, as the bits of a
+    float32 (exact: a power of two from 2**-149 up), 0 for NaN and infinities; by integer
+    operations only, so that the loop vectorizes."""
+    for j in range(bits.size):
+        b = bits[j]
+        biased = (b >> 23) & 0xFF
+        # frexp's exponent is biased - 126 (normal numbers): the ulp is 2**(biased - 150),
+        # a normal float32 from biased 24 on, a subnormal one below; 2**-149 for subnormal
+        # values, and float32_ulp(0) = 2**-24 (frexp(0) gives exponent 0).
+        normal = (biased - 23) << 23
+        subnormal = np.int32(1) << max(biased - 1, 0)
+        zero = np.int32(103 << 23) if (b & 0x7FFFFFFF) == 0 else np.int32(1)
+        ulp = normal if biased >= 24 else (subnormal if biased >= 1 else zero)
+        ulp_bits[j] = np.int32(0) if biased == 0xFF else ulp
+
+
+@numba.njit(**_JIT)
 def _store_codes(codes, planes, base, nbytes):
-    # One loop per byte count, so that each one vectorizes.
+    # One loop per byte count, so that each one vectorizes; slices indexed from 0 (see
+    # _store_residuals).
     nx = codes.size
+    low = planes[0, base : base + nx]
     if nbytes == 1:
         for j in range(nx):
-            planes[0, base + j] = codes[j]
+            low[j] = codes[j]
     elif nbytes == 2:
+        high = planes[1, base : base + nx]
         for j in range(nx):
-            planes[0, base + j] = codes[j] & 0xFF
-            planes[1, base + j] = codes[j] >> 8
+            low[j] = codes[j] & 0xFF
+            high[j] = codes[j] >> 8
     else:
+        middle, high = planes[1, base : base + nx], planes[2, base : base + nx]
         for j in range(nx):
-            planes[0, base + j] = codes[j] & 0xFF
-            planes[1, base + j] = (codes[j] >> 8) & 0xFF
-            planes[2, base + j] = codes[j] >> 16
+            low[j] = codes[j] & 0xFF
+            middle[j] = (codes[j] >> 8) & 0xFF
+            high[j] = codes[j] >> 16
+
+
+@numba.njit(**_JIT)
+def _quantize_row(row, ulps, offset, step, scale, tolerance, max_level, cur, bad):
+    """Quantize a row into ``cur[1:]``; flag in ``bad`` what misses the bound by more than
+    one float32 ulp (``ulps``, see :func:`_row_ulps`); returns whether any did.
+
+    One loop without a branch, so that it vectorizes: at 16 bits a few % of the values
+    miss the bound itself by less than their ulp, and a second, scalar pass over those
+    cost more than quantizing. ``error <= tolerance + ulp`` holds whenever
+    ``error <= tolerance`` does: the ulp is positive, or 0 for NaN and infinities, which
+    are kept only within the tolerance itself, as before.
+    """
+    any_bad = np.uint8(0)
+    for j in range(row.size):
+        x = np.float64(row[j])
+        level = np.floor((x - offset) * scale + 0.5)
+        level = level if level >= 0.0 else 0.0  # NaN too: no undefined cast below
+        level = level if level <= max_level else max_level
+        rebuilt = np.float64(np.float32(offset + level * step))
+        error = abs(x - rebuilt)
+        flag = np.uint8(0) if error <= tolerance + np.float64(ulps[j]) else np.uint8(1)
+        bad[j] = flag
+        any_bad |= flag
+        cur[j + 1] = np.uint32(level)
+    return any_bad
+
+
+@numba.njit(**_JIT)
+def _store_residuals(cur, prev, mask, sign_shift, planes, base, nbytes):
+    """Lorenzo residuals of a row of levels ``cur`` under ``prev`` (both after a zero
+    column), modulo ``2**nbits``, zigzag-coded, straight into ``planes`` from column
+    ``base``: one pass, one loop per byte count, so that each one vectorizes."""
+    nx = cur.size - 1
+    one = np.uint32(1)
+    zero = np.uint32(0)
+    # Slices indexed from 0: an index ``base + j`` could be negative as far as the compiler
+    # knows, and its wraparound test stops the loop from vectorizing (4x slower).
+    low = planes[0, base : base + nx]
+    if nbytes == 1:
+        for j in range(nx):
+            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
+            low[j] = ((residual << one) ^ (zero - (residual >> sign_shift))) & mask
+    elif nbytes == 2:
+        high = planes[1, base : base + nx]
+        for j in range(nx):
+            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
+            code = ((residual << one) ^ (zero - (residual >> sign_shift))) & mask
+            low[j] = code & 0xFF
+            high[j] = code >> 8
+    else:
+        middle, high = planes[1, base : base + nx], planes[2, base : base + nx]
+        for j in range(nx):
+            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
+            code = ((residual << one) ^ (zero - (residual >> sign_shift))) & mask
+            low[j] = code & 0xFF
+            middle[j] = (code >> 8) & 0xFF
+            high[j] = code >> 16
 
 
 @numba.njit(**_JIT)
 def _load_codes(planes, base, codes, nbytes):
+    # Slices indexed from 0, so that the loops vectorize (see _store_residuals).
     nx = codes.size
+    low = planes[0, base : base + nx]
     if nbytes == 1:
         for j in range(nx):
-            codes[j] = planes[0, base + j]
+            codes[j] = low[j]
     elif nbytes == 2:
+        high = planes[1, base : base + nx]
         for j in range(nx):
-            codes[j] = np.uint32(planes[0, base + j]) | (np.uint32(planes[1, base + j]) << 8)
+            codes[j] = np.uint32(low[j]) | (np.uint32(high[j]) << 8)
     else:
+        middle, high = planes[1, base : base + nx], planes[2, base : base + nx]
         for j in range(nx):
-            codes[j] = (
-                np.uint32(planes[0, base + j])
-                | (np.uint32(planes[1, base + j]) << 8)
-                | (np.uint32(planes[2, base + j]) << 16)
-            )
+            codes[j] = np.uint32(low[j]) | (np.uint32(middle[j]) << 8) | (np.uint32(high[j]) << 16)
 
 
 @numba.njit(**_JIT)
@@ -145,57 +225,42 @@ def encode_rows(
     nx = rows.shape[1]
     nbytes = planes.shape[0]
     mask = np.uint32((1 << nbits) - 1)
-    top = np.uint32(1 << (nbits - 1))
+    # The sign bit of an nbits-bit residual, by a shift: a division by a power of two
+    # unknown to the compiler would not vectorize.
+    sign_shift = np.uint32(nbits - 1)
     max_level = float((1 << nbits) - 1)
-    # Index 0 of cur and prev is a zero column, so that j - 1 needs no test.
+    # Index 0 of cur and prev is a zero column, so that j - 1 needs no test. The two
+    # rows swap roles after each row instead of being copied; ``prev`` gets the last one.
     cur = np.zeros(nx + 1, np.uint32)
+    above = prev.copy()
     bad = np.zeros(nx, np.uint8)
-    codes = np.empty(nx, np.uint32)
+    row_bits = rows.view(np.int32)
+    ulp_bits = np.empty(nx, np.int32)
+    ulps = ulp_bits.view(np.float32)
     for k in range(planes.shape[1] // nx):
         r = first + k
         layer = r // ny
         if r % ny == 0:
-            prev[:] = 0
+            above[:] = 0
         offset = offsets[layer]
         step = steps[layer]
         scale = 1.0 / step if step > 0.0 else 0.0
         tolerance = tolerances[layer]
-        row = rows[r]
-        # Quantize the row; flag what misses the bound (NaN fails every comparison).
-        any_bad = np.uint8(0)
-        for j in range(nx):
-            x = np.float64(row[j])
-            level = np.floor((x - offset) * scale + 0.5)
-            level = level if level >= 0.0 else 0.0  # NaN too: no undefined cast below
-            level = level if level <= max_level else max_level
-            rebuilt = np.float64(np.float32(offset + level * step))
-            flag = np.uint8(0) if abs(x - rebuilt) <= tolerance else np.uint8(1)
-            bad[j] = flag
-            any_bad |= flag
-            cur[j + 1] = np.uint32(level)
+        _row_ulps(row_bits[r], ulp_bits)
+        any_bad = _quantize_row(rows[r], ulps, offset, step, scale, tolerance, max_level, cur, bad)
         if any_bad:
             for j in range(nx):
                 if not bad[j]:
                     continue
-                x = np.float64(row[j])
-                if math.isfinite(x):
-                    rebuilt = np.float64(np.float32(offset + np.float64(cur[j + 1]) * step))
-                    # Within one float32 ulp of the bound: still kept.
-                    if abs(x - rebuilt) <= tolerance + float32_ulp(x):
-                        continue
                 # An exception takes the prediction, so that its residual is 0 and its
                 # neighbours' predictions are what the decoder will compute.
-                cur[j + 1] = (prev[j + 1] + cur[j] - prev[j]) & mask
+                cur[j + 1] = (above[j + 1] + cur[j] - above[j]) & mask
                 n = r * nx + j
                 exception_bits[n >> 3] |= np.uint8(1 << (n & 7))
                 counts[layer] += 1
-        # Lorenzo residual modulo 2**nbits, zigzag-coded.
-        for j in range(nx):
-            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
-            sign = np.uint32(0) - (residual // top)  # all ones when negative
-            codes[j] = ((residual << np.uint32(1)) ^ sign) & mask
-        _store_codes(codes, planes, k * nx, nbytes)
-        prev[:] = cur
+        _store_residuals(cur, above, mask, sign_shift, planes, k * nx, nbytes)
+        cur, above = above, cur
+    prev[:] = above
 
 
 @numba.njit(**_JIT)
@@ -204,7 +269,8 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
 
     The block's codes are ``planes`` (uint8[nbytes, M]); or, when ``escaped`` (a mode-1
     block, see :func:`pack_block`), only ``planes[0]`` holds data and the codes at
-    ``positions`` (int64[E], increasing) have the upper bytes ``uppers`` (uint8[nbytes-1, E]).
+    ``positions`` (int64[E], increasing, each below M) have the upper bytes ``uppers``
+    (uint8[nbytes-1, E]): ``planes[1:]`` is then scratch, overwritten with them.
     ``prev``, uint32[nx], carries the previous row's levels from block to block.
     """
     nx = rows.shape[1]
@@ -212,8 +278,15 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
     mask = np.uint32((1 << nbits) - 1)
     one = np.uint32(1)
     residuals = np.empty(nx, np.uint32)
-    escapes = uppers.shape[1]
-    cursor = 0
+    if escaped:
+        # The escapes' upper bytes go back into their planes, the rest of which is 0: then
+        # every code loads alike, in a loop that vectorizes, instead of a scalar pass
+        # merging the escapes row by row (a quarter of the codes at 16 bits).
+        planes[1:] = 0
+        for p in range(1, nbytes):
+            plane, upper = planes[p], uppers[p - 1]
+            for e in range(upper.size):
+                plane[positions[e]] = upper[e]
     for k in range(planes.shape[1] // nx):
         r = first + k
         layer = r // ny
@@ -221,23 +294,16 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
             prev[:] = 0
         offset = offsets[layer]
         step = steps[layer]
-        if not escaped:
-            _load_codes(planes, k * nx, residuals, nbytes)
-        else:
-            for j in range(nx):
-                residuals[j] = planes[0, k * nx + j]
-            end = (k + 1) * nx
-            while cursor < escapes and positions[cursor] < end:
-                upper = np.uint32(uppers[0, cursor]) << 8
-                if nbytes == 3:
-                    upper |= np.uint32(uppers[1, cursor]) << 16
-                residuals[positions[cursor] - k * nx] |= upper
-                cursor += 1
+        _load_codes(planes, k * nx, residuals, nbytes)
+        # Zigzag-decoded in a loop of its own, which vectorizes; what is left of the running
+        # sum is one addition per value.
+        for j in range(nx):
+            code = residuals[j]
+            residuals[j] = (code >> one) ^ (np.uint32(0) - (code & one))
         # q[i, j] - q[i-1, j] is the running sum of the residuals along the row.
         running = np.uint32(0)
         for j in range(nx):
-            code = residuals[j]
-            running += (code >> one) ^ (np.uint32(0) - (code & one))
+            running += residuals[j]
             residuals[j] = running
         row = rows[r]
         for j in range(nx):
@@ -247,29 +313,41 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
 
 
 @numba.njit(**_JIT)
-def _escape_positions(planes, positions, upper):
-    """Fill ``positions`` with the indices of the codes that have a nonzero byte above
-    byte 0; returns how many. Eight codes at a time: most words hold none."""
+def _escape_flags(planes, upper):
+    """The bytes that are nonzero where a code has a nonzero byte above byte 0 (``planes[1]``
+    itself, or ``upper`` filled), and how many codes have one."""
     nbytes, size = planes.shape
     if nbytes == 2:
         flags = planes[1]
     else:
-        flags = upper
+        flags = upper[:size]
         for n in range(size):
             flags[n] = planes[1, n] | planes[2, n]
+    count = 0
+    for n in range(size):
+        count += flags[n] != 0
+    return flags, count
+
+
+@numba.njit(**_JIT)
+def _escape_positions(flags, positions):
+    """Fill ``positions`` with the indices of the nonzero ``flags``; returns how many.
+    Words of eight zero flags are skipped; within the others every index is written and
+    the count advances by the flag, without a branch (a quarter of the codes of a 16-bit
+    chunk are escapes: a branch per code would be mispredicted often)."""
+    size = flags.size
     count = 0
     words = size // 8
     packed = flags[: words * 8].view(np.uint64)
     for w in range(words):
         if packed[w]:
-            for n in range(w * 8, w * 8 + 8):
-                if flags[n]:
-                    positions[count] = n
-                    count += 1
+            first = w * 8
+            for n in range(first, first + 8):
+                positions[count] = n
+                count += flags[n] != 0
     for n in range(words * 8, size):
-        if flags[n]:
-            positions[count] = n
-            count += 1
+        positions[count] = n
+        count += flags[n] != 0
     return count
 
 
@@ -297,7 +375,12 @@ def pack_block(packed, nbytes, positions, upper):
     packed[0] = 0
     if nbytes == 1:
         return 1 + size
-    escapes = _escape_positions(planes, positions, upper)
+    flags, escapes = _escape_flags(planes, upper)
+    # Each escape costs its upper bytes and one gap byte at least: when that already
+    # reaches the planes' size, mode 0 it is, without finding the positions.
+    if 9 + size + nbytes * escapes >= 1 + nbytes * size:
+        return 1 + nbytes * size
+    _escape_positions(flags, positions)
     gap_bytes = 0
     last = -1
     for e in range(escapes):
@@ -330,52 +413,62 @@ def pack_block(packed, nbytes, positions, upper):
     return escaped_size
 
 
+# Byte t of _SPREAD[v] is bit t of v: one lookup spreads a byte of a bit plane over the
+# eight codes it holds bits of.
+_SPREAD = np.array(
+    [sum(((v >> t) & 1) << (8 * t) for t in range(8)) for v in range(256)], np.uint64
+)
+# Times a word whose bytes are 0 or 1, this puts byte t at bit 56 + t (the products of the
+# other pairs land at distinct bits, so nothing carries into the top byte).
+_GATHER = np.uint64(0x0102040810204080)
+_LOW_BITS = np.uint64(0x0101010101010101)
+
+
 @numba.njit(**_JIT)
 def pack_bit_planes(planes, nbits, out):
     """Block mode 2 (format version 2, ``nbits <= 12``): bit ``b`` of code ``n``, the code
     whose byte ``k`` is ``planes[k, n]`` (uint8[nbytes, M]), into bit ``n % 8`` of byte
     ``b * ceil(M / 8) + n // 8`` of ``out`` (uint8[nbits * ceil(M / 8)]), least
-    significant plane first, unused bits 0."""
+    significant plane first, unused bits 0.
+
+    Eight codes at a time: their bytes of one plane as a word, from which each bit plane's
+    byte is one mask, one multiplication and one shift."""
     size = planes.shape[1]
     stride = (size + 7) // 8
     full = size >> 3
-    for b in range(nbits):
-        source = planes[b >> 3]
-        shift = b & 7
-        base = b * stride
-        # Whole bytes first, each built in a register (no read-modify-write of ``out``).
-        for q in range(full):
-            n = q << 3
-            byte = 0
-            for t in range(8):
-                byte |= ((source[n + t] >> shift) & 1) << t
-            out[base + q] = byte
-        if full < stride:
-            byte = 0
-            for n in range(full << 3, size):
-                byte |= ((source[n] >> shift) & 1) << (n & 7)
-            out[base + full] = byte
+    for p in range((nbits + 7) // 8):
+        source = planes[p]
+        words = source[: full * 8].view(np.uint64)
+        bits = min(8, nbits - 8 * p)
+        for t in range(bits):
+            target = out[(8 * p + t) * stride : (8 * p + t + 1) * stride]
+            shift = np.uint64(t)
+            for q in range(full):
+                target[q] = (((words[q] >> shift) & _LOW_BITS) * _GATHER) >> np.uint64(56)
+            if full < stride:
+                byte = 0
+                for n in range(full << 3, size):
+                    byte |= ((source[n] >> t) & 1) << (n & 7)
+                target[full] = byte
 
 
 @numba.njit(**_JIT)
 def unpack_bit_planes(data, nbits, planes):
     """Inverse of :func:`pack_bit_planes`: fills ``planes`` (uint8[nbytes, M]) from
-    ``data``; bits above ``nbits`` are 0."""
-    size = planes.shape[1]
+    ``data``; bits above ``nbits`` are 0. Eight codes at a time, built in a word from
+    :data:`_SPREAD`."""
+    nbytes, size = planes.shape
     stride = (size + 7) // 8
-    planes[:, :] = 0
-    for b in range(nbits):
-        target = planes[b >> 3]
-        shift = b & 7
-        base = b * stride
-        for q in range(stride):
-            byte = data[base + q]
-            # The high planes are mostly zero bytes: nothing to set there.
-            if byte == 0:
-                continue
-            first = q << 3
-            for t in range(min(8, size - first)):
-                target[first + t] |= np.uint8(((byte >> t) & 1) << shift)
+    words = np.empty(stride, np.uint64)
+    spread = words.view(np.uint8)
+    for p in range(nbytes):
+        words[:] = 0
+        for b in range(8 * p, min(nbits, 8 * p + 8)):
+            source = data[b * stride : (b + 1) * stride]
+            shift = np.uint64(b - 8 * p)
+            for q in range(stride):
+                words[q] |= _SPREAD[source[q]] << shift
+        planes[p, :] = spread[:size]
 
 
 @numba.njit(**_JIT)
@@ -385,6 +478,17 @@ def escape_positions(gaps, positions):
     last escape, or -1 if the gaps do not describe exactly E escapes: the caller checks
     that against the block's size and treats a failure as corruption."""
     position = -1
+    if gaps.size == positions.size:
+        # One byte per escape, when no gap reaches 255 (the usual case): a plain running
+        # sum, without the test per byte.
+        long_gaps = 0
+        for byte in gaps:
+            long_gaps += byte == 255
+        if long_gaps == 0:
+            for found in range(positions.size):
+                position += np.int64(gaps[found]) + 1
+                positions[found] = position
+            return position + 1
     cursor = 0
     for found in range(positions.size):
         gap = 0
@@ -535,6 +639,36 @@ def _settle(x, pred, offset, unit, scale, tolerance, nbits, top):
 
 
 @numba.njit(**_JIT)
+def _settle_row(row, preds, points, offset, unit, scale, tolerance, nbits, top, fine, zig, flags):
+    """:func:`_settle` of ``row[:points]`` around ``preds``, into ``fine`` and ``zig``
+    (the zigzag-coded bins), without a branch: a value is flagged in ``flags`` when its
+    error exceeds ``tolerance`` or is NaN (not finite), for the caller to settle again
+    with :func:`_settle`, which also decides on the ulp. Returns whether any is flagged.
+    The bin is ``floor((d + 127) / 255)`` in float64, exact for ``|d| < 2**44`` (levels
+    reach ``2**32``), since integer division does not vectorize."""
+    half = np.int64(1) << (nbits - 1)
+    doubtful = np.uint8(0)
+    for j in range(points):
+        x = np.float64(row[j])
+        level = np.floor((x - offset) * scale + 0.5)
+        level = level if level >= 0.0 else 0.0
+        level = level if level <= top else float(top)
+        d = np.int64(level) - preds[j]
+        b = np.int64(np.floor(np.float64(d + (BIN_UNITS - 1) // 2) / BIN_UNITS))
+        b = min(max(b, -half), half - 1)
+        rebuilt_level = preds[j] + b * BIN_UNITS
+        rebuilt = np.float64(np.float32(offset + np.float64(rebuilt_level) * unit))
+        # (x - x is NaN for NaN and infinities: flagged whatever the tolerance.)
+        kept = abs(x - rebuilt) <= tolerance and x - x == 0.0
+        flag = np.uint8(0) if kept else np.uint8(1)
+        flags[j] = flag
+        doubtful |= flag
+        fine[j] = rebuilt_level
+        zig[j] = np.uint32(2 * b) if b >= 0 else np.uint32(-2 * b - 1)
+    return doubtful
+
+
+@numba.njit(**_JIT)
 def _column_predictions(fine, i, s, ny, nx, top, preds):
     """The predictions of row ``i`` (an odd multiple of ``s``) at columns 0, s, 2s, ...
     from rows ``i - s``, ``i + s`` (and ``i - 3s``, ``i + 3s``), clipped to ``[0, top]``:
@@ -543,7 +677,12 @@ def _column_predictions(fine, i, s, ny, nx, top, preds):
     vectorizes (half of all points are predicted here)."""
     count = (nx + s - 1) // s
     a = fine[i - s]
-    if i + s >= ny:
+    if s == 1 and i - 3 >= 0 and i + 3 < ny:
+        # The finest stride, half of all points: contiguous rows, a loop that vectorizes.
+        b, c, d = fine[i + 1], fine[i - 3], fine[i + 3]
+        for j in range(count):
+            preds[j] = min(max((9 * (a[j] + b[j]) - c[j] - d[j] + 8) >> 4, 0), top)
+    elif i + s >= ny:
         for k in range(count):
             preds[k] = min(max(a[k * s], 0), top)
     elif i - 3 * s >= 0 and i + 3 * s < ny:
@@ -560,23 +699,40 @@ def _column_predictions(fine, i, s, ny, nx, top, preds):
 
 
 @numba.njit(**_JIT)
+def _row_prediction(row, j, s, nx, top):
+    a = row[j - s]
+    b = row[min(j + s, nx - 1)]
+    c = row[max(j - 3 * s, 0)]
+    d = row[min(j + 3 * s, nx - 1)]
+    cubic = (9 * (a + b) - c - d + 8) >> 4
+    linear = (a + b + 1) >> 1
+    pred = cubic if j - 3 * s >= 0 and j + 3 * s < nx else linear
+    pred = pred if j + s < nx else a
+    return min(max(pred, 0), top)
+
+
+@numba.njit(**_JIT)
 def _row_predictions(fine, i, s, nx, top, preds):
     """The predictions of row ``i`` (a multiple of ``2s``) at columns s, 3s, 5s, ...,
     as :func:`_column_predictions` does along columns, written as selects so that the loop
     vectorizes."""
     count = (nx - s + 2 * s - 1) // (2 * s) if nx > s else 0
     row = fine[i]
+    if s == 1:
+        # The finest stride, a quarter of all points: the cubic inside the row, without
+        # the selects of the edges, which are done apart.
+        inner = min(max((nx - 5) // 2 + 1, 1), count)
+        for k in range(1, inner):
+            j = 2 * k + 1
+            cubic = (9 * (row[j - 1] + row[j + 1]) - row[j - 3] - row[j + 3] + 8) >> 4
+            preds[k] = min(max(cubic, 0), top)
+        if count:
+            preds[0] = _row_prediction(row, 1, 1, nx, top)
+        for k in range(max(inner, 1), count):
+            preds[k] = _row_prediction(row, 2 * k + 1, 1, nx, top)
+        return count
     for k in range(count):
-        j = s + 2 * s * k
-        a = row[j - s]
-        b = row[min(j + s, nx - 1)]
-        c = row[max(j - 3 * s, 0)]
-        d = row[min(j + 3 * s, nx - 1)]
-        cubic = (9 * (a + b) - c - d + 8) >> 4
-        linear = (a + b + 1) >> 1
-        pred = cubic if j - 3 * s >= 0 and j + 3 * s < nx else linear
-        pred = pred if j + s < nx else a
-        preds[k] = min(max(pred, 0), top)
+        preds[k] = _row_prediction(row, s + 2 * s * k, s, nx, top)
     return count
 
 
@@ -614,6 +770,7 @@ def interpolation_encode(layer, offset, unit, tolerance, nbits, fine, planes, bi
     scale = 1.0 / unit if unit > 0.0 else 0.0
     codes = np.empty(nx, np.uint32)
     preds = np.empty(nx, np.int64)
+    flags = np.empty(nx, np.uint8)
     # Codes are stored in row order; the traversal fills them level by level.
     zig = np.empty((ny, nx), np.uint32)
     count = 0
@@ -637,6 +794,37 @@ def interpolation_encode(layer, offset, unit, tolerance, nbits, fine, planes, bi
                 else:
                     j_start, j_step = 0, s
                     points = _column_predictions(fine, i, s, ny, nx, top, preds)
+                if s == 1:
+                    # Three quarters of all points: settled without a branch (in a loop
+                    # that vectorizes along columns); the few that may miss the bound (or
+                    # are not finite) again, one by one.
+                    if j_step == 1:  # contiguous rows: their own, vectorized, version
+                        doubtful = _settle_row(
+                            layer[i], preds, points, offset, unit, scale, tolerance, nbits,
+                            top, fine[i], zig[i], flags,
+                        )  # fmt: skip
+                    else:
+                        doubtful = _settle_row(
+                            layer[i, 1::2], preds, points, offset, unit, scale, tolerance,
+                            nbits, top, fine[i, 1::2], zig[i, 1::2], flags,
+                        )  # fmt: skip
+                    if not doubtful:
+                        continue
+                    for k in range(points):
+                        if not flags[k]:
+                            continue
+                        j = j_start + k * j_step
+                        x = np.float64(layer[i, j])
+                        b, rebuilt, bad = _settle(
+                            x, preds[k], offset, unit, scale, tolerance, nbits, top
+                        )
+                        fine[i, j] = rebuilt
+                        zig[i, j] = np.uint32(2 * b) if b >= 0 else np.uint32(-2 * b - 1)
+                        if bad:
+                            n = bit_base + i * nx + j
+                            bits[n >> 3] |= np.uint8(1 << (n & 7))
+                            count += 1
+                    continue
                 for k in range(points):
                     j = j_start + k * j_step
                     x = np.float64(layer[i, j])
@@ -684,8 +872,12 @@ def interpolation_decode(planes, nbits, offset, unit, fine, out):
         for i in range(0, ny, 2 * s):
             points = _row_predictions(fine, i, s, nx, top, preds)
             row = fine[i]
-            for k in range(points):
-                row[s + 2 * s * k] += preds[k]
+            if s == 1:
+                for k in range(points):
+                    row[2 * k + 1] += preds[k]
+            else:
+                for k in range(points):
+                    row[s + 2 * s * k] += preds[k]
         for i in range(s, ny, 2 * s):
             points = _column_predictions(fine, i, s, ny, nx, top, preds)
             row = fine[i]

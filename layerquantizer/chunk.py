@@ -13,6 +13,8 @@ to a given fill value (Zarr's padding of edge chunks) are left out of ``[vmin, v
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import zstandard
 
@@ -366,12 +368,24 @@ TRIAL_TILE_BIAS = 1.07
 AUTO_INTERPOLATION_MAX_NBITS = 12
 
 
+@functools.lru_cache(maxsize=8)
+def _interpolation_order(ny: int, nx: int) -> np.ndarray:
+    """:func:`_kernels.interpolation_order` of a layer of this shape (read-only, computed
+    once: every layer of a chunk, and every chunk of an array, share it)."""
+    order = np.empty(ny * nx, np.int64)
+    _kernels.interpolation_order(ny, nx, order)
+    order.flags.writeable = False
+    return order
+
+
 def _prefers_interpolation(
-    layer, offset, step, snapped, low, plain_step, nbits, compressor
+    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None
 ) -> bool:
     """Whether the interpolation predictor codes the trial tiles of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
-    bytes each)."""
+    bytes each). When the trial codes the whole layer, its interpolation codes (in coding
+    order), exception bitmap, exception count and tolerance are put in the list ``whole``,
+    for the encoder to use instead of coding the layer again."""
     ny, nx = layer.shape
     half = TRIAL_SIDE // 2
     if ny < 4 * TRIAL_SIDE or nx < 4 * TRIAL_SIDE:
@@ -390,8 +404,7 @@ def _prefers_interpolation(
     positions = np.empty(rows * nx, np.int64)
     upper = np.empty(2 * rows * nx, np.uint8)
     fine = np.empty((nx, rows), np.int64)
-    order = np.empty(rows * nx, np.int64)
-    _kernels.interpolation_order(nx, rows, order)
+    order = _interpolation_order(nx, rows)
     ordered = np.empty_like(planes)
     tolerance = plain_step / 2.0
     unit = plain_step / (1 << _kernels.FINE_BITS)
@@ -425,6 +438,8 @@ def _prefers_interpolation(
         _kernels.gather_codes(planes, order, ordered)
         interpolation += _coded_size(ordered, scratch, positions, upper, compressor)
         interpolation += 5 * exceptions
+    if whole is not None and len(bands) == 1:
+        whole += [ordered, bits, exceptions, tolerance]
     return interpolation < (lorenzo if len(bands) == 1 else TRIAL_TILE_BIAS * lorenzo)
 
 
@@ -441,6 +456,7 @@ def _encode_predicted(
     if how == "auto":
         # One per call: a zstandard compressor must not be shared between threads.
         compressor = zstandard.ZstdCompressor(level=1)
+        trials = [[] for _ in range(nlayers)]
         choices = np.array(
             [
                 _prefers_interpolation(
@@ -452,6 +468,7 @@ def _encode_predicted(
                     plain_steps[layer],
                     nbits,
                     compressor,
+                    trials[layer],
                 )
                 for layer in range(nlayers)
             ]
@@ -460,6 +477,7 @@ def _encode_predicted(
             return None
     else:
         choices = np.ones(nlayers, bool)
+        trials = [[] for _ in range(nlayers)]
     rows = layers.reshape(nlayers * ny, nx)
     size = ny * nx
     plane_count = (nbits + 7) // 8
@@ -474,8 +492,7 @@ def _encode_predicted(
     # Interpolated layers are coded transposed (predictor 3): columns first at each stride
     # coded 5-12 % smaller than rows first on every field measured (ERA-Interim, synthetic).
     ordered = np.empty_like(planes)
-    order = np.empty(size, np.int64)
-    _kernels.interpolation_order(nx, ny, order)
+    order = _interpolation_order(nx, ny)
     transposed = np.empty((nx, ny), np.float32)
     layer_bits = np.empty((size + 7) // 8, np.uint8)
     fine = np.empty((nx, ny), np.int64)
@@ -483,7 +500,13 @@ def _encode_predicted(
     writer = _format.BlockWriter(coder, level)
     stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count, nbits)
     for layer in range(nlayers):
-        if choices[layer]:
+        if choices[layer] and trials[layer] and trials[layer][3] == tolerances[layer]:
+            # The trial coded this whole layer with the same settings: its codes it is.
+            trial_codes, trial_bits, counts[layer], _ = trials[layer]
+            if counts[layer]:
+                _kernels.transpose_bits(trial_bits, nx, ny, bitmap, layer * size)
+            stream.write(trial_codes)
+        elif choices[layer]:
             transposed[...] = layers[layer].T
             layer_bits[:] = 0
             counts[layer] = _kernels.interpolation_encode(
@@ -626,13 +649,10 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
     if ordered.any() or transposed.any():
         row_planes = np.empty_like(layer_planes)
     if ordered.any():
-        order = np.empty(size, np.int64)
-        _kernels.interpolation_order(ny, nx, order)
+        order = _interpolation_order(ny, nx)
     if transposed.any():
-        transposed_order = np.empty(size, np.int64)
-        _kernels.interpolation_order(nx, ny, transposed_order)
+        transposed_order = _interpolation_order(nx, ny)
         transposed_fine = np.empty((nx, ny), np.int64)
-        transposed_layer = np.empty((nx, ny), np.float32)
     fine = np.empty((ny, nx), np.int64)
     prev = np.zeros(nx, np.uint32)
     layer, filled = 0, 0
@@ -651,15 +671,15 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
             if filled == size:
                 if transposed[layer]:
                     _kernels.scatter_codes(layer_planes, transposed_order, row_planes)
+                    # Written through the transposed view: no copy of the layer after.
                     _kernels.interpolation_decode(
                         row_planes,
                         header.nbits,
                         header.offsets[layer],
                         header.steps[layer],
                         transposed_fine,
-                        transposed_layer,
+                        layers[layer].T,
                     )
-                    layers[layer] = transposed_layer.T
                 elif ordered[layer]:
                     _kernels.scatter_codes(layer_planes, order, row_planes)
                     _kernels.interpolation_decode(

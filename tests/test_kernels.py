@@ -110,6 +110,24 @@ def test_encode_rows_matches_reference(nbits, shape, block_rows):
     assert codes.max(initial=0) < 2**nbits
 
 
+def test_row_ulps_are_float32_ulp_of_every_kind_of_float():
+    # The vectorized ulps of encode_rows must be float32_ulp's to the bit (the frozen bytes
+    # depend on which values within one ulp of the bound are kept): zeros, subnormals, the
+    # normal range, its extremes; 0 for NaN and infinities.
+    special = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-40, 2.0**-126, 2.0**-125, 1.0, -1.5,
+                        3.4028235e38, np.inf, -np.inf, np.nan], np.float32)  # fmt: skip
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [special, rng.integers(-(2**31), 2**31, 100_000).astype(np.int32).view(np.float32)]
+    )
+    ulp_bits = np.empty(values.size, np.int32)
+    _kernels._row_ulps(values.view(np.int32), ulp_bits)
+    finite = np.isfinite(values)
+    expected = [_kernels.float32_ulp(float(x)) for x in values[finite]]
+    assert_array_equal(ulp_bits.view(np.float32)[finite].astype(np.float64), expected)
+    assert_array_equal(ulp_bits[~finite], 0)
+
+
 @pytest.mark.parametrize(
     ("nbits", "escaped"),
     [(n, False) for n in (1, 8, 9, 16, 17, 24)] + [(n, True) for n in (9, 16, 17, 24)],
@@ -175,6 +193,17 @@ def test_escape_positions_refuses_gaps_that_do_not_add_up():
     assert _kernels.escape_positions(np.array([3], np.uint8), positions) == -1  # too few
     assert _kernels.escape_positions(np.array([3, 4, 5], np.uint8), positions) == -1  # extra
     assert _kernels.escape_positions(np.array([255, 255], np.uint8), positions) == -1
+
+
+def test_escape_positions_of_one_byte_gaps_are_their_running_sum():
+    # The path for gaps of one byte each (none 255) against the general one.
+    gaps = np.array([0, 254, 3, 0, 0, 17], np.uint8)
+    positions = np.empty(6, np.int64)
+    assert _kernels.escape_positions(gaps, positions) == 280
+    assert positions.tolist() == (np.cumsum(gaps.astype(np.int64) + 1) - 1).tolist()
+    longer = np.empty(5, np.int64)
+    assert _kernels.escape_positions(np.append(gaps[:4], [255, 0]), longer) == 517
+    assert longer.tolist() == [0, 255, 259, 260, 516]
 
 
 def test_lorenzo_reference_round_trip():
