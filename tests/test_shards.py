@@ -5,6 +5,7 @@ emulator. ``lq`` runs as a subprocess, as users run it."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -63,6 +64,21 @@ def read_with_plain_xarray(store: str, names: list[str]) -> dict[str, float]:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def chunk_bytes(store: Path, name: str, coords: tuple, per_shard: tuple | None = None) -> bytes:
+    """The stored bytes of chunk ``coords`` of ``name``: its object, or its part of its
+    shard, found through the shard's index (at its end: offset and length per chunk as
+    little-endian uint64, then a crc32c)."""
+    if per_shard is None:
+        return (store / name / "c").joinpath(*map(str, coords)).read_bytes()
+    shard_coords = [c // n for c, n in zip(coords, per_shard, strict=True)]
+    shard = (store / name / "c").joinpath(*map(str, shard_coords)).read_bytes()
+    count = math.prod(per_shard)
+    index = np.frombuffer(shard[-(16 * count + 4) : -4], "<u8").reshape(*per_shard, 2)
+    local = tuple(c % n for c, n in zip(coords, per_shard, strict=True))
+    offset, length = (int(v) for v in index[local])
+    return shard[offset : offset + length]
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +165,45 @@ def test_wb2_schema_store_sharded_with_the_config(tmp_path):
     sums = read_with_plain_xarray(str(sharded), names)
     for name in names:
         assert sums[name] == pytest.approx(float(xr.open_zarr(plain)[name].sum()), rel=1e-6)
+
+
+def test_float64_and_packed_sources_are_encoded_in_shards_as_without(tmp_path):
+    """float64 values (and packed int16, read decoded to float64) are quantized through
+    float32 within the bound of the float64 values (_unit.float64_chunk), not cast by
+    zarr first: in shards, the same chunks as without them, the edge shard included."""
+    ds = sample_dataset(levels=2, grid=(19, 36), times=5, variables=["temperature"])
+    # A narrow range for its magnitude: the float32 rounding matters (see float64_chunk).
+    ds["t64"] = 1000.0 + ds["temperature"].astype(np.float64) * 1e-6
+    ds["t64"][2] = np.nan  # a chunk of fill values inside a shard: not stored
+    ds["packed"] = ds["temperature"].isel(level=0)
+    src = tmp_path / "src.zarr"
+    encoding = {"packed": {"dtype": "int16", "scale_factor": 0.01, "add_offset": 250.0,
+                           "_FillValue": -32768}}  # fmt: skip
+    ds.to_zarr(src, zarr_format=3, consolidated=False, encoding=encoding)
+    plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
+    common = ("--vars", "t64,packed", "--zarr-format", "3", "--nbits", "12")
+    lq("compress", src, plain, *common)
+    lq("compress", src, sharded, *common, "--shards", "time=2")
+    for name in ("t64", "packed"):
+        back = xr.open_zarr(sharded)[name]
+        assert back.encoding["shards"][0] == 2 and back.dtype == np.float32
+        xr.testing.assert_identical(back.load(), xr.open_zarr(plain)[name].load())
+    # Byte for byte: each chunk in a shard is the chunk written without shards.
+    for name, coords in (("t64", (0, 0, 0, 0)), ("t64", (4, 0, 0, 0)), ("packed", (1, 0, 0))):
+        per_shard = (2,) + (1,) * (len(coords) - 1)
+        assert chunk_bytes(sharded, name, coords, per_shard) == chunk_bytes(plain, name, coords)
+    verified = json.loads(lq("verify", src, sharded, "--json").stdout)
+    assert verified["ok"] is True
+    # A float64 value beyond the float32 range is refused in a shard as in a chunk (zarr
+    # would cast it to infinity and store that).
+    ds["t64"][3, 1, 2, 3] = 1e39
+    huge = tmp_path / "huge.zarr"
+    ds[["t64"]].to_zarr(huge, zarr_format=3, consolidated=False)
+    for shards in ((), ("--shards", "time=2")):
+        refused = lq("compress", huge, tmp_path / f"out{len(shards)}.zarr", "--vars", "t64",
+                     "--zarr-format", "3", *shards, check=False)  # fmt: skip
+        assert refused.returncode == 1, refused.stderr
+        assert "a value (1e+39) is beyond the float32 range" in refused.stderr
 
 
 def test_dry_run_counts_shards_as_the_objects_written(sample, tmp_path):
