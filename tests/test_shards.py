@@ -122,7 +122,11 @@ def test_shards_hold_n_time_steps_and_read_back_with_plain_xarray(sample, tmp_pa
     assert inspected["variables"]["temperature"]["shards"] == [4, 5, 37, 72]
     assert inspected["variables"]["temperature"]["mode"] == "nbits"
     assert inspected["variables"]["temperature"]["error_bound"] == pytest.approx(0.5 / 65535)
-    assert "1×5×37×72 in 4×5×37×72" in lq("inspect", sharded).stdout
+    table = subprocess.run(
+        [*lq_command(), "inspect", str(sharded)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "250"},
+    ).stdout  # fmt: skip
+    assert "1×5×37×72 in 4×5×37×72" in table
 
 
 def test_shards_with_a_tolerance_and_the_whole_time_dimension(sample, tmp_path):
