@@ -389,3 +389,37 @@ def test_shards_on_gcs_end_to_end(gcs_bucket):
     problems = json.loads(result.stdout)["variables"]["temperature"]["problems"]
     assert {p["kind"] for p in problems} == {"missing_chunk"}
     assert [p["chunk"] for p in problems] == [[2, 0, 0, 0], [3, 0, 0, 0]]
+
+
+def test_resume_after_sigkill_on_gcs(gcs_bucket):
+    from servers import emulator_filesystem
+
+    src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
+    lq("sample", src, "--levels", "13", "--grid", "144x73", "--times", "8")
+    shards = ("--vars", VARS, "--zarr-format", "3", "--shards", "time=2")
+    process = subprocess.Popen(
+        [*lq_command(), "compress", src, dst, *shards],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    fs = emulator_filesystem()
+    done = f"{gcs_bucket}/dst.zarr/{PROGRESS_DIR}/done"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if len(fs.find(done)) >= 1:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "lq compress ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(30)
+    units = 10 * 4  # 10 variables, 8 steps in shards of 2
+    completed = len(fs.find(done))
+    assert 1 <= completed < units, completed
+    resumed = json.loads(lq("compress", src, dst, *shards, "--resume", "--json").stdout)
+    assert resumed["resume"]["units_resumed"] == completed
+    assert resumed["resume"]["units_written"] == units - completed
+    assert resumed["variables"]["temperature"]["objects"] == 4 + 1
+    assert not fs.find(f"{gcs_bucket}/dst.zarr/{PROGRESS_DIR}")
+    assert json.loads(lq("verify", src, dst, "--json").stdout)["ok"] is True
