@@ -351,6 +351,26 @@ def test_verify_reports_a_deleted_shard_and_an_absent_inner_chunk(sample, tmp_pa
     assert report["variables"]["2m_temperature"]["ok"] is True
 
 
+def test_verify_reads_the_headers_of_the_chunks_inside_shards(sample, tmp_path):
+    """Chunks encoded with fewer bits than the metadata promises are named inside a shard
+    as they are in chunk objects: their headers are found through the shard's index."""
+    claimed, loose = tmp_path / "claimed.zarr", tmp_path / "loose.zarr"
+    common = ("--vars", "temperature", "--zarr-format", "3", "--shards", "time=2")
+    lq("compress", sample, claimed, *common, "--nbits", "16")
+    lq("compress", sample, loose, *common, "--nbits", "8")
+    shard = Path("temperature", "c", "1", "0", "0", "0")
+    (claimed / shard).write_bytes((loose / shard).read_bytes())
+    result = lq("verify", sample, claimed, "--json", check=False)
+    assert result.returncode == 1
+    problems = json.loads(result.stdout)["variables"]["temperature"]["problems"]
+    mismatches = [p for p in problems if p["kind"] == "metadata_mismatch"]
+    assert [p["chunk"] for p in mismatches] == [[2, 0, 0, 0], [3, 0, 0, 0]]
+    assert "(temperature/c/1/0/0/0) is encoded with 8 bits" in mismatches[0]["message"]
+    assert {tuple(p["chunk"]) for p in problems if p["kind"] == "bound"} <= {
+        (2, 0, 0, 0), (3, 0, 0, 0),
+    }  # fmt: skip
+
+
 def test_verify_accepts_shards_and_inner_chunks_left_out_for_fill_values(tmp_path):
     """A chunk of only NaN in the source is not stored, inside a shard or as a whole
     shard: that is what zarr writes, and verify says ok."""
