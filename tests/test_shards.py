@@ -257,6 +257,25 @@ def test_bad_shards_are_one_line_requests(sample, tmp_path, args, expected):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_a_shard_that_cannot_fit_in_memory_is_refused(tmp_path):
+    """A unit holds a whole shard: on the full-size WB2 store (metadata only) a shard of
+    every time step (5 TB of temperature) is refused before DST exists, and a shard of
+    4 steps (216 MB) planned."""
+    from layerquantizer.synthetic import write_wb2_metadata_store
+
+    src = tmp_path / "wb2-full.zarr"
+    write_wb2_metadata_store(str(src), zarr_format=3)
+    common = ("compress", src, tmp_path / "out.zarr", "--vars", "temperature", "--zarr-format",
+              "3")  # fmt: skip
+    refused = lq(*common, "--shards", "time=-1", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "cannot write 'temperature': one shard (time=93544" in refused.stderr
+    assert "pass smaller --shards" in refused.stderr
+    planned = json.loads(lq(*common, "--shards", "time=4", "--dry-run", "--json").stdout)
+    assert planned["variables"]["temperature"]["chunks"] == 93544 // 4
+    assert not (tmp_path / "out.zarr").exists()
+
+
 # --------------------------------------------------------------------------------------
 # Resume
 
