@@ -257,6 +257,30 @@ def test_bad_shards_are_one_line_requests(sample, tmp_path, args, expected):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_a_unit_covers_whole_shards_and_whole_source_chunks(tmp_path):
+    """Source chunks of 3 steps, shards of 2: a unit cut at a source chunk's end would
+    write half of shard 1 (steps 2-3) and another unit the other half, each rewriting the
+    shard, racing. Units are cut only where both end: one unit of 3 shards here."""
+    ds = sample_dataset(levels=2, grid=(19, 36), times=6, variables=["temperature"])
+    src = tmp_path / "src.zarr"
+    ds.to_zarr(src, zarr_format=3, consolidated=False, encoding={
+        "temperature": {"chunks": (3, 2, 19, 36)},
+    })  # fmt: skip
+    plan = dataset.plan_compress(
+        dataset.open_dataset(str(src)), variables=["temperature"], zarr_format=3,
+        shards={"time": 2},
+    )  # fmt: skip
+    (task,) = plan.tasks(["temperature"])
+    assert task.region["time"] == slice(0, 6) and task.chunks == 3
+    dst = tmp_path / "out.zarr"
+    report = json.loads(
+        lq("compress", src, dst, "--vars", "temperature", "--zarr-format", "3", "--shards",
+           "time=2", "--workers", "2", "--json").stdout
+    )  # fmt: skip
+    assert report["variables"]["temperature"]["objects"] == 3 + 1
+    assert lq("verify", src, dst).returncode == 0
+
+
 def test_a_shard_that_cannot_fit_in_memory_is_refused(tmp_path):
     """A unit holds a whole shard: on the full-size WB2 store (metadata only) a shard of
     every time step (5 TB of temperature) is refused before DST exists, and a shard of
