@@ -141,6 +141,13 @@ def test_shards_with_a_tolerance_and_the_whole_time_dimension(sample, tmp_path):
     verified = json.loads(lq("verify", sample, dst, "--json").stdout)
     assert verified["ok"] is True
     assert verified["variables"]["temperature"]["abs_bound"] < 0.011
+    # --resume of the finished store: nothing to do with the same shards, refused with others.
+    common = ("compress", sample, dst, "--vars", VARS, "--zarr-format", "3", "--tolerance",
+              "0.01", "--resume")  # fmt: skip
+    assert "already complete" in lq(*common, "--shards", "time=-1").stdout
+    refused = lq(*common, "--shards", "time=2", check=False)
+    assert refused.returncode == 2
+    assert "written with other options (temperature shards (6, 5, 37, 72)" in refused.stderr
 
 
 def test_wb2_schema_store_sharded_with_the_config(tmp_path):
