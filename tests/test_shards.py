@@ -48,13 +48,16 @@ def tree(path: Path) -> dict[str, bytes]:
 
 
 def read_with_plain_xarray(store: str, names: list[str]) -> dict[str, float]:
-    """Open ``store`` in a fresh interpreter that imports xarray and nothing of ours (zarr
-    finds the codec through its entry point); the sum of each variable's finite values."""
+    """Open ``store`` in a fresh interpreter that imports xarray and zarr and nothing of
+    ours (zarr finds the codec through its entry point); the sum of each variable's finite
+    values, the same through zarr alone."""
     code = textwrap.dedent(
         f"""
-        import json, sys, xarray as xr
+        import json, sys, numpy as np, xarray as xr, zarr
         ds = xr.open_zarr({store!r})
         out = {{name: float(ds[name].sum(skipna=True)) for name in {names!r}}}
+        for name in {names!r}:  # and zarr alone, the same values
+            np.testing.assert_array_equal(zarr.open_array({store!r}, path=name)[:], ds[name])
         assert "layerquantizer.dataset" not in sys.modules
         print(json.dumps(out))
         """
