@@ -15,6 +15,8 @@ sources, Zarr v3 sources, partial edge chunks, integer or time variables) goes t
 zarr's or xarray's general path. Copied variables are read and written in their stored
 form (no CF decoding); float64 values to quantize (float64 and packed sources, read
 decoded) are encoded here through float32 within their own bound (:func:`float64_chunk`).
+A sharded array's unit is whole shards, each encoded by zarr's ShardingCodec and stored
+as one object (:func:`write_region`).
 """
 
 from __future__ import annotations
