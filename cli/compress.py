@@ -198,6 +198,17 @@ def compress(
     zarr_format: Annotated[
         int | None, typer.Option("--zarr-format", metavar="2|3", help="Zarr format (default 2).")
     ] = None,
+    shards: Annotated[
+        str | None,
+        typer.Option(
+            "--shards",
+            metavar="DIM=N",
+            help="With --zarr-format 3: store N chunks' worth of DIM in one object, a Zarr "
+            "v3 shard (time=28: a year of 6-hourly steps in 53 objects per variable, not "
+            "1,460); -1: the whole dim. Readers need nothing but zarr 3.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -291,6 +302,7 @@ def compress(
             "levels": usage_value("--levels", dataset.parse_levels, levels),
             "chunks": usage_value("--chunks", dataset.parse_chunks, chunks),
             "zarr_format": zarr_format,
+            "shards": usage_value("--shards", dataset.parse_shards, shards),
             "token": usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
         }
 

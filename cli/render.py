@@ -36,7 +36,8 @@ def store_table(
                 "variable": name + ("*" if quantized and name in quantized else ""),
                 "dtype": array.dtype,
                 "shape": "×".join(map(str, array.shape)),
-                "chunks": "×".join(map(str, array.chunks)),
+                "chunks": "×".join(map(str, array.chunks))
+                + ("" if array.shards is None else " in " + "×".join(map(str, array.shards))),
                 "codec": array.codec,
                 "settings": _settings_cell(array),
                 "logical": human_bytes(array.logical_bytes),

@@ -9,6 +9,7 @@ A config file is a YAML mapping; every key is optional and command-line options 
     # tolerance: 0.01     # a default absolute error, in each variable's own units
     zarr_format: 2        # 2 (default) or 3
     chunks: {time: 1}     # output chunk size per dimension; -1 = the whole dimension
+    shards: {time: 28}    # Zarr v3 only: shards of 28 chunks of one step (one object each)
     time: "2020-01-01:2020-12-31"   # subset of the time coordinate, START:END (inclusive)
     levels: [500, 850]    # subset of the level coordinate
     on_missing: error     # error (default) or skip: what to do with a listed variable
@@ -51,6 +52,7 @@ _TOP_KEYS = (
     "tolerance",
     "zarr_format",
     "chunks",
+    "shards",
     "time",
     "levels",
     "on_missing",
@@ -84,6 +86,7 @@ class Config:
     tolerance: float | None = None
     zarr_format: int | None = None
     chunks: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
     time: str | None = None
     levels: tuple[float, ...] | None = None
     on_missing: str = "error"
@@ -209,18 +212,20 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         if isinstance(value, bool) or value not in (2, 3):
             raise _fail(source, "zarr_format", f"must be 2 or 3, got {value!r}")
         fields["zarr_format"] = value
-    if data.get("chunks") is not None:
-        chunks = data["chunks"]
-        if not isinstance(chunks, Mapping):
-            raise _fail(source, "chunks", f"must be a mapping of dimension to size, got {chunks!r}")
+    for key in ("chunks", "shards"):  # both: size per dimension, -1 = the whole dimension
+        if data.get(key) is None:
+            continue
+        sizes = data[key]
+        if not isinstance(sizes, Mapping):
+            raise _fail(source, key, f"must be a mapping of dimension to size, got {sizes!r}")
         parsed = {}
-        for dim, size in chunks.items():
+        for dim, size in sizes.items():
             if isinstance(size, bool) or not isinstance(size, int) or size == 0 or size < -1:
                 raise _fail(
-                    source, f"chunks.{dim}", f"must be a positive integer or -1, got {size!r}"
+                    source, f"{key}.{dim}", f"must be a positive integer or -1, got {size!r}"
                 )
             parsed[str(dim)] = size
-        fields["chunks"] = parsed
+        fields[key] = parsed
     if data.get("time") is not None:
         if not isinstance(data["time"], str):
             raise _fail(source, "time", f"must be text START:END, got {_type_name(data['time'])}")

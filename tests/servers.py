@@ -183,10 +183,30 @@ def _emulator_answers(url: str) -> bool | None:
 #: request at a time over HTTP/1.0, so every request is a new connection, and zarr sends
 #: bursts of them; beyond the default queue of 5 the kernel drops the SYNs, and each client
 #: waits the 1 s SYN retransmission timeout (a Zarr v2 write took 1.1 s instead of 0.13 s).
-_EMULATOR_MAIN = (
-    "import sys, http.server; http.server.HTTPServer.request_queue_size = 256; "
-    "from gcp_storage_emulator.__main__ import main; main(sys.argv[1:])"
-)
+#:
+#: It also answers a suffix range (``Range: bytes=-N``, the last N bytes) as GCS does; the
+#: emulator ignores one and sends the whole object. Zarr reads a shard's index that way
+#: (at its end), so a sharded array read back from the emulator failed its checksum.
+_EMULATOR_MAIN = """
+import re, sys, http.server
+http.server.HTTPServer.request_queue_size = 256
+from gcp_storage_emulator.handlers import objects
+_download = objects.download
+def download(request, response, storage, *args, **kwargs):
+    headers = request._request_handler.headers
+    suffix = re.fullmatch(r"\\s*bytes=-([0-9]+)\\s*", headers.get("range") or "")
+    if suffix:
+        try:
+            size = len(storage.get_file(request.params["bucket_name"], request.params["object_id"]))
+        except Exception:
+            size = None  # the emulator's own handler answers (not found, ...)
+        if size is not None:
+            headers.replace_header("range", f"bytes={max(0, size - int(suffix[1]))}-")
+    return _download(request, response, storage, *args, **kwargs)
+objects.download = download  # before the server module builds its table of handlers
+from gcp_storage_emulator.__main__ import main
+main(sys.argv[1:])
+"""
 
 
 #: The session's server processes by URL, for the per-test fixtures to check on.

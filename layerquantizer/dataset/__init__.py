@@ -78,6 +78,7 @@ from layerquantizer.dataset._requests import (
     parse_chunks,
     parse_gcs_token,
     parse_levels,
+    parse_shards,
     parse_time_range,
     parse_variables,
 )
@@ -127,6 +128,7 @@ __all__ = [
     "parse_chunks",
     "parse_gcs_token",
     "parse_levels",
+    "parse_shards",
     "parse_time_range",
     "parse_variables",
     "plan_compress",

@@ -90,6 +90,7 @@ def compress(
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
     zarr_format: int | None = None,
+    shards: Mapping[str, int] | None = None,
     overwrite: bool = False,
     resume: bool = False,
     workers: int | None = None,
@@ -187,7 +188,7 @@ def compress(
     ds = open_dataset(src, token=src_token)
     plan = plan_compress(
         ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
-        levels=levels, chunks=chunks, zarr_format=zarr_format,
+        levels=levels, chunks=chunks, zarr_format=zarr_format, shards=shards,
     )  # fmt: skip
     try:
         lock = DestinationLock(dst, dst_token, break_lock=break_lock)

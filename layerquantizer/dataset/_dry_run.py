@@ -40,8 +40,9 @@ class VariableEstimate:
 
     ``treatment`` is ``"quantize"``, ``"copy"``, ``"drop"`` or ``"skip"`` (named by the
     config, missing from the source); ``chunks`` the chunk objects a run would write at
-    most (Zarr skips those holding only the fill value); ``logical_bytes`` the values'
-    size; ``estimated_stored_bytes`` None where no sampled chunk held data.
+    most (shards of a sharded variable; Zarr skips those holding only the fill value);
+    ``logical_bytes`` the values' size; ``estimated_stored_bytes`` None where no sampled
+    chunk held data.
     """
 
     treatment: str
@@ -142,6 +143,7 @@ def dry_run(
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
     zarr_format: int | None = None,
+    shards: Mapping[str, int] | None = None,
     workers: int | None = None,
     token: Any = None,
     samples: int = SAMPLES,
@@ -171,7 +173,7 @@ def dry_run(
     ds = open_dataset(src, token=_token(token, None))
     plan = plan_compress(
         ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
-        levels=levels, chunks=chunks, zarr_format=zarr_format,
+        levels=levels, chunks=chunks, zarr_format=zarr_format, shards=shards,
     )  # fmt: skip
     plan_seconds = _time.perf_counter() - started
     if plan.location is None:
@@ -195,7 +197,7 @@ def dry_run(
         total = int(plan.source[name].nbytes)
         estimates[name] = VariableEstimate(
             treatment="quantize" if name in plan.quantized else "copy",
-            chunks=_chunk_count(plan, name),
+            chunks=plan.variable_object_count(name),
             logical_bytes=total,
             estimated_stored_bytes=round(total * stored / logical) if logical else None,
             nbits=plan.quantized.get(name),
@@ -210,12 +212,6 @@ def dry_run(
         variables=dict(sorted(estimates.items())), sampled_bytes=sampled_bytes,
         sample_seconds=sample_seconds, threads=threads, plan_seconds=plan_seconds,
     )  # fmt: skip
-
-
-def _chunk_count(plan: Plan, name: str) -> int:
-    shape = plan.source[name].shape
-    chunks = plan.variable_chunks(name)
-    return math.prod(math.ceil(n / c) for n, c in zip(shape, chunks, strict=True))
 
 
 def _sample_regions(plan: Plan, name: str, samples: int) -> list[dict[str, slice]]:

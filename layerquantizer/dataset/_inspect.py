@@ -44,6 +44,9 @@ class ArrayReport:
     is_coordinate: bool
     #: False in a store whose writing did not finish: the ratio would count unwritten data.
     complete: bool = True
+    #: The shard shape of a sharded Zarr v3 array (``chunks`` are then the chunks inside
+    #: each shard, and ``objects`` counts shards), None otherwise.
+    shards: tuple[int, ...] | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -94,14 +97,14 @@ class ArrayReport:
         """Full-scale bound: LayerQuantizer's, 0.0 for lossless codecs, None if unknown."""
         if self.nbits is not None:
             return full_scale_bound(self.nbits)
-        names = {entry.get("id", entry.get("name")) for entry in self.codecs}
-        return 0.0 if names <= _LOSSLESS_CODECS else None
+        return 0.0 if _codec_names(self.codecs) <= _LOSSLESS_CODECS else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dims": list(self.dims),
             "shape": list(self.shape),
             "chunks": list(self.chunks),
+            "shards": None if self.shards is None else list(self.shards),
             "dtype": self.dtype,
             "codec": self.codec,
             "settings": self.settings,
@@ -167,8 +170,27 @@ class StoreReport:
         }
 
 
+def _codec_names(codecs: list[dict]) -> set[str]:
+    """The names of ``codecs`` (raw metadata entries) and of those inside a shard's."""
+    names = set()
+    for entry in codecs:
+        names.add(entry.get("id", entry.get("name")))
+        if entry.get("name") == "sharding_indexed":
+            names |= _codec_names((entry.get("configuration") or {}).get("codecs") or [])
+    return names
+
+
+def _sharding(meta: Mapping) -> dict | None:
+    """The configuration of a v3 array's ``sharding_indexed`` codec, None if unsharded."""
+    codecs = meta.get("codecs") or []
+    if len(codecs) == 1 and codecs[0].get("name") == "sharding_indexed":
+        return dict(codecs[0].get("configuration") or {})
+    return None
+
+
 def _summarize_codecs(meta: Mapping, zarr_format: int) -> tuple[str, dict, list[dict]]:
-    """(short name, settings, full list) of an array's codecs from its raw metadata."""
+    """(short name, settings, full list) of an array's codecs from its raw metadata; of a
+    sharded array, the name and settings are those of the codecs inside its shards."""
     if zarr_format == 2:
         codecs = [dict(f) for f in meta.get("filters") or []]
         if meta.get("compressor"):
@@ -178,6 +200,10 @@ def _summarize_codecs(meta: Mapping, zarr_format: int) -> tuple[str, dict, list[
         settings = {k: v for k, v in main.items() if k != "id"} if main else {}
     else:
         codecs = [dict(c) for c in meta.get("codecs", [])]
+        sharding = _sharding(meta)
+        if sharding is not None:
+            name, settings, _ = _summarize_codecs({"codecs": sharding.get("codecs") or []}, 3)
+            return name, settings, codecs
         names = [c.get("name", "?") for c in codecs]
         # "bytes" is the plain serializer every v3 array has unless another replaces it.
         shown = [c for c in codecs if c.get("name") != "bytes"] or codecs
@@ -282,6 +308,7 @@ def inspect(
     coordinates: dict[str, ArrayReport] = {}
     for name in sorted(arrays):
         meta, attrs = arrays[name]
+        shards = None
         if zarr_format == 2:
             dims = tuple(attrs.get("_ARRAY_DIMENSIONS", ()))
             chunks = tuple(meta["chunks"])
@@ -289,6 +316,9 @@ def inspect(
         else:
             dims = tuple(d for d in meta.get("dimension_names") or () if d is not None)
             chunks = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+            sharding = _sharding(meta)
+            if sharding is not None:  # the chunk grid is the grid of shards
+                shards, chunks = chunks, tuple(sharding["chunk_shape"])
             try:
                 dtype = np.dtype(meta["data_type"])
             except TypeError:
@@ -313,6 +343,7 @@ def inspect(
             attrs={k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"},
             is_coordinate=name in coordinate_names or dims == (name,),
             complete=incomplete is None,
+            shards=shards,
         )
         (coordinates if report.is_coordinate else variables)[name] = report
     return StoreReport(

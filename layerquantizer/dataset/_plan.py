@@ -49,9 +49,12 @@ SUPPORTED_KINDS = "biuf"
 
 @dataclasses.dataclass(frozen=True)
 class ChunkTask:
-    """A region of one variable to write: one or more whole Zarr chunks.
+    """A region of one variable to write: one or more whole Zarr chunks (of a sharded
+    variable: one or more whole shards).
 
-    ``index`` is the chunk-grid index of its first chunk and ``chunks`` how many it holds.
+    ``index`` is the chunk-grid index of its first chunk and ``chunks`` how many it holds;
+    of a sharded variable, the shard-grid index of its first shard and how many shards:
+    the objects it stores.
     """
 
     variable: str
@@ -89,6 +92,9 @@ class Plan:
     own_chunks : dict
         Variable -> its chunks where they are not those of ``chunks``: one chunk for a
         variable of one dimension. Follows from the dims, shapes and ``chunks``.
+    shards : dict
+        Zarr v3 shard size per sharded dimension (a multiple of its chunk size); empty
+        without sharding. See :meth:`variable_shards`.
     source_chunk_ids : dict
         Variable -> dim -> the source chunk each position along ``dim`` comes from (only
         for variables whose source chunking is known); see :meth:`tasks`.
@@ -119,6 +125,7 @@ class Plan:
     token: Any = None
     tolerances: dict[str, float] = dataclasses.field(default_factory=dict)
     own_chunks: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    shards: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         own = self.own_chunks.get(name)
@@ -126,15 +133,31 @@ class Plan:
             return own
         return tuple(self.chunks[dim] for dim in self.source[name].dims)
 
+    def variable_shards(self, name: str) -> tuple[int, ...] | None:
+        """The shard shape of ``name``, None if it is not sharded: a variable without a
+        sharded dimension (a static field) or written as one chunk keeps its chunks, as
+        a shard of one chunk would only add an index to it."""
+        dims = [str(dim) for dim in self.source[name].dims]
+        if name in self.own_chunks or not any(dim in self.shards for dim in dims):
+            return None
+        chunks = self.variable_chunks(name)
+        return tuple(self.shards.get(dim, c) for dim, c in zip(dims, chunks, strict=True))
+
+    def variable_objects(self, name: str) -> tuple[int, ...]:
+        """The shape of the objects ``name`` is stored as: its shards, else its chunks."""
+        shards = self.variable_shards(name)
+        return shards if shards is not None else self.variable_chunks(name)
+
     def _units(self, name: str) -> list[list[tuple[int, int]]]:
-        """Per dim of ``name``: the (start, stop) of each write unit, in whole output chunks.
+        """Per dim of ``name``: the (start, stop) of each write unit, in whole output chunks
+        (whole shards of a sharded variable: a shard is written whole, by one unit).
 
         A unit is cut only where a source chunk also ends, so each source chunk is read
         and decoded once even when the output chunks are smaller; if that makes a unit
-        larger than :data:`MAX_UNIT_BYTES`, every output chunk is its own unit.
+        larger than :data:`MAX_UNIT_BYTES`, every output chunk (shard) is its own unit.
         """
         var = self.source[name]
-        out = self.variable_chunks(name)
+        out = self.variable_objects(name)
         plain = [
             [(start, min(start + c, n)) for start in range(0, n, c)]
             for n, c in zip(var.shape, out, strict=True)
@@ -158,7 +181,7 @@ class Plan:
         """Every write unit, variable by variable, in C order of the chunk grid."""
         for name in variables if variables is not None else self.source.data_vars:
             var = self.source[name]
-            out = self.variable_chunks(name)
+            out = self.variable_objects(str(name))
             units = self._units(str(name))
             itemsize = var.dtype.itemsize
             for picks in itertools.product(*units):
@@ -172,13 +195,14 @@ class Plan:
 
     @property
     def total_chunks(self) -> int:
-        return sum(
-            math.prod(
-                math.ceil(n / c)
-                for n, c in zip(self.source[name].shape, self.variable_chunks(name), strict=True)
-            )
-            for name in self.source.data_vars
-        )
+        """The objects a run stores at most: chunks, or shards of a sharded variable."""
+        return sum(self.variable_object_count(str(name)) for name in self.source.data_vars)
+
+    def variable_object_count(self, name: str) -> int:
+        """The chunk objects (shards of a sharded variable) ``name`` is stored as, at most
+        (Zarr stores none for a chunk or shard of fill values only)."""
+        shape, objects = self.source[name].shape, self.variable_objects(name)
+        return math.prod(math.ceil(n / c) for n, c in zip(shape, objects, strict=True))
 
     @property
     def total_bytes(self) -> int:
@@ -248,11 +272,41 @@ def memory_bytes() -> int | None:
         return None
 
 
+def _resolve_shards(
+    requested: Mapping[str, int], sizes: Mapping, chunks: Mapping[str, int]
+) -> dict[str, int]:
+    """The shard size per dimension from ``--shards`` (-1: the whole dimension), checked
+    against the dimensions and the chunk sizes: a shard holds whole chunks."""
+    unknown = sorted(set(requested) - {str(dim) for dim in sizes})
+    if unknown:
+        raise RequestError(
+            f"--shards names unknown dimension(s) {', '.join(unknown)}; dimensions: "
+            f"{', '.join(map(str, sizes))}"
+        )
+    resolved = {}
+    for dim, value in requested.items():
+        size, chunk = int(sizes[dim]), chunks[dim]
+        whole = math.ceil(size / chunk) * chunk  # the dimension in whole chunks
+        if value != -1 and value % chunk:
+            raise RequestError(
+                f"--shards {dim}={value} is not a multiple of the chunks {dim}={chunk}: a "
+                f"shard holds whole chunks; pass a multiple of {chunk} (e.g. {dim}="
+                f"{max(chunk, value - value % chunk)}) or -1 for the whole dimension"
+            )
+        resolved[dim] = whole if value == -1 else min(value, whole)
+    return resolved
+
+
 def _check_unit_memory(
-    name: str, var: xr.DataArray, out_chunks: tuple[int, ...], source_chunks: Any
+    name: str,
+    var: xr.DataArray,
+    out_chunks: tuple[int, ...],
+    source_chunks: Any,
+    option: str = "--chunks",
 ) -> None:
     """Refuse a variable whose smallest write unit cannot fit in memory: a unit holds one
-    output chunk, the source chunks it is read from (decoded whole) and the encoded chunk."""
+    output chunk (shard, ``option`` ``--shards``), the source chunks it is read from
+    (decoded whole) and the encoded chunk."""
     memory = memory_bytes()
     if memory is None:
         return
@@ -268,10 +322,11 @@ def _check_unit_memory(
             f"{memory / 2**30:.1f} GiB of memory; rechunk the source first"
         )
     dims = ", ".join(f"{dim}={size}" for dim, size in zip(var.dims, out_chunks, strict=True))
+    what = "output chunk" if option == "--chunks" else "shard"
     raise RequestError(
-        f"cannot write {name!r}: one output chunk ({dims}) holds {out_bytes / 2**30:.1f} GiB, "
+        f"cannot write {name!r}: one {what} ({dims}) holds {out_bytes / 2**30:.1f} GiB, "
         f"more than this machine's {memory / 2**30:.1f} GiB of memory can encode; pass "
-        "smaller --chunks (e.g. DIM=1 on a leading dimension)"
+        f"smaller {option} (e.g. DIM=1 on a leading dimension)"
     )
 
 
@@ -329,6 +384,7 @@ def plan_compress(
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
     zarr_format: int | None = None,
+    shards: Mapping[str, int] | None = None,
 ) -> Plan:
     """Decide what :func:`write_plan` writes; arguments override the config.
 
@@ -355,12 +411,18 @@ def plan_compress(
         level's grid and the error bound is relative to the whole level's range.
     zarr_format : {2, 3}, optional
         Default: the config's, else 2.
+    shards : mapping, optional
+        Zarr v3 only: shard size per dimension (-1: whole), a multiple of the chunk size
+        there, e.g. ``{"time": 28}``: each variable with that dimension is stored as one
+        object per 28 chunks of one step (a ``sharding_indexed`` codec around the chunks'
+        codecs); the other dimensions of a shard are those of a chunk. Default: the
+        config's, else none.
 
     Raises
     ------
     RequestError
-        On an unknown variable, a variable the codec cannot take, a bad subset or chunks,
-        ``nbits`` and ``tolerance`` together.
+        On an unknown variable, a variable the codec cannot take, a bad subset, chunks or
+        shards, ``nbits`` and ``tolerance`` together.
     """
     config = config if config is not None else Config()
     if nbits is not None and tolerance is not None:
@@ -395,6 +457,13 @@ def plan_compress(
     zarr_format = zarr_format if zarr_format is not None else (config.zarr_format or 2)
     if zarr_format not in (2, 3):
         raise RequestError(f"zarr format must be 2 or 3, got {zarr_format!r}")
+    requested_shards = {**config.shards, **(shards or {})}
+    if requested_shards and zarr_format != 3:
+        where = "" if shards else f" (from {config.source})"
+        raise RequestError(
+            f"--shards{where} needs --zarr-format 3: Zarr v2 has no shards; add --zarr-format "
+            "3 (zarr_format: 3 in a config), or leave out --shards"
+        )
 
     time = (
         time
@@ -520,6 +589,7 @@ def plan_compress(
         default = 1 if dim == "time" else -1
         value = requested.get(dim, default)
         chosen[str(dim)] = size if value == -1 else min(int(value), size)
+    chosen_shards = _resolve_shards(requested_shards, sizes, chosen)
 
     for name in ds.coords:  # small, and written once with the metadata
         ds[name].variable.load()
@@ -535,8 +605,20 @@ def plan_compress(
     for name in list(ds.data_vars):
         var = ds[name].variable
         var_chunks = own_chunks.get(str(name), tuple(chosen[dim] for dim in var.dims))
-        _check_unit_memory(str(name), ds[name], var_chunks, source_chunk_sizes.get(name))
+        var_shards = None
+        if str(name) not in own_chunks and any(dim in chosen_shards for dim in var.dims):
+            var_shards = tuple(
+                chosen_shards.get(str(dim), c) for dim, c in zip(var.dims, var_chunks, strict=True)
+            )
+        _check_unit_memory(
+            str(name), ds[name], var_shards or var_chunks, source_chunk_sizes.get(name),
+            option="--chunks" if var_shards is None else "--shards",
+        )  # fmt: skip
         encoding[name] = {"chunks": var_chunks}
+        if var_shards is not None:
+            # A unit holds whole shards (Plan._units): zarr encodes each with its
+            # ShardingCodec and stores it as one object, never a part of one.
+            encoding[name]["shards"] = var_shards
         if name in copied:
             encoding[name].update(_lossless_codec(zarr_format))
         if name in stored_forms:
@@ -575,6 +657,7 @@ def plan_compress(
         skipped=tuple(skipped),
         chunks=chosen,
         own_chunks=own_chunks,
+        shards=chosen_shards,
         zarr_format=zarr_format,
         source_chunk_ids=source_chunk_ids,
         source_positions=source_positions,

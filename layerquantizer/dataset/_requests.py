@@ -106,6 +106,31 @@ def parse_chunks(text: str) -> dict[str, int]:
     return chunks
 
 
+def parse_shards(text: str) -> dict[str, int]:
+    """``"time=4"`` -> ``{"time": 4}``: the Zarr v3 shard size per dimension, in elements
+    (a multiple of the chunk size there; -1: the whole dimension).
+
+    >>> parse_shards("time=28")
+    {'time': 28}
+    """
+    shards: dict[str, int] = {}
+    for part in text.split(","):
+        dim, sep, size = part.partition("=")
+        dim = dim.strip()
+        try:
+            value = int(size)
+        except ValueError:
+            value = 0
+        if not sep or not dim or value == 0 or value < -1:
+            raise RequestError(
+                f"--shards: expected DIM=SIZE pairs such as time=28 (SIZE time steps per "
+                f"shard, a multiple of the chunk size, or -1 for the whole dimension), got "
+                f"{text!r}"
+            )
+        shards[dim] = value
+    return shards
+
+
 #: The ``--gcs-token`` values that name a way of finding credentials rather than a file.
 GCS_TOKEN_METHODS = ("anon", "google_default", "cloud", "browser")
 

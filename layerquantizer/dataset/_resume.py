@@ -106,7 +106,7 @@ def describe_plan(plan: Plan, src: str) -> dict[str, Any]:
             str(values.dtype).encode(),
             _json_bytes(source[name].attrs),
         )
-    return {
+    description = {
         "format": MANIFEST_FORMAT,
         "src": normalize_location(src),
         "zarr_format": plan.zarr_format,
@@ -119,6 +119,9 @@ def describe_plan(plan: Plan, src: str) -> dict[str, Any]:
         "coords": coords,
         "attrs": _digest(_json_bytes(source.attrs)),
     }
+    if plan.shards:  # only then: the descriptions of unsharded runs stay as they were
+        description["shards"] = dict(plan.shards)
+    return description
 
 
 def differences(recorded: Mapping, wanted: Mapping, prefix: str = "") -> list[str]:

@@ -15,11 +15,14 @@ sources, Zarr v3 sources, partial edge chunks, integer or time variables) goes t
 zarr's or xarray's general path. Copied variables are read and written in their stored
 form (no CF decoding); float64 values to quantize (float64 and packed sources, read
 decoded) are encoded here through float32 within their own bound (:func:`float64_chunk`).
+A sharded array's unit is whole shards, each encoded by zarr's ShardingCodec and stored
+as one object (:func:`write_region`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -382,9 +385,139 @@ def float64_chunk(
     )
 
 
+def _sharding_codec(array):
+    """The ``sharding_indexed`` codec of a sharded Zarr v3 array, else None."""
+    from zarr.codecs import ShardingCodec
+
+    codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        return codecs[0]
+    return None
+
+
+def _float64_shard_encoder(array, sharding):
+    """For a sharded float32 LayerQuantizer array written from float64 values: a function
+    turning the float64 values of one whole shard into the bytes of its object, or None
+    when the shard holds only fill values (NaN).
+
+    zarr would cast the values to float32 and quantize those, outside the bound of the
+    float64 values that :func:`float64_chunk` keeps. So zarr's own ShardingCodec, with the
+    array's chunk shape and index codecs, encodes the shard here, each chunk inside it by
+    :func:`float64_chunk`: the bytes of each chunk are those the array's codec decodes, and
+    the shard's layout and index are zarr's (chunks of fill values left out, as zarr does).
+    """
+    from zarr.codecs import ShardingCodec
+    from zarr.core.array_spec import ArrayConfig, ArraySpec
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.buffer.cpu import NDBuffer
+    from zarr.core.dtype import Float64
+    from zarr.core.sync import sync
+
+    from layerquantizer.zarr3 import LayerQuantizerCodec
+
+    inner = sharding.codecs
+    if len(inner) != 1 or not isinstance(inner[0], LayerQuantizerCodec):
+        return None
+    codec = ShardingCodec(
+        chunk_shape=sharding.chunk_shape,
+        codecs=[_float64_chunks_class()(inner[0])],
+        index_codecs=sharding.index_codecs,
+        index_location=sharding.index_location,
+    )
+    spec = ArraySpec(
+        shape=tuple(array.shards),
+        dtype=Float64(),
+        fill_value=np.float64(np.nan),
+        config=ArrayConfig(order="C", write_empty_chunks=False),
+        prototype=default_buffer_prototype(),
+    )
+
+    def encode(block: np.ndarray) -> bytes | None:
+        buffer = NDBuffer.from_numpy_array(np.ascontiguousarray(block, dtype=np.float64))
+        (encoded,) = sync(codec.encode([(buffer, spec)]))
+        return None if encoded is None else encoded.to_bytes()
+
+    return encode
+
+
+@functools.cache
+def _float64_chunks_class():
+    """The class, made once per process: zarr is imported only when a unit runs."""
+    from zarr.abc.codec import ArrayBytesCodec
+
+    class Float64Chunks(ArrayBytesCodec):
+        """The serializer of the chunks inside a shard written from float64 values: the
+        bytes :func:`float64_chunk` makes, which the array's LayerQuantizerCodec decodes."""
+
+        is_fixed_size = False
+
+        def __init__(self, codec) -> None:
+            object.__setattr__(self, "codec", codec)
+
+        async def _encode_single(self, chunk_array, chunk_spec):
+            values = chunk_array.as_numpy_array()
+            encoded = float64_chunk(
+                values, nbits=self.codec.nbits, level=self.codec.level,
+                tolerance=self.codec.tolerance,
+            )  # fmt: skip
+            return chunk_spec.prototype.buffer.from_bytes(encoded)
+
+        async def _decode_single(self, chunk_bytes, chunk_spec):  # pragma: no cover
+            raise NotImplementedError("only encodes; the array's own codec decodes")
+
+        def compute_encoded_size(self, input_byte_length, chunk_spec):  # pragma: no cover
+            raise NotImplementedError("the size depends on the data")
+
+    return Float64Chunks
+
+
+def _write_shards(job: UnitJob, array, data: np.ndarray, encode) -> None:
+    """Store each whole shard of the unit as one object made by ``encode`` (None: a shard
+    of fill values only, which is not stored, as zarr does)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    store = array.store_path.store
+    shard_shape = tuple(array.shards)
+    pairs = list(zip(job.region, shard_shape, strict=True))
+    counts = [-(-(where.stop - where.start) // s) for where, s in pairs]
+    first = [where.start // s for where, s in pairs]
+    for offset in np.ndindex(*counts):
+        coords = tuple(f + o for f, o in zip(first, offset, strict=True))
+        block = data[
+            tuple(slice(o * s, (o + 1) * s) for o, s in zip(offset, shard_shape, strict=True))
+        ]
+        if block.shape != shard_shape:  # at the array's edge: padded as zarr pads
+            full = np.full(shard_shape, np.nan, block.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            block = full
+        key = _join(array.path, array.metadata.encode_chunk_key(coords))
+        encoded = encode(block)
+        if encoded is None:
+            sync(store.delete(key))
+            continue
+        sync(store.set(key, default_buffer_prototype().buffer.from_bytes(encoded)))
+
+
 def write_region(job: UnitJob, data: np.ndarray) -> bool:
-    """Store ``data`` as the unit's output chunks; whether the short path wrote them."""
+    """Store ``data`` as the unit's output chunks; whether the short path wrote them.
+
+    A sharded array's unit covers whole shards (``Plan._units``), each written as one
+    object: by zarr (its ShardingCodec encodes the whole shard, then one ``set``), or,
+    from float64 values, by :func:`_float64_shard_encoder`.
+    """
     array = _open_array(job.run, job.dst, job.dst_token, job.variable, "r+")
+    sharding = _sharding_codec(array)
+    if sharding is not None:
+        stored = array.metadata.dtype.to_native_dtype()
+        encode_shard = None
+        if data.dtype == np.float64 and stored == np.float32:
+            encode_shard = _float64_shard_encoder(array, sharding)
+        if encode_shard is None:
+            array[tuple(job.region)] = data
+            return False
+        _write_shards(job, array, data, encode_shard)
+        return True
     encode = _chunk_encoder(array, data)
     chunk_shape = tuple(array.chunks)
     # float64 values for a float32 array are encoded here only (zarr would just cast

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -285,15 +286,18 @@ class _ChunkReader:
 
     ``variable`` is the destination variable, lazily indexed (no dask): indexing one chunk's
     region reads and decodes that chunk alone, with xarray's decoding. ``key`` gives a chunk's
-    object key (None when it cannot be told, e.g. sharded arrays); ``present`` the keys the
-    store holds; ``nbits`` the bits the metadata promises (chunk headers are then read);
-    ``tolerance`` the absolute tolerance it promises instead, with ``chunk_shape`` the
-    shape of a whole chunk (each chunk's layer table is then read, see :meth:`_steps`).
+    object key (None when it cannot be told), of a sharded array the key of its shard;
+    ``present`` the keys the store holds; ``nbits`` the bits the metadata promises (chunk
+    headers are then read); ``tolerance`` the absolute tolerance it promises instead, with
+    ``chunk_shape`` the shape of a whole chunk (each chunk's layer table is then read, see
+    :meth:`_steps`). ``shard`` (a :class:`_ShardLayout`) tells where each chunk lies in its
+    shard, from the shard's index: a chunk absent from a shard that is there is as missing
+    as a shard that is not.
     """
 
     def __init__(
         self, name, variable, chunks, key, present, fs, root, nbits, location, pad,
-        tolerance=None, chunk_shape=None,
+        tolerance=None, chunk_shape=None, shard=None,
     ):  # fmt: skip
         self.name = name
         self.variable = variable
@@ -308,8 +312,30 @@ class _ChunkReader:
         self.pad = pad  # leading axes added to a vector or scalar, absent from chunk indices
         self.tolerance = tolerance
         self.chunk_shape = chunk_shape
+        self.shard = shard
+        self._indexes: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def _steps(self, key: str, block_shape: tuple[int, ...]) -> np.ndarray | None:
+    def _inner_span(self, key: str, coords: tuple[int, ...]) -> tuple[int, int] | None:
+        """(offset, length) of chunk ``coords`` inside shard ``key`` from the shard's index
+        (read once per shard, a few recent ones kept), None if the shard holds no such chunk
+        (zarr leaves out a chunk of fill values)."""
+        with self._lock:
+            index = self._indexes.get(key)
+        if index is None:
+            layout = self.shard
+            raw = self.fs.cat_file(f"{self.root}/{key}", start=-layout.index_size)
+            count = math.prod(layout.per_shard)
+            index = np.frombuffer(raw[: 16 * count], "<u8").reshape(*layout.per_shard, 2)
+            with self._lock:
+                self._indexes[key] = index
+                while len(self._indexes) > 64:
+                    self._indexes.popitem(last=False)
+        local = tuple(c % n for c, n in zip(coords, self.shard.per_shard, strict=True))
+        offset, length = (int(v) for v in index[local])
+        return None if offset == _ABSENT and length == _ABSENT else (offset, length)
+
+    def _steps(self, key: str, block_shape: tuple[int, ...], start: int = 0) -> np.ndarray | None:
         """The quantization step of each layer of the block, from its chunk's layer table
         (one small read), or None when the chunk is not one LayerQuantizer wrote in the
         array's chunk shape."""
@@ -318,7 +344,7 @@ class _ChunkReader:
         if self.chunk_shape is None or len(self.chunk_shape) < 2:
             return None
         end = layer_table_end(self.chunk_shape)
-        found = peek_steps(self.fs.cat_file(f"{self.root}/{key}", start=0, end=end))
+        found = peek_steps(self.fs.cat_file(f"{self.root}/{key}", start=start, end=start + end))
         if found is None or tuple(found[0]) != tuple(self.chunk_shape):
             return None
         steps = found[1].reshape(self.chunk_shape[:-2])
@@ -342,9 +368,17 @@ class _ChunkReader:
         key = self.key(coords) if self.key is not None else None
         where = f"chunk {coords}" + (f" ({key})" if key is not None else "")
         present = key is None or self.present is None or key in self.present
+        start = 0  # where the chunk's bytes begin in its object
+        if present and key is not None and self.shard is not None:
+            span = self._inner_span(key, coords)
+            if span is None:
+                present, where = False, f"chunk {coords} (absent from its shard {key})"
+            else:
+                start = span[0]
         problems = []
         if present and key is not None and self.nbits is not None:
-            nbits = peek_nbits(self.fs.cat_file(f"{self.root}/{key}", start=0, end=PREFIX_SIZE))
+            prefix = self.fs.cat_file(f"{self.root}/{key}", start=start, end=start + PREFIX_SIZE)
+            nbits = peek_nbits(prefix)
             if nbits is not None and nbits < self.nbits:
                 problems.append(Problem(
                     "metadata_mismatch",
@@ -354,7 +388,7 @@ class _ChunkReader:
                 ))  # fmt: skip
         steps = None
         if present and key is not None and self.tolerance is not None:
-            steps = self._steps(key, a.shape)
+            steps = self._steps(key, a.shape, start)
         try:
             b = np.asarray(self.variable[region].values)
         except Exception as exc:  # the decoders' error types differ by codec
@@ -665,6 +699,37 @@ def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
     return problems
 
 
+@dataclasses.dataclass(frozen=True)
+class _ShardLayout:
+    """Chunks per shard along each dim, and the size of the index at the end of a shard."""
+
+    per_shard: tuple[int, ...]
+    index_size: int
+
+
+#: An absent chunk's offset and length in a shard's index.
+_ABSENT = 2**64 - 1
+
+
+def _shard_layout(array: ArrayReport) -> _ShardLayout | None:
+    """Where a sharded array's shards keep their index: at the end, as zarr writes it by
+    default (little-endian ``uint64`` offset and length per chunk, then a crc32c); None
+    for another layout (its chunks are then read without looking into the index)."""
+    config = array.codecs[0].get("configuration") or {}
+    index_codecs = [
+        (entry.get("name"), (entry.get("configuration") or {}).get("endian", "little"))
+        for entry in config.get("index_codecs") or []
+    ]
+    if config.get("index_location", "end") != "end" or index_codecs not in (
+        [("bytes", "little"), ("crc32c", "little")],
+        [("bytes", "little")],
+    ):
+        return None
+    per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks, strict=True))
+    checksum = 4 if len(index_codecs) == 2 else 0
+    return _ShardLayout(per_shard, 16 * math.prod(per_shard) + checksum)
+
+
 def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) -> _ChunkReader:
     """How to read ``name``'s chunks from the destination; ``keys``: the store's objects,
     ``group``: the destination's root Zarr group (consolidated metadata if there is)."""
@@ -672,9 +737,8 @@ def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) ->
 
     grid = normalize_chunks(tuple(dst_var.encoding.get("chunks") or dst_var.shape), dst_var.shape)
     key, nbits = None, None
-    sharded = array is not None and any(
-        entry.get("name") == "sharding_indexed" for entry in array.codecs
-    )
+    sharded = array is not None and array.shards is not None
+    shard = _shard_layout(array) if sharded else None
     try:
         metadata = group[name].metadata
     except (KeyError, ValueError):
@@ -683,6 +747,13 @@ def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) ->
         # Zarr's own spelling of the key: v2 "0.0" or "0/0", v3 "c/0/0" or the v2 encoding.
         def key(coords: tuple[int, ...]) -> str:
             return f"{name}/{metadata.encode_chunk_key(coords)}"
+
+    elif metadata is not None:
+        per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks, strict=True))
+
+        def key(coords: tuple[int, ...]) -> str:  # the shard's key: zarr's grid is of shards
+            shard_coords = tuple(c // n for c, n in zip(coords, per_shard, strict=True))
+            return f"{name}/{metadata.encode_chunk_key(shard_coords)}"
 
     tolerance = chunk_shape = None
     if array is not None and array.codec in ("layerquantizer1", "layerquantizer"):
@@ -694,10 +765,13 @@ def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) ->
             tolerance = array.tolerance
         else:
             nbits = int(claimed) if isinstance(claimed, int | float) else array.nbits
-        chunk_shape = tuple(array.chunks) if not sharded else None
+        # Inside a shard the chunks' bytes are read through the shard's index.
+        chunk_shape = tuple(array.chunks) if not sharded or shard is not None else None
+    if sharded and shard is None:
+        nbits = None  # where each chunk lies in its shard is not known: no header is read
     return _ChunkReader(
         name, dst_var.variable, grid, key, keys, fs, root, nbits, location, pad, tolerance,
-        chunk_shape,
+        chunk_shape, shard if key is not None else None,
     )  # fmt: skip
 
 

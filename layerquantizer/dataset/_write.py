@@ -312,6 +312,8 @@ def _check_finished(plan: Plan, dst: str, token: Any) -> None:
             problems.append(f"{name} shape {array.shape}")
         if array.chunks != plan.variable_chunks(name):
             problems.append(f"{name} chunks {array.chunks}")
+        if array.shards != plan.variable_shards(name):
+            problems.append(f"{name} shards {array.shards}")
         if array.nbits != plan.quantized.get(name):
             problems.append(f"{name} nbits {array.nbits}")
         if array.tolerance != plan.tolerances.get(name):
