@@ -361,3 +361,37 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
     assert f"sampled 1 of 3 chunks per variable, seed 0 ({len(report['variables'])} of" in (
         text.stdout
     )
+
+
+def _stderr_on_a_terminal(*args) -> tuple[int, str]:
+    """Run lq with stderr on a pseudo-terminal (where a progress bar is drawn)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [*lq_command(), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "100"},
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal is closed once lq has ended
+            break
+        if not data:
+            break
+        output += data
+    os.close(leader)
+    return process.wait(120), output.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bar_on_a_terminal_and_none_with_json(small):
+    src, dst = small
+    code, stderr = _stderr_on_a_terminal("verify", src, dst, "--vars", "temperature")
+    assert code == 0 and "verifying" in stderr
+    code, stderr = _stderr_on_a_terminal("verify", src, dst, "--vars", "temperature", "--json")
+    assert code == 0 and stderr == ""
