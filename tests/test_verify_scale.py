@@ -110,11 +110,11 @@ def test_sample_is_seeded_per_variable(small):
     reader = _reader(dst, "temperature")
     grid = reader.grid
     assert grid == (8, 1, 1, 1)
-    first = _chosen_chunks(reader, grid, 3, 0)
-    assert len(first) == 3 and first == sorted(first)
-    assert _chosen_chunks(reader, grid, 3, 0) == first
-    assert any(_chosen_chunks(reader, grid, 3, seed) != first for seed in range(1, 5))
-    assert _chosen_chunks(reader, grid, 8, 0) is None  # all of them
+    first, unchecked = _chosen_chunks(reader, grid, 3, 0)
+    assert len(first) == 3 and first == sorted(first) and unchecked == 0
+    assert _chosen_chunks(reader, grid, 3, 0) == (first, 0)
+    assert any(_chosen_chunks(reader, grid, 3, seed)[0] != first for seed in range(1, 5))
+    assert _chosen_chunks(reader, grid, 8, 0) == (None, 0)  # all of them
     other = _reader(dst, "geopotential")
     assert any(
         _chosen_chunks(other, grid, 3, seed) != _chosen_chunks(reader, grid, 3, seed)
@@ -134,7 +134,7 @@ def test_sample_arguments_are_checked(small):
 
 def _not_sampled(dst: str, name: str, sample: int, seed: int) -> tuple[int, ...]:
     reader = _reader(dst, name)
-    chosen = _chosen_chunks(reader, (*reader.grid,), sample, seed)
+    chosen, _ = _chosen_chunks(reader, (*reader.grid,), sample, seed)
     return next(c for c in np.ndindex(reader.grid) if c not in chosen)
 
 
@@ -395,3 +395,21 @@ def test_progress_bar_on_a_terminal_and_none_with_json(small):
     assert code == 0 and "verifying" in stderr
     code, stderr = _stderr_on_a_terminal("verify", src, dst, "--vars", "temperature", "--json")
     assert code == 0 and stderr == ""
+
+
+def test_sample_compares_at_most_n_absent_chunks_and_counts_the_rest(small, tmp_path):
+    """A store may lack many chunks (lq leaves out those of fill values only): a sample
+    compares N of the absent ones besides its own with the source, and says how many
+    more it did not."""
+    src, dst = small
+    dst = _copy(dst, tmp_path)
+    reader = _reader(dst, "geopotential")
+    for coords in [(i, 0, 0, 0) for i in range(6)]:
+        os.remove(Path(dst) / reader.key(coords))
+    report = dataset.verify(src, dst, variables=["geopotential"], sample=1, seed=0)
+    check = report.variables["geopotential"]
+    missing = [p.chunk for p in check.problems if p.kind == "missing_chunk"]
+    assert check.chunks_checked == 2 and not check.ok
+    assert 1 <= len(missing) <= 2  # 2 if the sampled chunk is one of the absent
+    assert check.chunks_absent_unchecked == 6 - len(missing)
+    assert "absent ones beyond the sample's size were not compared" in report.coverage()

@@ -172,6 +172,8 @@ class VariableCheck:
     problems_omitted: dict[str, int] = dataclasses.field(default_factory=dict)
     chunks: int = 0  # in the destination's chunk grid
     chunks_checked: int = 0  # all of them, or those of a sample (see :func:`verify`)
+    #: Chunks absent from the store's listing that a sample did not compare with the source.
+    chunks_absent_unchecked: int = 0
 
     @property
     def abs_bound_max(self) -> float | None:
@@ -224,6 +226,7 @@ class VariableCheck:
             "ok": self.ok,
             "chunks": self.chunks,
             "chunks_checked": self.chunks_checked,
+            "chunks_absent_unchecked": self.chunks_absent_unchecked,
             "problems": [problem.to_dict() for problem in self.problems],
             "problems_omitted": dict(self.problems_omitted),
             "levels": [lev.to_dict() for lev in self.levels],
@@ -259,12 +262,19 @@ class VerifyReport:
         if self.sample is None:
             return f"checked all {self.chunks:,} chunks"
         largest = max((check.chunks for check in self.variables.values()), default=0)
+        absent = sum(check.chunks_absent_unchecked for check in self.variables.values())
         return (
             f"sampled {self.sample['chunks_per_variable']:,} of {largest:,} chunks per "
             f"variable, seed {self.sample['seed']} ({self.chunks_checked:,} of "
             f"{self.chunks:,} chunks checked): values in the chunks not sampled are not "
-            "checked and the statistics are those of the sample; chunks missing from the "
-            "store's listing are looked for in every chunk"
+            "checked and the statistics are those of the sample; chunks absent from the "
+            "store's listing are looked for in all of them"
+            + (
+                f", and {absent:,} absent ones beyond the sample's size were not compared "
+                "with the source (absent is right only where it is all fill values)"
+                if absent
+                else ""
+            )
         )
 
     @property
@@ -667,6 +677,7 @@ def _check_variable(
         mode=array.mode if array is not None else None, tolerance=tolerance,
         units=array.units if array is not None else _units(src_var),
         chunks=tally.chunks, chunks_checked=tally.checked,
+        chunks_absent_unchecked=tally.absent_unchecked,
     )  # fmt: skip
 
 
@@ -821,6 +832,7 @@ class _Tally:
         self.per_block[...] = _NEUTRAL
         self.problems = _ProblemList()
         self.checked = 0
+        self.absent_unchecked = 0  # chunks absent from the listing, outside a sample
 
     def add(self, coords: tuple[int, ...], stats: np.ndarray, problems: list[Problem]) -> None:
         """Take in the result of the block at ``coords`` (with the pad axes)."""
@@ -837,27 +849,36 @@ class _Tally:
 
 def _chosen_chunks(
     reader: _ChunkReader, grid: tuple[int, ...], sample: int | None, seed: int
-) -> list[tuple[int, ...]] | None:
+) -> tuple[list[tuple[int, ...]] | None, int]:
     """The chunk coordinates (with the pad axes) a ``sample`` of the variable checks, in
-    grid order: ``sample`` of them at random (seeded by ``seed`` and the variable's name, so
-    that a variable gets the same chunks whatever else is verified with it), and every
-    chunk missing from the store's listing, since a listing is cheap and a missing chunk
-    costs only its source read. None: every chunk."""
+    grid order, and how many chunks absent from the store's listing it leaves unchecked
+    (None, 0: every chunk).
+
+    ``sample`` chunks at random, seeded by ``seed`` and the variable's name (a variable
+    gets the same chunks whatever else is verified with it); then, since the listing is
+    read anyway, up to ``sample`` more among the chunks absent from it, which cost one
+    source read each (an absent chunk is right where the source is all fill values, which
+    only the source can tell; a store may legitimately lack many, so not all are read)."""
     import zlib
 
     total = math.prod(grid)
     if sample is None or sample >= total:
-        return None
+        return None, 0
     rng = np.random.default_rng([seed, zlib.crc32(reader.name.encode())])
     picked = {int(i) for i in rng.choice(total, size=sample, replace=False)}
+    unchecked = 0
     if reader.key is not None and reader.present is not None:
         pad = reader.pad
-        picked.update(
+        absent = [
             index
             for index, coords in enumerate(np.ndindex(grid))
-            if not reader.listed(coords[pad:])
-        )
-    return [tuple(int(c) for c in np.unravel_index(i, grid)) for i in sorted(picked)]
+            if index not in picked and not reader.listed(coords[pad:])
+        ]
+        if len(absent) > sample:
+            unchecked = len(absent) - sample
+            absent = [absent[int(i)] for i in rng.choice(len(absent), sample, replace=False)]
+        picked.update(absent)
+    return [tuple(int(c) for c in np.unravel_index(i, grid)) for i in sorted(picked)], unchecked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1001,8 +1022,10 @@ def verify(
     see: values beyond the bound, NaN that differ, corrupt chunks or chunks looser than
     promised, in the chunks not sampled; the statistics are those of the sample (a layer's
     range too, so the full-scale bound is over the chunks of the layer sampled). Chunks
-    missing from the store's listing are looked for in every chunk whatever the sample
-    (reading the source of those only), except inside shards, whose chunks are not listed.
+    absent from the store's listing are looked for in every chunk whatever the sample
+    (except inside shards, whose chunks are not listed), and up to N of them per variable
+    besides the sample are compared with the source; the others are counted
+    (``chunks_absent_unchecked``) and said in the report.
 
     ``workers`` and ``scheduler`` choose where chunks are checked, as for :func:`compress`
     (see :func:`layerquantizer.dataset._parallel.open_runner`): by default one thread per
@@ -1121,7 +1144,7 @@ def _verify_on(
             root.rstrip("/"), dst, pad,
         )  # fmt: skip
         tally = tallies[name] = _Tally(reader)
-        chosen = _chosen_chunks(reader, tally.grid, sample, seed)
+        chosen, tally.absent_unchecked = _chosen_chunks(reader, tally.grid, sample, seed)
         readers[name] = (reader, chosen)
         total += tally.chunks if chosen is None else len(chosen)
 
