@@ -101,8 +101,8 @@ def verify(
             min=1,
             metavar="N",
             help="Check N chunks per variable chosen at random (see --seed) instead of "
-            "all: for stores too large to read twice. Missing chunks are still looked for "
-            "in all of them, through the store's listing.",
+            "all: for stores too large to read twice. Chunks absent from the store's "
+            "listing are looked for in all of them (and N of those compared with SRC).",
             show_default=False,
         ),
     ] = None,
