@@ -112,7 +112,7 @@ def verify(
             "--seed",
             min=0,
             metavar="S",
-            help="With --sample: which chunks; the same S, the same chunks [default: 0].",
+            help="With --sample: which chunks (default 0); the same S, the same chunks.",
             show_default=False,
         ),
     ] = None,
