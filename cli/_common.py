@@ -35,6 +35,38 @@ WorkersOption = Annotated[
         "--workers", min=1, help="Parallel threads (default: one per core).", show_default=False
     ),
 ]
+# Where the work of lq compress and lq verify runs (layerquantizer.dataset._parallel).
+ClusterWorkersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        min=1,
+        metavar="N",
+        help="Start a local dask cluster of N single-threaded worker processes. "
+        "Default: one thread per core in this process (measured faster on one machine).",
+        show_default=False,
+    ),
+]
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="Send the work to the workers of a running dask scheduler (`dask scheduler`, "
+        "dask-jobqueue, dask-kubernetes); they need layerquantizer installed and access "
+        "to SRC and DST.",
+        show_default=False,
+    ),
+]
+WorkerTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--worker-timeout",
+        metavar="SECONDS",
+        help="With --scheduler: how long the cluster may be without workers, at the "
+        "start (exit 2) or after losing them all mid-run (exit 1), before lq gives up.",
+    ),
+]
 GcsTokenOption = Annotated[
     str | None,
     typer.Option(

@@ -34,9 +34,12 @@ from rich.progress import (
 from rich.text import Text
 
 from cli._common import (
+    ClusterWorkersOption,
     DebugOption,
     GcsTokenOption,
     JsonOption,
+    SchedulerOption,
+    WorkerTimeoutOption,
     handle_errors,
     human_bytes,
     plural,
@@ -209,37 +212,9 @@ def compress(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            min=1,
-            metavar="N",
-            help="Start a local dask cluster of N single-threaded worker processes. "
-            "Default: one thread per core in this process (measured faster on one machine).",
-            show_default=False,
-        ),
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(
-            "--scheduler",
-            metavar="tcp://HOST:PORT",
-            help="Send the work to the workers of a running dask scheduler (`dask scheduler`, "
-            "dask-jobqueue, dask-kubernetes); they need layerquantizer installed and access "
-            "to SRC and DST.",
-            show_default=False,
-        ),
-    ] = None,
-    worker_timeout: Annotated[
-        float,
-        typer.Option(
-            "--worker-timeout",
-            metavar="SECONDS",
-            help="With --scheduler: how long the cluster may be without workers, at the "
-            "start (exit 2) or after losing them all mid-run (exit 1), before lq gives up.",
-        ),
-    ] = 180.0,
+    workers: ClusterWorkersOption = None,
+    scheduler: SchedulerOption = None,
+    worker_timeout: WorkerTimeoutOption = 180.0,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing DST.")
     ] = False,

@@ -192,11 +192,17 @@ def problem_lines(report, per_variable: int = PROBLEMS_SHOWN) -> list[str]:
     for check in report.variables.values():
         shown = check.problems[:per_variable]
         lines.extend(f"{p.kind}: {p.message}" for p in shown)
-        rest = len(check.problems) - len(shown)
-        if rest:
-            lines.append(
-                f"... and {rest} more problem{'s' if rest > 1 else ''} of {check.name} (see --json)"
-            )
+        omitted = check.problems_omitted
+        rest = len(check.problems) - len(shown) + sum(omitted.values())
+        if not rest:
+            continue
+        where = "see --json"
+        if omitted:
+            kinds = ", ".join(f"{count:,} {kind}" for kind, count in omitted.items())
+            where += f", which leaves out {kinds} after the first of each kind"
+        lines.append(
+            f"... and {rest:,} more problem{'s' if rest > 1 else ''} of {check.name} ({where})"
+        )
     return lines
 
 

@@ -4,6 +4,7 @@ Example::
 
     lq verify sample.zarr out.zarr --vars temperature --json
     lq verify sample.zarr out.zarr --by-level    # a row per variable and level
+    lq verify $SRC gs://my-bucket/era5.zarr --sample 20 --scheduler tcp://10.0.0.5:8786
 
 Exit status 0 when every value is within the bound its codec promises, 1 on any problem:
 values beyond the bound, a missing or corrupt chunk, values that differ under a codec whose
@@ -21,11 +22,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cli._common import (
+    ClusterWorkersOption,
     DebugOption,
     GcsTokenOption,
     JsonOption,
     PlotOption,
-    WorkersOption,
+    SchedulerOption,
+    WorkerTimeoutOption,
     handle_errors,
     plural,
     print_json,
@@ -37,11 +40,11 @@ from cli.render import problem_lines, verify_summary_table, verify_table
 
 
 @contextlib.contextmanager
-def _progress_bar() -> Iterator:
+def _progress_bar(enabled: bool) -> Iterator:
     """A ``progress(chunks_done, chunks_total)`` callback drawing a bar on stderr, or None
-    when stderr is not a terminal (a pipe or a log stays clean)."""
+    when not ``enabled`` or stderr is not a terminal (a pipe or a log stays clean)."""
     console = stderr_console()
-    if not console.is_terminal:
+    if not enabled or not console.is_terminal:
         yield None
         return
     columns = (
@@ -91,7 +94,31 @@ def verify(
             show_default=False,
         ),
     ] = False,
-    workers: WorkersOption = None,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            min=1,
+            metavar="N",
+            help="Check N chunks per variable chosen at random (see --seed) instead of "
+            "all: for stores too large to read twice. Chunks absent from the store's "
+            "listing are looked for in all of them (and N of those compared with SRC).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            metavar="S",
+            help="With --sample: which chunks (default 0); the same S, the same chunks.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: ClusterWorkersOption = None,
+    scheduler: SchedulerOption = None,
+    worker_timeout: WorkerTimeoutOption = 180.0,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     plot: PlotOption = None,
@@ -103,7 +130,7 @@ def verify(
     units); and every problem found (missing or corrupt chunks, values under a codec lq
     cannot bound, chunks looser than their metadata, missing variables, an unfinished
     store). Exit status 1 on any problem."""
-    with handle_errors(debug), _progress_bar() as progress:
+    with handle_errors(debug), _progress_bar(enabled=not json_output) as progress:
         from layerquantizer import dataset
 
         token = usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token)
@@ -112,9 +139,13 @@ def verify(
             dst,
             variables=usage_value("--vars", dataset.parse_variables, vars),
             workers=workers,
+            scheduler=scheduler,
+            worker_timeout=worker_timeout,
             token=token,
             max_abs_error=max_abs_error,
             max_fs_error=max_fs_error,
+            sample=sample,
+            seed=seed,
             progress=progress,
         )
         if plot is not None:
@@ -130,6 +161,7 @@ def verify(
             console.print(f"skipped {name}: {reason}")
         for line in problem_lines(report):
             console.print(line, markup=False, soft_wrap=True)
+        console.print(report.coverage(), markup=False, soft_wrap=True)
         failed = [
             f"{name} ({', '.join(dict.fromkeys(p.kind for p in check.problems))})"
             for name, check in report.variables.items()

@@ -261,8 +261,16 @@ def _client(address: str, worker_timeout: float) -> Iterator[Runner]:
         client.close()
 
 
-def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDone], Any]) -> None:
+def run_jobs(
+    jobs: Iterable[UnitJob],
+    runner: Runner,
+    on_done: Callable[[UnitDone], Any],
+    submit: Callable[[Any], cf.Future] | None = None,
+) -> None:
     """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight.
+
+    ``submit(job)`` starts a job (default :meth:`Runner.submit`: a write unit); ``lq
+    verify`` submits chunk checks the same way.
 
     ``on_done`` is called in this thread as each unit finishes. The first failure (or an
     interrupt) stops the submission, cancels what has not started, and is raised once what
@@ -289,7 +297,7 @@ def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDon
             if job is None:
                 exhausted = True
                 return
-            pending.add(runner.submit(job))
+            pending.add((submit or runner.submit)(job))
 
     try:
         fill()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,8 @@ from layerquantizer.dataset._stores import (
 
 # Columns of the per-layer statistics that _layer_stats returns.
 _LO, _HI, _MAX_ERR, _MAX_EXCESS, _SUM_SQ, _COUNT, _BAD = range(7)
+#: The seed of ``--sample`` when none is given: the same chunks on every run.
+DEFAULT_SAMPLE_SEED = 0
 # Relative slack on the half step, for the float64 rounding of our own bound arithmetic.
 _BOUND_SLACK = 1e-12
 
@@ -152,6 +153,9 @@ class VariableCheck:
     ``tolerance`` the bound is absolute: ``|x - y| <= tolerance + ulp32(x)``, and
     ``codec_bound`` is None. :attr:`abs_bound_max` is the largest absolute error allowed in
     any layer (ulp included), so that ``max_abs_error <= abs_bound_max`` whenever ``ok``.
+
+    ``problems`` lists at most :data:`MAX_PROBLEMS_PER_KIND` of each kind, the first in
+    chunk order; ``problems_omitted`` counts the rest by kind.
     """
 
     name: str
@@ -165,6 +169,12 @@ class VariableCheck:
     mode: str | None = None
     tolerance: float | None = None
     units: str = ""
+    #: Problems of each kind beyond the first :data:`MAX_PROBLEMS_PER_KIND`, counted only.
+    problems_omitted: dict[str, int] = dataclasses.field(default_factory=dict)
+    chunks: int = 0  # in the destination's chunk grid
+    chunks_checked: int = 0  # all of them, or those of a sample (see :func:`verify`)
+    #: Chunks absent from the store's listing that a sample did not compare with the source.
+    chunks_absent_unchecked: int = 0
 
     @property
     def abs_bound_max(self) -> float | None:
@@ -215,7 +225,11 @@ class VariableCheck:
             "max_abs_error": _json_float(self.max_abs_error),
             "rmse": _json_float(self.rmse),
             "ok": self.ok,
+            "chunks": self.chunks,
+            "chunks_checked": self.chunks_checked,
+            "chunks_absent_unchecked": self.chunks_absent_unchecked,
             "problems": [problem.to_dict() for problem in self.problems],
+            "problems_omitted": dict(self.problems_omitted),
             "levels": [lev.to_dict() for lev in self.levels],
         }
 
@@ -223,13 +237,46 @@ class VariableCheck:
 @dataclasses.dataclass
 class VerifyReport:
     """The result of :func:`verify`; ``ok`` is False if any variable has a problem, or the
-    store itself does (``problems``: an incomplete store)."""
+    store itself does (``problems``: an incomplete store).
+
+    ``sample`` is None when every chunk was checked, else ``{"chunks_per_variable": N,
+    "seed": S}`` as :func:`verify` was given them.
+    """
 
     src: str
     dst: str
     variables: dict[str, VariableCheck]
     skipped: dict[str, str]
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    sample: dict[str, int] | None = None
+
+    @property
+    def chunks(self) -> int:
+        return sum(check.chunks for check in self.variables.values())
+
+    @property
+    def chunks_checked(self) -> int:
+        return sum(check.chunks_checked for check in self.variables.values())
+
+    def coverage(self) -> str:
+        """What was read, in words: every chunk, or which sample and what it cannot see."""
+        if self.sample is None:
+            return f"checked all {self.chunks:,} chunks"
+        largest = max((check.chunks for check in self.variables.values()), default=0)
+        absent = sum(check.chunks_absent_unchecked for check in self.variables.values())
+        return (
+            f"sampled {self.sample['chunks_per_variable']:,} of {largest:,} chunks per "
+            f"variable, seed {self.sample['seed']} ({self.chunks_checked:,} of "
+            f"{self.chunks:,} chunks checked): values in the chunks not sampled are not "
+            "checked and the statistics are those of the sample; chunks absent from the "
+            "store's listing are looked for in all of them"
+            + (
+                f", and {absent:,} absent ones beyond the sample's size were not compared "
+                "with the source (absent is right only where it is all fill values)"
+                if absent
+                else ""
+            )
+        )
 
     @property
     def complete(self) -> bool:
@@ -246,6 +293,10 @@ class VerifyReport:
             "src": self.src,
             "dst": self.dst,
             "problems": [problem.to_dict() for problem in self.problems],
+            "sample": None if self.sample is None else dict(self.sample),
+            "chunks": self.chunks,
+            "chunks_checked": self.chunks_checked,
+            "coverage": self.coverage(),
             "variables": {name: check.to_dict() for name, check in self.variables.items()},
             "skipped": self.skipped,
         }
@@ -301,8 +352,11 @@ class _ChunkReader:
     ):  # fmt: skip
         self.name = name
         self.variable = variable
-        self.chunks = tuple(tuple(int(n) for n in sizes) for sizes in chunks)
-        self.offsets = [np.cumsum((0, *sizes)) for sizes in self.chunks]
+        # Zarr's grid is regular: a chunk size and a length per dim, whatever the length
+        # (a reader travels to dask workers with every chunk it checks).
+        self.shape = tuple(int(sum(sizes)) for sizes in chunks)
+        self.chunk_sizes = tuple(int(sizes[0]) if sizes else 1 for sizes in chunks)
+        self.grid = tuple(len(sizes) for sizes in chunks)
         self.key = key
         self.present = present
         self.fs = fs
@@ -351,23 +405,56 @@ class _ChunkReader:
         # An edge chunk's block is the first part of the chunk along each dim.
         return steps[tuple(slice(0, n) for n in block_shape[:-2])]
 
-    def check(self, a: np.ndarray, coords: tuple[int, ...]) -> tuple[np.ndarray, list[Problem]]:
+    def detached(self) -> _ChunkReader:
+        """A copy without the destination variable, the listing and the filesystem, to
+        send to where the chunks are checked; :meth:`attached` gives them back there."""
+        copy = object.__new__(_ChunkReader)
+        # The shard indexes read so far and their lock stay here (a lock cannot travel).
+        copy.__dict__.update(
+            self.__dict__, variable=None, present=None, fs=None, _indexes=None, _lock=None
+        )
+        return copy
+
+    def attached(self, variable, fs, indexes: OrderedDict, lock: threading.Lock) -> _ChunkReader:
+        """A detached reader given back its variable and filesystem, and the shard indexes
+        (with their lock) this process has read for it, so a shard's index is read once."""
+        copy = object.__new__(_ChunkReader)
+        copy.__dict__.update(self.__dict__, variable=variable, fs=fs, _indexes=indexes, _lock=lock)
+        return copy
+
+    def region(self, coords: tuple[int, ...]) -> tuple[slice, ...]:
+        """The slices of the chunk at ``coords`` (without the ``pad`` axes)."""
+        return tuple(
+            slice(i * size, min((i + 1) * size, length))
+            for i, size, length in zip(coords, self.chunk_sizes, self.shape, strict=True)
+        )
+
+    def listed(self, coords: tuple[int, ...]) -> bool | None:
+        """Whether the store's listing holds the object of the chunk at ``coords``
+        (without the ``pad`` axes); None when that cannot be told (no listing, no key)."""
+        if self.key is None or self.present is None:
+            return None
+        return self.key(coords) in self.present
+
+    def check(
+        self, a: np.ndarray, coords: tuple[int, ...], listed: bool | None = None
+    ) -> tuple[np.ndarray, list[Problem]]:
         """Statistics of the block (as :func:`_layer_stats`) and the problems of its chunk.
 
         A chunk that cannot be compared counts with its source values only, so that it
-        adds to its layers' range but not to their errors.
+        adds to its layers' range but not to their errors. ``listed``: what :meth:`listed`
+        said where the listing is (a detached reader has none).
         """
         from layerquantizer._format import PREFIX_SIZE, peek_nbits
         from layerquantizer.storage import classify_store_error
 
         coords = coords[self.pad :]
-        region = tuple(
-            slice(int(offsets[i]), int(offsets[i + 1]))
-            for offsets, i in zip(self.offsets, coords, strict=True)
-        )
+        region = self.region(coords)
         key = self.key(coords) if self.key is not None else None
         where = f"chunk {coords}" + (f" ({key})" if key is not None else "")
-        present = key is None or self.present is None or key in self.present
+        if listed is None:
+            listed = self.listed(coords)
+        present = listed is None or listed
         start = 0  # where the chunk's bytes begin in its object
         if present and key is not None and self.shard is not None:
             span = self._inner_span(key, coords)
@@ -447,23 +534,15 @@ def _identical(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
-def _combine(blocks: np.ndarray, lead_ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer statistics (leading dims x 7) from the blocks' (an object array over the
-    block grid of ``(stats, problems)``), and the statistics per layer and y/x block
-    (leading dims x nby x nbx x 7)."""
-    grid = blocks.shape
-    lead = [ids.size for ids in lead_ids]
-    per_block = np.empty((*lead, grid[-2], grid[-1], 7))
-    starts = [np.flatnonzero(np.diff(ids, prepend=-1)) for ids in lead_ids]
-    for coords in np.ndindex(grid):
-        stats = blocks[coords][0]
-        where = tuple(
-            slice(int(first[c]), int(first[c]) + n)
-            for first, c, n in zip(starts, coords[:-2], stats.shape[:-3], strict=True)
-        )
-        per_block[(*where, coords[-2], coords[-1])] = stats.reshape(*stats.shape[:-3], 7)
+#: An unchecked block's statistics: no range, no error, nothing compared.
+_NEUTRAL = np.array([np.inf, -np.inf, 0.0, -np.inf, 0.0, 0.0, 0.0])
+
+
+def _layers(per_block: np.ndarray) -> np.ndarray:
+    """Per-layer statistics (leading dims x 7) from those per layer and y/x block (leading
+    dims x nby x nbx x 7; blocks not checked hold :data:`_NEUTRAL`)."""
     yx = (-2, -1)  # the y/x block axes, once the column is taken
-    layers = np.concatenate(
+    return np.concatenate(
         [
             per_block[..., _LO].min(axis=yx)[..., None],
             per_block[..., _HI].max(axis=yx)[..., None],
@@ -473,7 +552,6 @@ def _combine(blocks: np.ndarray, lead_ids: list[np.ndarray]) -> tuple[np.ndarray
         ],
         axis=-1,
     )
-    return layers, per_block
 
 
 def _failing_chunks(
@@ -501,9 +579,7 @@ def _check_variable(
     name: str,
     src_var: xr.DataArray,
     array: ArrayReport | None,
-    blocks: np.ndarray,
-    lead_ids: list[np.ndarray],
-    pad: int,
+    tally: _Tally,
     user_fs: float | None,
     user_abs: float | None,
 ) -> VariableCheck:
@@ -512,9 +588,11 @@ def _check_variable(
     codec = array.codec if array is not None else "?"
     nbits = array.nbits if array is not None else None
     tolerance = array.tolerance if array is not None else None
-    problems = [problem for coords in np.ndindex(blocks.shape) for problem in blocks[coords][1]]
+    problems = tally.problems
+    lead_ids, pad, per_block = tally.lead_ids, tally.pad, tally.per_block
     if array is not None:
-        problems[:0] = _metadata_problems(name, array)
+        for problem in _metadata_problems(name, array):
+            problems.add(problem)
     if tolerance is not None:
         bound, abs_bound, bound_from = None, tolerance, "codec"
     elif codec_bound is not None:
@@ -523,7 +601,7 @@ def _check_variable(
         bound, abs_bound, bound_from = user_fs, user_abs, "user"
     else:
         bound = abs_bound = bound_from = None
-    stats, per_block = _combine(blocks, lead_ids)
+    stats = _layers(per_block)
 
     lo, hi = stats[..., _LO], stats[..., _HI]
     has_range = np.isfinite(lo) & np.isfinite(hi)
@@ -546,7 +624,7 @@ def _check_variable(
     if tolerance is not None:
         units = f" {array.units}" if array.units else ""
         for coords, err in _failing_chunks(beyond, block_err, lead_ids, pad):
-            problems.append(Problem(
+            problems.add(Problem(
                 "bound", f"{name}: chunk {coords}: errors up to {err:.3g}{units}, beyond the "
                 f"tolerance ({tolerance:.3g}{units} + one float32 ulp)", coords,
             ))  # fmt: skip
@@ -557,23 +635,23 @@ def _check_variable(
         limit = f"{bound:.3g} of the layer's range" if bound is not None else ""
         if abs_bound is not None:
             limit += (" and " if limit else "") + f"{abs_bound:.3g} absolute"
-        problems.append(Problem(
+        problems.add(Problem(
             "bound", f"{name}: chunk {coords}: errors up to {fs:.3g} of the layer's range, "
             f"beyond the bound ({limit})", coords,
         ))  # fmt: skip
     for coords, count in _failing_chunks(bad, per_block[..., _BAD], lead_ids, pad):
-        problems.append(Problem(
+        problems.add(Problem(
             "nonfinite", f"{name}: chunk {coords}: NaN or infinite values differ from the "
             f"source's ({count:.0f} in one layer)", coords,
         ))  # fmt: skip
     if differ.any():
-        problems.append(Problem(
+        problems.add(Problem(
             "unverifiable",
             f"{name}: values differ from the source (max abs error {block_err.max():.3g}) "
             f"under codec {codec}, whose error bound lq cannot tell; state one with "
             "--max-abs-error or --max-fs-error",
         ))  # fmt: skip
-    problems.sort(key=lambda p: (PROBLEM_KINDS.index(p.kind), p.chunk or ()))
+    listed, omitted = problems.result()
 
     failing = (beyond | differ | bad).any(axis=(-2, -1))
     dims = list(src_var.dims[:-2]) if src_var.ndim >= 2 else []
@@ -634,9 +712,11 @@ def _check_variable(
         )
     return VariableCheck(
         name=name, codec=codec, nbits=nbits, codec_bound=codec_bound, levels=levels,
-        problems=problems, bound_from=bound_from, abs_bound=abs_bound,
+        problems=listed, problems_omitted=omitted, bound_from=bound_from, abs_bound=abs_bound,
         mode=array.mode if array is not None else None, tolerance=tolerance,
         units=array.units if array is not None else _units(src_var),
+        chunks=tally.chunks, chunks_checked=tally.checked,
+        chunks_absent_unchecked=tally.absent_unchecked,
     )  # fmt: skip
 
 
@@ -775,31 +855,204 @@ def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) ->
     )  # fmt: skip
 
 
-class _ChunkCounter:
-    """Counts the chunks checked, for a ``progress(done, total)`` callback."""
+#: Problems listed per variable and kind; the others are counted (a store with a million
+#: bad chunks would print a million problems).
+MAX_PROBLEMS_PER_KIND = 100
 
-    def __init__(self, progress: Callable[[int, int], None] | None) -> None:
-        self.progress = progress
-        self.done = 0
-        self.total = 0
+
+def _problem_order(problem: Problem) -> tuple:
+    return (PROBLEM_KINDS.index(problem.kind), problem.chunk or ())
+
+
+class _ProblemList:
+    """The first :data:`MAX_PROBLEMS_PER_KIND` problems of each kind in chunk order, in
+    memory bounded by that number whatever arrives and in which order; the rest counted."""
+
+    def __init__(self, limit: int = MAX_PROBLEMS_PER_KIND) -> None:
+        self.limit = limit
+        self.kept: dict[str, list[Problem]] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, problem: Problem) -> None:
+        self.counts[problem.kind] = self.counts.get(problem.kind, 0) + 1
+        kept = self.kept.setdefault(problem.kind, [])
+        kept.append(problem)
+        if len(kept) >= 2 * self.limit:
+            kept.sort(key=_problem_order)
+            del kept[self.limit :]
+
+    def result(self) -> tuple[list[Problem], dict[str, int]]:
+        """The problems kept, sorted by kind and chunk, and the count of the others by kind."""
+        listed, omitted = [], {}
+        for kind, kept in self.kept.items():
+            kept.sort(key=_problem_order)
+            listed.extend(kept[: self.limit])
+            if self.counts[kind] > self.limit:
+                omitted[kind] = self.counts[kind] - self.limit
+        listed.sort(key=_problem_order)
+        return listed, omitted
+
+
+class _Tally:
+    """What the chunks of one variable checked so far add up to: the statistics per layer
+    and y/x block, the problems, the count."""
+
+    def __init__(self, reader: _ChunkReader) -> None:
+        pad = reader.pad
+        self.pad = pad
+        self.sizes = (1,) * pad + reader.chunk_sizes
+        shape = (1,) * pad + reader.shape
+        self.grid = (1,) * pad + reader.grid
+        self.chunks = math.prod(self.grid)
+        self.lead_ids = [
+            np.arange(n) // size for n, size in zip(shape[:-2], self.sizes[:-2], strict=True)
+        ]
+        self.per_block = np.empty((*shape[:-2], *self.grid[-2:], 7))
+        self.per_block[...] = _NEUTRAL
+        self.problems = _ProblemList()
+        self.checked = 0
+        self.absent_unchecked = 0  # chunks absent from the listing, outside a sample
+
+    def add(self, coords: tuple[int, ...], stats: np.ndarray, problems: list[Problem]) -> None:
+        """Take in the result of the block at ``coords`` (with the pad axes)."""
+        lead = stats.shape[:-3]
+        where = tuple(
+            slice(c * size, c * size + n)
+            for c, size, n in zip(coords[:-2], self.sizes[:-2], lead, strict=True)
+        )
+        self.per_block[(*where, coords[-2], coords[-1])] = stats.reshape(*lead, 7)
+        for problem in problems:
+            self.problems.add(problem)
+        self.checked += 1
+
+
+def _chosen_chunks(
+    reader: _ChunkReader, grid: tuple[int, ...], sample: int | None, seed: int
+) -> tuple[list[tuple[int, ...]] | None, int]:
+    """The chunk coordinates (with the pad axes) a ``sample`` of the variable checks, in
+    grid order, and how many chunks absent from the store's listing it leaves unchecked
+    (None, 0: every chunk).
+
+    ``sample`` chunks at random, seeded by ``seed`` and the variable's name (a variable
+    gets the same chunks whatever else is verified with it); then, since the listing is
+    read anyway, up to ``sample`` more among the chunks absent from it, which cost one
+    source read each (an absent chunk is right where the source is all fill values, which
+    only the source can tell; a store may legitimately lack many, so not all are read)."""
+    import zlib
+
+    total = math.prod(grid)
+    if sample is None or sample >= total:
+        return None, 0
+    rng = np.random.default_rng([seed, zlib.crc32(reader.name.encode())])
+    picked = {int(i) for i in rng.choice(total, size=sample, replace=False)}
+    unchecked = 0
+    if reader.key is not None and reader.present is not None:
+        pad = reader.pad
+        absent = [
+            index
+            for index, coords in enumerate(np.ndindex(grid))
+            if index not in picked and not reader.listed(coords[pad:])
+        ]
+        if len(absent) > sample:
+            unchecked = len(absent) - sample
+            absent = [absent[int(i)] for i in rng.choice(len(absent), sample, replace=False)]
+        picked.update(absent)
+    return [tuple(int(c) for c in np.unravel_index(i, grid)) for i in sorted(picked)], unchecked
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stores:
+    """How to open the two stores where chunks are checked (small, picklable); ``run``
+    names one verify call, under which a process keeps them open."""
+
+    run: str
+    src: str
+    dst: str
+    src_token: Any
+    dst_token: Any
+
+
+class _OpenStores:
+    """The stores of one run, opened once per process: lazily indexed datasets (no dask:
+    a chunk reads its own region) and the destination's filesystem."""
+
+    def __init__(self, stores: _Stores, src_ds=None, dst_ds=None) -> None:
+        from layerquantizer.storage import filesystem
+
+        self.src_ds = (
+            src_ds if src_ds is not None else open_dataset(stores.src, token=stores.src_token)
+        )
+        self.dst_ds = (
+            dst_ds if dst_ds is not None else open_dataset(stores.dst, token=stores.dst_token)
+        )
+        self.fs, _ = filesystem(stores.dst, "r", token=stores.dst_token)
+        self.sources: dict[str, xr.DataArray] = {}
         self.lock = threading.Lock()
+        # Per variable, the shard indexes read here (see _ChunkReader._inner_span).
+        self.shard_indexes: dict[str, OrderedDict] = {}
+        self.shard_lock = threading.Lock()
 
-    def report(self) -> None:
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+    def shard_index_cache(self, name: str) -> OrderedDict:
+        with self.lock:
+            return self.shard_indexes.setdefault(name, OrderedDict())
 
-    def wrap(self, check):
-        if self.progress is None:
-            return check
+    def source(self, name: str) -> xr.DataArray:
+        """The source variable over the destination's coordinates."""
+        with self.lock:
+            if name not in self.sources:
+                self.sources[name] = _align_to(self.src_ds[name], self.dst_ds[name], name)
+            return self.sources[name]
 
-        def counted(*args):
-            result = check(*args)
-            with self.lock:
-                self.done += 1
-                self.report()
-            return result
 
-        return counted
+#: The stores opened in this process, by run; a worker keeps the last few.
+_OPENED: dict[str, _OpenStores] = {}
+_OPENED_LOCK = threading.Lock()
+_OPENED_KEPT = 2
+
+
+def _opened(stores: _Stores) -> _OpenStores:
+    with _OPENED_LOCK:
+        found = _OPENED.get(stores.run)
+        if found is None:
+            while len(_OPENED) >= _OPENED_KEPT:
+                _OPENED.pop(next(iter(_OPENED)))
+            found = _OPENED[stores.run] = _OpenStores(stores)
+        return found
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkJob:
+    """One chunk to check: ``reader`` detached (see :meth:`_ChunkReader.detached`),
+    ``coords`` with the pad axes, ``listed`` as :meth:`_ChunkReader.listed` said."""
+
+    stores: _Stores
+    reader: _ChunkReader
+    coords: tuple[int, ...]
+    listed: bool | None
+
+
+def _check_chunk(job: _ChunkJob, own_process: bool) -> tuple:
+    """Read the chunk's source region and the chunk, compare them; ``(name, coords, stats,
+    problems)``. ``own_process``: on a dask worker, whose libraries get one thread."""
+    if own_process:
+        from layerquantizer.dataset._unit import configure_process
+
+        configure_process(zarr_threads=1)
+    opened = _opened(job.stores)
+    reader = job.reader
+    src_var = opened.source(reader.name)
+    region = reader.region(job.coords[reader.pad :])
+    a = np.asarray(src_var.isel(dict(zip(src_var.dims, region, strict=True))).values)
+    for _ in range(reader.pad):  # a vector or scalar is one layer
+        a = a[None]
+    attached = reader.attached(
+        opened.dst_ds[reader.name].variable,
+        opened.fs,
+        opened.shard_index_cache(reader.name),
+        opened.shard_lock,
+    )
+    stats, problems = attached.check(a, job.coords, job.listed)
+    return reader.name, job.coords, stats, problems
 
 
 def _positive(option: str, value: float | None) -> float | None:
@@ -817,8 +1070,12 @@ def verify(
     storage_options: Mapping | None = None,
     dst_storage_options: Mapping | None = None,
     workers: int | None = None,
+    scheduler: str | None = None,
+    worker_timeout: float | None = None,
     max_abs_error: float | None = None,
     max_fs_error: float | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Compare ``dst`` with ``src`` per variable and level, in float64, chunk by chunk.
@@ -846,8 +1103,26 @@ def verify(
 
     The destination may hold a subset (times, levels) of the source. ``token``: gcsfs
     credentials for ``gs://`` stores (both; by default ``gs://`` is read anonymously).
-    ``progress(chunks_done, chunks_total)`` is called from the reading threads as each
-    chunk is checked.
+    ``progress(chunks_done, chunks_total)`` is called in the calling thread as each chunk
+    is checked.
+
+    ``sample=N`` checks N chunks per variable, chosen at random from ``seed`` (default
+    :data:`DEFAULT_SAMPLE_SEED`) and the
+    variable's name (the same chunks on every run with the same seed), for stores too
+    large to read twice; the report says so (:meth:`VerifyReport.coverage`). What it cannot
+    see: values beyond the bound, NaN that differ, corrupt chunks or chunks looser than
+    promised, in the chunks not sampled; the statistics are those of the sample (a layer's
+    range too, so the full-scale bound is over the chunks of the layer sampled). Chunks
+    absent from the store's listing are looked for in every chunk whatever the sample
+    (except inside shards, whose chunks are not listed), and up to N of them per variable
+    besides the sample are compared with the source; the others are counted
+    (``chunks_absent_unchecked``) and said in the report.
+
+    ``workers`` and ``scheduler`` choose where chunks are checked, as for :func:`compress`
+    (see :func:`layerquantizer.dataset._parallel.open_runner`): by default one thread per
+    core here; ``workers=N`` a local cluster of N processes; ``scheduler="threads"``
+    (``workers`` threads), ``"synchronous"``, ``"processes"``, or a dask scheduler's
+    address, whose workers must reach both stores.
 
     Examples
     --------
@@ -859,19 +1134,60 @@ def verify(
     >>> verify(f"{tmp}/in.zarr", f"{tmp}/out.zarr").ok
     True
     """
-    import dask
-    import zarr
+    import uuid
 
-    from layerquantizer.dataset._resume import PROGRESS_DIR
-    from layerquantizer.storage import filesystem, open_store
+    import layerquantizer.dataset._parallel as _parallel
+    from layerquantizer.dataset._errors import DatasetError
 
     user_abs = _positive("--max-abs-error", max_abs_error)
     user_fs = _positive("--max-fs-error", max_fs_error)
+    if sample is not None and not (isinstance(sample, int) and sample >= 1):
+        raise RequestError(f"--sample must be a whole number of chunks >= 1, got {sample}")
+    if seed is None:
+        seed = DEFAULT_SAMPLE_SEED
+    elif sample is None:
+        raise RequestError("--seed chooses the chunks of --sample N: give --sample too")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise RequestError(f"--seed must be a whole number >= 0, got {seed}")
+    if scheduler not in (None, "threads", "synchronous") or workers is not None:
+        if src.startswith("memory://") or dst.startswith("memory://"):
+            raise RequestError(
+                "memory:// stores live in one process; with --workers or --scheduler use a "
+                "path or a gs:// URL"
+            )
+    if worker_timeout is None:
+        worker_timeout = _parallel.DEFAULT_WORKER_TIMEOUT
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
-    src_ds = open_dataset(src, token=src_token, chunks={})
     try:
-        dst_ds = open_dataset(dst, token=dst_token)  # lazily indexed: read chunk by chunk
+        # First: a scheduler that does not answer fails before the stores are listed.
+        runner_context = _parallel.open_runner(scheduler, workers, worker_timeout)
+        with runner_context as runner:
+            return _verify_on(
+                runner, src, dst, src_token, dst_token, variables, user_fs, user_abs,
+                sample, seed, progress, uuid.uuid4().hex,
+            )  # fmt: skip
+    except _parallel.SchedulerError as exc:
+        raise RequestError(str(exc)) from exc
+    except _parallel.WorkersLostError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def _verify_on(
+    runner, src, dst, src_token, dst_token, variables, user_fs, user_abs, sample, seed,
+    progress, run,
+) -> VerifyReport:  # fmt: skip
+    """:func:`verify`, its chunks checked on ``runner``; ``run`` names the call (see
+    :class:`_Stores`)."""
+    import zarr
+
+    import layerquantizer.dataset._parallel as _parallel
+    from layerquantizer.dataset._resume import PROGRESS_DIR
+    from layerquantizer.storage import filesystem, open_store
+
+    src_ds = open_dataset(src, token=src_token)  # lazily indexed: read region by region
+    try:
+        dst_ds = open_dataset(dst, token=dst_token)
     except SourceError as exc:
         fs, root = filesystem(dst, "r", token=dst_token)
         if fs.exists(f"{root.rstrip('/')}/{PROGRESS_DIR}/manifest.json"):
@@ -897,49 +1213,67 @@ def verify(
         name: "dropped by the config it was written with" for name in missing if name in dropped
     }
     missing = [name for name in missing if name not in skipped]
-    pending = []
-    counter = _ChunkCounter(progress)
     fs, root = filesystem(dst, "r", token=dst_token)
     with _quiet_consolidated():
         group = zarr.open_group(open_store(dst, "r", token=dst_token), mode="r")
+    stores = _Stores(run, src, dst, src_token, dst_token)
+    if not runner.distributed:  # threads here use the stores opened already
+        with _OPENED_LOCK:
+            _OPENED[run] = _OpenStores(stores, src_ds, dst_ds)
+    readers: dict[str, tuple[_ChunkReader, list | None]] = {}
+    tallies: dict[str, _Tally] = {}
+    total = 0
     for name in names:
         src_var, dst_var = src_ds[name], dst_ds[name]
         if src_var.dtype.kind not in "fiub" or dst_var.dtype.kind not in "fiub":
             skipped[name] = f"not numeric ({src_var.dtype}, {dst_var.dtype})"
             continue
-        src_var = _align_to(src_var, dst_var, name)
+        _align_to(src_var, dst_var, name)  # a request error before anything is read
         pad = max(0, 2 - dst_var.ndim)
         reader = _chunk_reader(
             name, dst_var, store.variables.get(name), group, store.keys, fs,
             root.rstrip("/"), dst, pad,
         )  # fmt: skip
-        a = src_var.data.rechunk(reader.chunks)
-        for _ in range(pad):  # a vector or scalar is one layer
-            a = a[None]
-        parts = a.to_delayed()
-        check = counter.wrap(reader.check)
-        tasks = [
-            dask.delayed(check, pure=False)(parts[coords], coords)
-            for coords in np.ndindex(parts.shape)
-        ]
-        counter.total += len(tasks)
-        lead_ids = [np.repeat(np.arange(len(c)), c) for c in a.chunks[:-2]]
-        pending.append((name, src_var, parts.shape, lead_ids, pad, tasks))
-    counter.report()
-    with _single_threaded_blosc():
-        computed = dask.compute(
-            *[tasks for *_, tasks in pending],
-            scheduler="threads",
-            num_workers=workers or os.cpu_count() or 1,
-        )
+        tally = tallies[name] = _Tally(reader)
+        chosen, tally.absent_unchecked = _chosen_chunks(reader, tally.grid, sample, seed)
+        readers[name] = (reader, chosen)
+        total += tally.chunks if chosen is None else len(chosen)
+
+    def jobs():
+        for name, (reader, chosen) in readers.items():
+            detached = reader.detached()
+            grid = tallies[name].grid
+            for coords in np.ndindex(grid) if chosen is None else chosen:
+                listed = reader.listed(coords[reader.pad :])
+                yield _ChunkJob(stores, detached, coords, listed)
+
+    done = 0
+
+    def on_done(result) -> None:
+        nonlocal done
+        name, coords, stats, problems = result
+        tallies[name].add(coords, stats, problems)
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+    try:
+        with _single_threaded_blosc():
+            _parallel.run_jobs(
+                jobs(), runner, on_done,
+                submit=lambda job: runner.executor.submit(_check_chunk, job, runner.distributed),
+            )  # fmt: skip
+    finally:
+        with _OPENED_LOCK:
+            _OPENED.pop(run, None)
     checks = {}
-    for (name, src_var, grid, lead_ids, pad, _), results in zip(pending, computed, strict=True):
-        blocks = np.empty(grid, dtype=object)
-        for coords, result in zip(np.ndindex(grid), results, strict=True):
-            blocks[coords] = result
+    for name, tally in tallies.items():
         checks[name] = _check_variable(
-            name, src_var, store.variables.get(name), blocks, lead_ids, pad, user_fs, user_abs
-        )
+            name, _align_to(src_ds[name], dst_ds[name], name), store.variables.get(name),
+            tally, user_fs, user_abs,
+        )  # fmt: skip
     for name in missing:
         checks[name] = VariableCheck(
             name=name, codec="-", nbits=None, codec_bound=None, levels=[], bound_from=None,
@@ -952,4 +1286,7 @@ def verify(
     problems = []
     if not store.complete:
         problems.append(Problem("incomplete", store.incomplete or f"{dst} is incomplete"))
-    return VerifyReport(src=src, dst=dst, variables=checks, skipped=skipped, problems=problems)
+    return VerifyReport(
+        src=src, dst=dst, variables=checks, skipped=skipped, problems=problems,
+        sample=None if sample is None else {"chunks_per_variable": sample, "seed": seed},
+    )  # fmt: skip
