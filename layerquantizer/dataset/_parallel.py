@@ -36,9 +36,10 @@ from typing import Any
 
 from layerquantizer.dataset._unit import (
     MALLOC_ENV_VALUES,
+    CheckJob,
     UnitDone,
     UnitJob,
-    run_unit,
+    run_job,
 )
 
 #: Units in flight per worker thread: enough that a worker finds its next unit waiting.
@@ -97,9 +98,9 @@ class Runner:
     count_workers: Callable[[], int] | None = None
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
-    def submit(self, job: UnitJob) -> cf.Future:
+    def submit(self, job: UnitJob | CheckJob) -> cf.Future:
         # Worker processes run one unit per thread: zarr's own codec pool gets one thread.
-        return self.executor.submit(run_unit, job, 1 if self.distributed else None)
+        return self.executor.submit(run_job, job, 1 if self.distributed else None)
 
 
 class _InlineExecutor(cf.Executor):
@@ -261,8 +262,13 @@ def _client(address: str, worker_timeout: float) -> Iterator[Runner]:
         client.close()
 
 
-def run_jobs(jobs: Iterable[UnitJob], runner: Runner, on_done: Callable[[UnitDone], Any]) -> None:
-    """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight.
+def run_jobs(
+    jobs: Iterable[UnitJob | CheckJob],
+    runner: Runner,
+    on_done: Callable[[UnitDone | tuple[UnitDone, ...]], Any],
+) -> None:
+    """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight
+    (a :class:`CheckJob` reports a tuple, one result per unit).
 
     ``on_done`` is called in this thread as each unit finishes. The first failure (or an
     interrupt) stops the submission, cancels what has not started, and is raised once what
