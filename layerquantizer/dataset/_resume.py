@@ -238,6 +238,15 @@ class Progress:
                 batches[int(path.rsplit("/", 1)[-1])] = entries
         return batches
 
+    def read_batch(self, variable: str, batch: int) -> dict[int, bytes]:
+        """{unit ordinal: source fingerprint} of the units one marker records (none if the
+        marker is missing or cannot be read)."""
+        try:
+            data = self.fs.cat_file(f"{self.root}/{self.marker_key(variable, batch)}")
+        except FileNotFoundError:
+            return {}
+        return _parse_marker(data) or {}
+
     def write_batch(self, variable: str, batch: int, entries: Mapping[int, bytes]) -> None:
         """Record ``entries`` (unit ordinal -> source fingerprint) as the units of the batch
         done, replacing its marker whole."""
@@ -392,7 +401,7 @@ class Ledger:
             self._open[key].update(changed)
             self._dirty.add(key)
             return
-        entries = self.progress.read_batches(variable).get(batch, {})
+        entries = self.progress.read_batch(variable, batch)
         entries.update(changed)
         self.progress.write_batch(variable, batch, entries)
         self.markers_written += 1

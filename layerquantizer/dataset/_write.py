@@ -272,9 +272,9 @@ def write_plan(
                 )
             state.mark("metadata")
         else:
-            state.remove_partial_files()
             if state.marked("complete"):
                 skipped = len(state.done_units())
+                state.remove_partial_files()
                 state.remove()
                 return WriteResult(0, skipped, 0, 0, plan.total_bytes, "none", frozenset())
             resuming = True
@@ -384,6 +384,10 @@ def write_plan(
     except _parallel.WorkersLostError as exc:
         raise DatasetError(str(exc)) from exc
     with store_errors(dst), _quiet_consolidated():
+        if resuming:
+            # After the writes, not before: a walk of a local DST of a million chunks
+            # would delay the first write, and the temporary files are in nobody's way.
+            state.remove_partial_files()
         zarr.consolidate_metadata(open_store(dst, "r+", token=token))
         state.mark("complete")
         state.remove()
