@@ -11,6 +11,15 @@
    float32 bytes written over the command's own writing time (``--json`` timing).
 4. Prints both and the ratio end-to-end / (encode on one core x cores), against the 0.6
    target of issue #5.
+5. The same on the WB2-schema store (:func:`layerquantizer.synthetic.write_wb2_sample_store`:
+   all 62 variables of the WeatherBench2 store, 13 levels, NaN over land, categorical
+   fields, ``--wb2-times`` steps at ``--wb2-grid``), the codec's encode measured on its
+   quantized variables (the config's nbits) and its copies counted in the logical bytes.
+6. Where the time goes (issue 9): each store's chunks once through the steps of a unit on
+   one core (read the stored object, decode it, encode or recompress it, store it), so
+   that the end-to-end rate can be set against those steps at full use of the cores; the
+   rest is the pipeline's own (bookkeeping, threads waiting on one another, the machine's
+   other users).
 
 The machine may be shared: the encode speed is measured between the end-to-end runs, and
 the ratio uses the median of those measurements.
@@ -55,10 +64,13 @@ from layerquantizer import LayerQuantizer
 QUANTIZED = json.loads(sys.argv[3])
 src, repeats = sys.argv[1], int(sys.argv[2])
 group = zarr.open_group(src, mode="r")
-nbits = {"specific_humidity": 20}
+nbits = json.loads(sys.argv[4])
+def first_chunk(array):
+    timed = array.attrs.get("_ARRAY_DIMENSIONS", ["time"])[0] == "time"
+    return array[0] if timed else array[...]
 best = {}
 for name in QUANTIZED:
-    field = group[name][0]
+    field = first_chunk(group[name])
     codec = LayerQuantizer(nbits=nbits.get(name, 16))
     codec.encode(field)  # compile, warm up
     times = []
@@ -67,20 +79,93 @@ for name in QUANTIZED:
         codec.encode(field)
         times.append(time.perf_counter() - start)
     best[name] = field.nbytes / min(times)
-total = sum(group[name][0].nbytes for name in best)
-seconds = sum(group[name][0].nbytes / rate for name, rate in best.items())
+total = sum(first_chunk(group[name]).nbytes for name in best)
+seconds = sum(first_chunk(group[name]).nbytes / rate for name, rate in best.items())
 print(json.dumps({"mib_per_s": total / seconds / 2**20,
                   "per_variable": {k: v / 2**20 for k, v in best.items()}}))
 """
 
 
-def encode_speed(src: Path, repeats: int) -> dict:
+STEPS_SCRIPT = """
+import os, sys, time, json, tempfile
+os.environ["NUMBA_NUM_THREADS"] = "1"
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+import numpy as np, numcodecs.blosc, numba, zarr
+from numcodecs import Blosc
+numcodecs.blosc.set_nthreads(1)
+numba.set_num_threads(1)
+from layerquantizer import LayerQuantizer
+src, quantized = sys.argv[1], json.loads(sys.argv[2])
+group = zarr.open_group(src, mode="r")
+lossless = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
+seconds = {"read": 0.0, "decode": 0.0, "encode": 0.0, "copy": 0.0, "store": 0.0}
+logical = 0
+out = tempfile.mkdtemp()
+for name, array in group.arrays():
+    if array.ndim < 2 or name in ("latitude", "longitude", "level", "time"):
+        continue
+    meta = array.metadata
+    codec = LayerQuantizer(nbits=quantized[name]) if name in quantized else lossless
+    if name in quantized:
+        codec.encode(np.zeros(array.chunks, "f4"))  # compiled before the clock
+    for coords in np.ndindex(*array.cdata_shape):
+        key = f"{src}/{name}/{'.'.join(map(str, coords))}"
+        start = time.perf_counter()
+        try:
+            with open(key, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            continue  # a chunk of fill values: lq reads and writes nothing for it
+        read = time.perf_counter()
+        values = np.empty(array.chunks, meta.dtype.to_native_dtype())
+        meta.compressor.decode(raw, out=values)
+        decoded = time.perf_counter()
+        encoded_bytes = codec.encode(values)
+        encoded = time.perf_counter()
+        with open(f"{out}/chunk", "wb") as f:
+            f.write(bytes(encoded_bytes))
+        stored = time.perf_counter()
+        seconds["read"] += read - start
+        seconds["decode"] += decoded - read
+        seconds["encode" if name in quantized else "copy"] += encoded - decoded
+        seconds["store"] += stored - encoded
+        logical += values.nbytes
+print(json.dumps({"seconds": seconds, "logical": logical}))
+"""
+
+
+def encode_speed(src: Path, repeats: int, quantized: dict[str, int]) -> dict:
     """The codec alone on one core, in a fresh process (as a user's would be)."""
     out = subprocess.run(
-        [sys.executable, "-c", ENCODE_SCRIPT, str(src), str(repeats), json.dumps(QUANTIZED)],
+        [sys.executable, "-c", ENCODE_SCRIPT, str(src), str(repeats), json.dumps(list(quantized)),
+         json.dumps(quantized)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(out.stdout)
+
+
+def unit_steps(src: Path, quantized: dict[str, int]) -> dict:
+    """Seconds per step of a unit over the whole store on one core (see the docstring)."""
+    out = subprocess.run(
+        [sys.executable, "-c", STEPS_SCRIPT, str(src), json.dumps(quantized)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)
+
+
+def quantized_variables(src: Path) -> dict[str, int]:
+    """Variable -> nbits of the variables ``configs/era5.yaml`` quantizes in ``src``."""
+    import xarray as xr
+
+    from layerquantizer.config import load_config
+
+    config = load_config(ROOT / "configs" / "era5.yaml")
+    names = set(xr.open_zarr(src).data_vars)
+    return {
+        name: config.setting_for(name)[0] or config.nbits or 16
+        for name in config.variables
+        if name in names
+    }
 
 
 def compress(src: Path, dst: Path, extra: list[str]) -> dict:
@@ -102,37 +187,25 @@ def compress(src: Path, dst: Path, extra: list[str]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--times", type=int, default=4, help="time steps in the sample")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lq-bench"))
-    args = parser.parse_args()
-
-    cores = len(os.sched_getaffinity(0))
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    src = args.workdir / f"sample-37x721x1440-t{args.times}.zarr"
-    if not (src / ".zmetadata").exists():
-        shutil.rmtree(src, ignore_errors=True)
-        print(f"writing {src} ...", flush=True)
-        subprocess.run([*lq(), "sample", str(src), "--levels", "37", "--grid", "1440x721",
-                        "--times", str(args.times)], check=True)  # fmt: skip
-    dst = args.workdir / "out.zarr"
+def measure(src: Path, dst: Path, repeats: int, quantized: dict[str, int], runners: dict):
+    """Encode speeds and end-to-end runs, interleaved (the machine may be shared)."""
     compress(src, dst, [])  # warm the page cache
-
-    runs: dict[str, list[dict]] = {"default (threads)": [], "--workers 2": []}
+    runs: dict[str, list[dict]] = {name: [] for name in runners}
     encodes = []
-    for _ in range(args.repeats):
-        encodes.append(encode_speed(src, 3))
-        runs["default (threads)"].append(compress(src, dst, []))
-        runs["--workers 2"].append(compress(src, dst, ["--workers", "2"]))
-    encodes.append(encode_speed(src, 3))
+    for _ in range(repeats):
+        encodes.append(encode_speed(src, 3, quantized))
+        for name, extra in runners.items():
+            runs[name].append(compress(src, dst, extra))
+    encodes.append(encode_speed(src, 3, quantized))
     shutil.rmtree(dst, ignore_errors=True)
+    return encodes, runs
 
+
+def report(title: str, encodes: list[dict], runs: dict, steps: dict, cores: int) -> None:
     encode = statistics.median(e["mib_per_s"] for e in encodes)
-    print(f"\nmachine: {cores} cores; source {src} ({args.times} time steps, Blosc-lz4)")
-    print(f"codec encode on one core, 6 quantized variables (median of {len(encodes)} "
-          f"measurements, each best of 3): {encode:.0f} MiB/s "
+    print(f"\n## {title}\n")
+    print(f"codec encode on one core, {len(encodes[0]['per_variable'])} quantized variables "
+          f"(median of {len(encodes)} measurements, each best of 3): {encode:.0f} MiB/s "
           f"(all: {', '.join(format(e['mib_per_s'], '.0f') for e in encodes)})")  # fmt: skip
     print(f"target: {TARGET:.0%} of {encode:.0f} x {cores} = {TARGET * encode * cores:.0f} MiB/s\n")
     print("| runner | best MiB/s | all MiB/s | best / (encode x cores) | target met |")
@@ -143,11 +216,66 @@ def main() -> None:
         print(f"| {name} ({results[0]['runner']}) | {best:.0f} | "
               f"{', '.join(format(r['mib_per_s'], '.0f') for r in results)} | {share:.2f} | "
               f"{'yes' if share >= TARGET else 'NO'} |")  # fmt: skip
+    first = next(iter(runs.values()))
+    print(f"\ncompression ratio of the store: {first[0]['ratio']:.2f}; wall time of a default "
+          f"run (process start, planning, report included): "
+          f"{min(r['wall'] for r in first):.1f} s")  # fmt: skip
+    # Where the time goes: the steps on one core, scaled to the cores, against the run.
+    seconds, logical = steps["seconds"], steps["logical"] / MIB
+    best = max(r["mib_per_s"] for r in first)
+    per_core = logical / best * cores  # core-seconds the best default run took
+    print(f"\nwhere a default run's {per_core:.1f} core-seconds go ({logical:.0f} MiB):")
+    for step, value in seconds.items():
+        print(f"  {step:<8} {value:6.1f} s  {value / per_core:5.0%}")
+    rest = per_core - sum(seconds.values())
     print(
-        f"\ncompression ratio of the store: {runs['default (threads)'][0]['ratio']:.2f}; "
-        f"wall time of a default run (process start, planning, report included): "
-        f"{min(r['wall'] for r in runs['default (threads)']):.1f} s"
+        f"  {'rest':<8} {rest:6.1f} s  {rest / per_core:5.0%}  (pipeline: threads, "
+        "bookkeeping, waiting; the machine's other users)"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--times", type=int, default=4, help="time steps in the sample")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/lq-bench"))
+    parser.add_argument("--wb2-times", type=int, default=2, help="time steps, WB2 store")
+    parser.add_argument("--wb2-grid", default="721x1440", help="LATxLON of the WB2 store")
+    parser.add_argument("--skip-sample", action="store_true", help="the WB2 store only")
+    args = parser.parse_args()
+
+    cores = len(os.sched_getaffinity(0))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    dst = args.workdir / "out.zarr"
+    print(f"machine: {cores} cores; load average {os.getloadavg()[0]:.1f} at the start")
+    if not args.skip_sample:
+        src = args.workdir / f"sample-37x721x1440-t{args.times}.zarr"
+        if not (src / ".zmetadata").exists():
+            shutil.rmtree(src, ignore_errors=True)
+            print(f"writing {src} ...", flush=True)
+            subprocess.run([*lq(), "sample", str(src), "--levels", "37", "--grid", "1440x721",
+                            "--times", str(args.times)], check=True)  # fmt: skip
+        quantized = {name: 20 if name == "specific_humidity" else 16 for name in QUANTIZED}
+        runners = {"default (threads)": [], "--workers 2": ["--workers", "2"]}
+        encodes, runs = measure(src, dst, args.repeats, quantized, runners)
+        steps = unit_steps(src, quantized)
+        report(f"sample store {src.name} ({args.times} time steps, Blosc-lz4)", encodes, runs,
+               steps, cores)  # fmt: skip
+
+    from layerquantizer.synthetic import write_wb2_sample_store
+
+    lat, lon = (int(n) for n in args.wb2_grid.split("x"))
+    wb2 = args.workdir / f"wb2-{lat}x{lon}-t{args.wb2_times}.zarr"
+    if not (wb2 / ".zmetadata").exists():
+        shutil.rmtree(wb2, ignore_errors=True)
+        print(f"writing {wb2} ...", flush=True)
+        write_wb2_sample_store(str(wb2), times=args.wb2_times, grid=(lat, lon))
+    quantized = quantized_variables(wb2)
+    encodes, runs = measure(wb2, dst, args.repeats, quantized, {"default (threads)": []})
+    steps = unit_steps(wb2, quantized)
+    report(f"WB2-schema store {wb2.name} (62 variables, {args.wb2_times} time steps)", encodes,
+           runs, steps, cores)  # fmt: skip
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

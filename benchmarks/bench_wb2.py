@@ -108,7 +108,8 @@ def first_data_chunk(dst: Path, names: set[str]) -> str | None:
 
 
 def first_progress_marker(dst: Path) -> str | None:
-    """The first write unit ``lq`` marked done (``DST/.lq-progress/done/VAR/I.J.K.L``)."""
+    """The first progress marker ``lq`` wrote (``DST/.lq-progress/done/VAR/B``: a batch of
+    units done, written when the batch is complete or 5 s after its first unit)."""
     for root, _, files in os.walk(dst / ".lq-progress" / "done"):
         if files:
             return os.path.relpath(os.path.join(root, files[0]), dst)

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -74,8 +75,15 @@ def progress_reporter(enabled: bool) -> Iterator:
     )  # fmt: skip
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("write", total=None, speed=0.0)
+        shown = [-1.0]  # when the bar was last updated
 
         def update(chunks_done: int, chunks_total: int, bytes_done: int, bytes_total: int):
+            # Ten times a second at most: units without data finish by the thousand per
+            # second, and an update of the bar costs more than making a unit's job.
+            now = time.monotonic()
+            if now - shown[0] < 0.1 and chunks_done < chunks_total:
+                return
+            shown[0] = now
             elapsed = bar.tasks[0].elapsed or 0.0
             speed = bytes_done / 2**20 / elapsed if elapsed > 0 else 0.0
             bar.update(task, completed=chunks_done, total=chunks_total, speed=speed)

@@ -190,7 +190,7 @@ def test_scheduler_without_workers_fails_before_dst_exists(bare_scheduler, sampl
 def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_units):
     from servers import start_worker
 
-    from layerquantizer.dataset._resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import Progress
 
     address, directory = bare_scheduler
     worker = start_worker(address, directory, "doomed")
@@ -201,10 +201,9 @@ def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_
         [*lq_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        done = dst / PROGRESS_DIR / "done"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if done.exists() and sum(len(files) for _, _, files in os.walk(done)) >= 2:
+            if len(Progress(str(dst)).done_units()) >= 2:
                 break
             time.sleep(0.01)
         assert process.poll() is None, "lq compress ended before its worker could be killed"
@@ -234,7 +233,7 @@ def test_losing_every_worker_mid_run_fails_in_bounded_time(bare_scheduler, many_
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupt_says_what_was_written_and_how_to_finish(many_units, tmp_path, signum, code):
-    from layerquantizer.dataset._resume import PROGRESS_DIR
+    from layerquantizer.dataset._resume import Progress
 
     dst = tmp_path / "out dir" / "out.zarr"  # a space: the printed command must quote it
     dst.parent.mkdir()
@@ -243,10 +242,9 @@ def test_an_interrupt_says_what_was_written_and_how_to_finish(many_units, tmp_pa
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
     try:
-        done = dst / PROGRESS_DIR / "done"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
-            if done.exists() and sum(len(files) for _, _, files in os.walk(done)) >= 3:
+            if len(Progress(str(dst)).done_units()) >= 3:
                 break
             time.sleep(0.005)
         assert process.poll() is None, "lq compress ended before it could be interrupted"

@@ -305,7 +305,7 @@ def test_resume_redoes_the_units_whose_source_changed(small_source, tmp_path):
         dataset.compress(str(src), str(dst), variables=["temperature"], progress=progress,
                          scheduler="synchronous")  # fmt: skip
     done = Progress(str(dst)).done_units()
-    assert f"{PROGRESS_DIR}/done/temperature/0.0.0.0" in done
+    assert ("temperature", 0) in done
     # Between the runs the source changes under a unit already written.
     array = zarr.open_array(str(src), path="temperature", mode="r+")
     array[0] = array[0] + np.float32(1.0)

@@ -23,11 +23,13 @@ out.zarr --vars temperature,geopotential && lq verify sample.zarr out.zarr``)::
 3. :func:`write_plan` records the plan in DST's progress folder, writes the metadata from
    the template (``to_zarr(compute=False)``), then runs every unit on threads, a local
    cluster or a dask scheduler (:mod:`layerquantizer.dataset._parallel`; the unit itself is
-   :func:`layerquantizer.dataset._unit.run_unit`), marking each one done, and finally writes the
-   consolidated metadata and removes the progress folder (:mod:`layerquantizer.dataset._resume`);
+   :func:`layerquantizer.dataset._unit.run_unit`), recording them done in batched markers, and
+   finally writes the consolidated metadata and removes the progress folder
+   (:mod:`layerquantizer.dataset._resume`);
    a failure is re-raised as :class:`ChunkWriteError` naming the variable and the chunk.
 
-With ``resume=True`` step 3 skips the units marked done by an interrupted run.
+With ``resume=True`` step 3 writes the units an interrupted run did not record done, then
+checks the recorded ones against their source (a unit whose source changed is written again).
 
 This package imports xarray, dask, zarr and fsspec; ``import layerquantizer`` does not
 import it.

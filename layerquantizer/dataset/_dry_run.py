@@ -242,7 +242,7 @@ def _read(plan: Plan, name: str, region: Mapping[str, slice], run: str) -> np.nd
         run=run, src=plan.location, src_token=plan.token, dst="", dst_token=None,
         variable=name, index=(), region=tuple(region.values()),
         source=_source_selection(plan.source_positions, region),
-        raw_read=name in plan.raw_read, marker=None, nbytes=0, chunks=1,
+        raw_read=name in plan.raw_read, nbytes=0, chunks=1,
     )  # fmt: skip
     values, _ = read_region(job)
     return np.array(values, copy=True)  # read_region reuses its buffer

@@ -36,9 +36,10 @@ from typing import Any
 
 from layerquantizer.dataset._unit import (
     MALLOC_ENV_VALUES,
+    CheckJob,
     UnitDone,
     UnitJob,
-    run_unit,
+    run_job,
 )
 
 #: Units in flight per worker thread: enough that a worker finds its next unit waiting.
@@ -97,9 +98,9 @@ class Runner:
     count_workers: Callable[[], int] | None = None
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
 
-    def submit(self, job: UnitJob) -> cf.Future:
+    def submit(self, job: UnitJob | CheckJob) -> cf.Future:
         # Worker processes run one unit per thread: zarr's own codec pool gets one thread.
-        return self.executor.submit(run_unit, job, 1 if self.distributed else None)
+        return self.executor.submit(run_job, job, 1 if self.distributed else None)
 
 
 class _InlineExecutor(cf.Executor):
@@ -262,12 +263,13 @@ def _client(address: str, worker_timeout: float) -> Iterator[Runner]:
 
 
 def run_jobs(
-    jobs: Iterable[UnitJob],
+    jobs: Iterable[UnitJob | CheckJob],
     runner: Runner,
-    on_done: Callable[[UnitDone], Any],
+    on_done: Callable[[UnitDone | tuple[UnitDone, ...]], Any],
     submit: Callable[[Any], cf.Future] | None = None,
 ) -> None:
-    """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight.
+    """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight
+    (a :class:`CheckJob` reports a tuple, one result per unit).
 
     ``submit(job)`` starts a job (default :meth:`Runner.submit`: a write unit); ``lq
     verify`` submits chunk checks the same way.

@@ -64,6 +64,28 @@ class ChunkTask:
     chunks: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class UnitGrid:
+    """The write units of one variable, dimension by dimension: along ``dims[d]`` unit
+    ``i`` covers positions ``edges[d][i][0]`` to ``edges[d][i][1]`` (exclusive), whole
+    output chunks of ``chunks[d]``. A unit's ordinal is its C-order position in the grid
+    (how the progress markers number units, see resume.py)."""
+
+    variable: str
+    dims: tuple[str, ...]
+    edges: tuple[tuple[tuple[int, int], ...], ...]
+    chunks: tuple[int, ...]
+    itemsize: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(edges) for edges in self.edges)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
 @dataclasses.dataclass
 class Plan:
     """Everything :func:`write_plan` needs; built by :func:`plan_compress`, touches no store.
@@ -177,21 +199,44 @@ class Plan:
         largest = math.prod(max(b - a for a, b in units) for units in grouped)
         return grouped if largest * var.dtype.itemsize <= MAX_UNIT_BYTES else plain
 
+    def unit_grid(self, name: str) -> UnitGrid:
+        """The write units of variable ``name`` (see :meth:`_units`)."""
+        var = self.source[name]
+        return UnitGrid(
+            str(name),
+            tuple(str(dim) for dim in var.dims),
+            tuple(tuple(edges) for edges in self._units(str(name))),
+            self.variable_objects(str(name)),
+            var.dtype.itemsize,
+        )
+
     def tasks(self, variables: Sequence[str] | None = None) -> Iterator[ChunkTask]:
-        """Every write unit, variable by variable, in C order of the chunk grid."""
+        """Every write unit, variable by variable, in C order of the unit grid.
+
+        The per-unit work is tuple products of what is worked out once per dimension: a
+        whole store has millions of units.
+        """
         for name in variables if variables is not None else self.source.data_vars:
-            var = self.source[name]
-            out = self.variable_objects(str(name))
-            units = self._units(str(name))
-            itemsize = var.dtype.itemsize
-            for picks in itertools.product(*units):
-                region = {dim: slice(a, b) for dim, (a, b) in zip(var.dims, picks, strict=True)}
-                index = tuple(a // c for (a, _), c in zip(picks, out, strict=True))
-                count = math.prod(
-                    math.ceil((b - a) / c) for (a, b), c in zip(picks, out, strict=True)
+            grid = self.unit_grid(str(name))
+            pairs = list(zip(grid.edges, grid.chunks, strict=True))
+            regions = [[slice(a, b) for a, b in edges] for edges in grid.edges]
+            firsts = [[a // c for a, _ in edges] for edges, c in pairs]
+            counts = [[-(-(b - a) // c) for a, b in edges] for edges, c in pairs]
+            lengths = [[b - a for a, b in edges] for edges in grid.edges]
+            for region, index, count, length in zip(
+                itertools.product(*regions),
+                itertools.product(*firsts),
+                itertools.product(*counts),
+                itertools.product(*lengths),
+                strict=True,
+            ):
+                yield ChunkTask(
+                    grid.variable,
+                    index,
+                    dict(zip(grid.dims, region, strict=True)),
+                    math.prod(length) * grid.itemsize,
+                    math.prod(count),
                 )
-                size = math.prod(b - a for a, b in picks) * itemsize
-                yield ChunkTask(str(name), index, region, size, count)
 
     @property
     def total_chunks(self) -> int:

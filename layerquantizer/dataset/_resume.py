@@ -5,22 +5,32 @@ metadata::
 
     DST/.lq-progress/manifest.json        what is being written (the plan's description)
     DST/.lq-progress/metadata             the Zarr metadata of every array is written
-    DST/.lq-progress/done/VAR/I.J.K.L     every chunk of the unit starting at chunk I.J.K.L
-                                          of VAR is stored; holds the size and version of
-                                          each source object the unit read
+    DST/.lq-progress/done/VAR/B           units B*1024 .. B*1024+1023 of VAR (numbered in C
+                                          order of the variable's unit grid): which of them
+                                          have every chunk stored, each with the size and
+                                          version of the source objects it read
     DST/.lq-progress/complete             consolidated metadata written; only cleanup left
 
-A unit's marker is written only after all of its chunk objects were stored, so a unit
-without a marker is written again in full on resume: a chunk half-written when the process
-died is never taken for a complete one (and zarr's local and GCS writes replace an object
-whole). The consolidated metadata is written last, then the folder is removed, markers
-first and the manifest last, so the finished store holds exactly what an uninterrupted run
-writes. Zarr and xarray ignore the folder (no Zarr metadata in it); ``lq inspect`` skips it.
+The markers are batched (:data:`BATCH_UNITS` units per object) so that a whole store of
+millions of units keeps thousands of marker objects, not millions: a million PUTs and a
+listing of a million objects on GCS were the cost of one object per unit. The parent
+process writes them (:class:`Ledger`) from what the workers report once a unit's chunks
+are all stored: a batch's object when its last unit is done, and every
+:data:`FLUSH_SECONDS` the batches still open, so that a kill loses at most those seconds
+of work. A unit not in a marker is written again in full on resume: a chunk half-written
+when the process died is never taken for a complete one (and zarr's local and GCS writes
+replace an object whole; so do the markers: locally written to a temporary file then
+renamed). The consolidated metadata is written last, then the folder is removed, markers
+first and the manifest last, so the finished store holds exactly what an uninterrupted
+run writes. Zarr and xarray ignore the folder (no Zarr metadata in it); ``lq inspect``
+skips it.
 
-On resume a unit with a marker is still sent to a worker, which skips it only if the
-source objects it reads have the size and version (GCS generation, etag or mtime) the
-marker records (``_unit.source_fingerprint``); a unit whose source changed between the
-runs is written again.
+On resume the units not recorded are written first: a run with a million units done
+starts writing at once. Then the recorded units are checked, one job per batch
+(:class:`layerquantizer.dataset._unit.CheckJob`): a worker looks their source objects up
+together and skips each unit whose objects have the size and version (GCS generation,
+etag or mtime) its marker records (``_unit.source_fingerprint``); a unit whose source
+changed between the runs is written again.
 
 The manifest records a description of the plan (source, variables and their bits or
 tolerance, selection, chunks, Zarr format); resuming with options that describe another
@@ -47,11 +57,16 @@ if TYPE_CHECKING:
 
 __all__ = ["PROGRESS_DIR", "Progress", "describe_plan", "differences"]
 
-#: Version of the manifest's layout; a different one is not resumed.
-MANIFEST_FORMAT = 1
+#: Version of the manifest's layout; a different one is not resumed. 2: batched markers.
+MANIFEST_FORMAT = 2
 
-# A unit's marker key, as Progress.marker_key writes it.
-_MARKER = re.compile(rf"^{re.escape(PROGRESS_DIR)}/done/[^/]+/\d+(\.\d+)*$")
+#: Units recorded by one marker object.
+BATCH_UNITS = 1024
+#: Seconds between writes of the markers of batches still being written.
+FLUSH_SECONDS = 5.0
+
+# A batch's marker name, as Progress.marker_key writes it.
+_BATCH_NAME = re.compile(r"^\d+$")
 # The temporary file zarr's LocalStore writes an object to before renaming it into place
 # (``0.0.0.<uuid hex>.partial``); a process killed meanwhile leaves it behind.
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
@@ -163,10 +178,10 @@ class Progress:
         self.root = root.rstrip("/")
         self.folder = f"{self.root}/{PROGRESS_DIR}"
 
-    # keys relative to DST, as the workers write them through the Zarr store
     @staticmethod
-    def marker_key(variable: str, index: tuple[int, ...]) -> str:
-        return f"{PROGRESS_DIR}/done/{variable}/{'.'.join(map(str, index))}"
+    def marker_key(variable: str, batch: int) -> str:
+        """The key (inside DST) of the marker of batch ``batch`` of ``variable``."""
+        return f"{PROGRESS_DIR}/done/{variable}/{batch}"
 
     def _path(self, name: str) -> str:
         return f"{self.folder}/{name}"
@@ -203,16 +218,80 @@ class Progress:
     def marked(self, name: str) -> bool:
         return self._exists(self._path(name))
 
-    def done_units(self) -> set[str]:
-        """Keys (as :meth:`marker_key` makes them) of the units whose chunks are all stored."""
+    def read_batches(self, variable: str) -> dict[int, dict[int, bytes]]:
+        """Batch -> {unit ordinal: source fingerprint} of the units of ``variable`` recorded
+        done: one listing of the variable's few marker objects and one (concurrent on an
+        object store) read of them. A marker that cannot be read records nothing."""
+        folder = f"{self._path('done')}/{variable}"
+        try:
+            paths = [
+                path
+                for path in self.fs.find(folder, withdirs=False)
+                if _BATCH_NAME.match(path.rsplit("/", 1)[-1])
+            ]
+        except FileNotFoundError:
+            return {}
+        if not paths:
+            return {}
+        contents = self.fs.cat(paths, on_error="omit")
+        batches = {}
+        for path, data in contents.items():
+            entries = _parse_marker(data)
+            if entries is not None:
+                batches[int(path.rsplit("/", 1)[-1])] = entries
+        return batches
+
+    def read_batch(self, variable: str, batch: int) -> dict[int, bytes]:
+        """{unit ordinal: source fingerprint} of the units one marker records (none if the
+        marker is missing or cannot be read)."""
+        try:
+            data = self.fs.cat_file(f"{self.root}/{self.marker_key(variable, batch)}")
+        except FileNotFoundError:
+            return {}
+        return _parse_marker(data) or {}
+
+    def write_batch(self, variable: str, batch: int, entries: Mapping[int, bytes]) -> None:
+        """Record ``entries`` (unit ordinal -> source fingerprint) as the units of the batch
+        done, replacing its marker whole."""
+        data = _json_bytes(
+            {
+                "format": MANIFEST_FORMAT,
+                "units": {str(o): entries[o].decode() for o in sorted(entries)},
+            }
+        )
+        path = f"{self.root}/{self.marker_key(variable, batch)}"
+        self._replace(path, data)
+
+    def _replace(self, path: str, data: bytes) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        if not isinstance(self.fs, LocalFileSystem):
+            self.fs.pipe_file(path, data)  # an object store replaces an object whole
+            return
+        import os
+        import uuid
+
+        # A kill mid-write leaves the temporary file (removed on resume), never a cut marker.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{uuid.uuid4().hex}.partial"
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+
+    def done_units(self) -> set[tuple[str, int]]:
+        """(variable, unit ordinal) of every unit recorded done (reads every marker: for
+        tests and reports, not for the run itself)."""
         done = self._path("done")
         try:
-            found = self.fs.find(done, withdirs=False)
+            variables = [p.rsplit("/", 1)[-1] for p in self.fs.ls(done, detail=False)]
         except FileNotFoundError:
             return set()
-        prefix = self.root + "/"
-        keys = (path[len(prefix) :] for path in found if path.startswith(prefix))
-        return {key for key in keys if _MARKER.match(key)}
+        return {
+            (variable, ordinal)
+            for variable in variables
+            for entries in self.read_batches(variable).values()
+            for ordinal in entries
+        }
 
     def remove_partial_files(self) -> int:
         """Remove the temporary files of writes cut short by a kill (local stores only:
@@ -241,7 +320,105 @@ class Progress:
             self.fs.rm(self.folder, recursive=True)
 
     def _listing(self, path: str) -> Iterator[str]:
+        """Every object under ``path``, sorted."""
         try:
             yield from sorted(self.fs.find(path, withdirs=False))
         except FileNotFoundError:
             return
+
+
+def _parse_marker(data: bytes) -> dict[int, bytes] | None:
+    try:
+        recorded = json.loads(data)
+        units = recorded["units"]
+        return {int(ordinal): str(fingerprint).encode() for ordinal, fingerprint in units.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+class Ledger:
+    """The parent's record of the units done, written to the batched markers of
+    :class:`Progress`.
+
+    Parameters
+    ----------
+    progress : Progress
+        The progress folder to write to.
+    unit_counts : mapping
+        Variable -> number of its units, so that a batch is known complete.
+    batch_units : int
+        Units per marker object.
+    flush_seconds : float
+        Largest time an open batch's completed units wait before being written.
+    """
+
+    def __init__(
+        self,
+        progress: Progress,
+        unit_counts: Mapping[str, int],
+        batch_units: int = BATCH_UNITS,
+        flush_seconds: float = FLUSH_SECONDS,
+    ) -> None:
+        import time
+
+        self.progress = progress
+        self.unit_counts = dict(unit_counts)
+        self.batch_units = batch_units
+        self.flush_seconds = flush_seconds
+        self._open: dict[tuple[str, int], dict[int, bytes]] = {}
+        self._dirty: set[tuple[str, int]] = set()
+        self._flushed = time.monotonic()
+        self.markers_written = 0
+
+    def batch_size(self, variable: str, batch: int) -> int:
+        start = batch * self.batch_units
+        return max(0, min(self.batch_units, self.unit_counts[variable] - start))
+
+    def preload(self, variable: str, batch: int, entries: Mapping[int, bytes]) -> None:
+        """Keep the recorded units of a batch whose other units this run writes, so that
+        its marker is rewritten with all of them."""
+        self._open[(variable, batch)] = dict(entries)
+
+    def record(self, variable: str, ordinal: int, fingerprint: bytes) -> None:
+        """Unit ``ordinal`` of ``variable`` has all its chunks stored."""
+        import time
+
+        key = (variable, ordinal // self.batch_units)
+        entries = self._open.get(key)
+        if entries is None:
+            entries = self._open[key] = {}
+        entries[ordinal] = fingerprint
+        if len(entries) >= self.batch_size(*key):
+            self._write(key)
+            del self._open[key]
+        else:
+            self._dirty.add(key)
+        if self._dirty and time.monotonic() - self._flushed >= self.flush_seconds:
+            self.flush()
+
+    def update(self, variable: str, batch: int, changed: Mapping[int, bytes]) -> None:
+        """Units of a batch recorded before were written again (their source changed):
+        record their new fingerprints in the batch's marker."""
+        key = (variable, batch)
+        if key in self._open:
+            self._open[key].update(changed)
+            self._dirty.add(key)
+            return
+        entries = self.progress.read_batch(variable, batch)
+        entries.update(changed)
+        self.progress.write_batch(variable, batch, entries)
+        self.markers_written += 1
+
+    def flush(self) -> None:
+        """Write the markers of the open batches that recorded units since their last write."""
+        import time
+
+        for key in sorted(self._dirty):
+            self._write(key)
+        self._dirty.clear()
+        self._flushed = time.monotonic()
+
+    def _write(self, key: tuple[str, int]) -> None:
+        self.progress.write_batch(key[0], key[1], self._open[key])
+        self._dirty.discard(key)
+        self.markers_written += 1

@@ -17,6 +17,12 @@ form (no CF decoding); float64 values to quantize (float64 and packed sources, r
 decoded) are encoded here through float32 within their own bound (:func:`float64_chunk`).
 A sharded array's unit is whole shards, each encoded by zarr's ShardingCodec and stored
 as one object (:func:`write_region`).
+
+A unit none of whose source objects exists, with NaN the fill value of both arrays, is
+neither read nor written (its output is NaN, which zarr does not store): a metadata request
+per source chunk, where decoding and scanning a chunk of fill values ran at 90 units/s. The
+worker marks nothing done: it reports the unit and its source fingerprint to the parent,
+which records them in batches (see resume.py).
 """
 
 from __future__ import annotations
@@ -33,9 +39,12 @@ import numpy as np
 PROGRESS_DIR = ".lq-progress"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class UnitJob:
     """What a worker needs to write one unit: a region of one variable, whole chunks.
+
+    A plain slotted dataclass, not a frozen one: the parent makes one per unit, millions
+    for a whole store, and a frozen dataclass's ``__init__`` costs several times more.
 
     Attributes
     ----------
@@ -54,13 +63,19 @@ class UnitJob:
     raw_read : bool
         Read the stored values from Zarr directly (copies, and quantized variables that
         need no CF decoding); otherwise they are read decoded, through xarray.
-    marker : str or None
-        Key (inside DST) of the object to write once every chunk of the unit is stored.
     nbytes, chunks : int
         Logical bytes and number of output chunks, for progress reports.
-    recorded : bool
-        An interrupted run marked the unit done: it is skipped if the source objects it
-        reads are those the marker records (:func:`source_fingerprint`), else written again.
+    ordinal : int
+        The unit's position among the units of its variable (C order of the unit grid):
+        how the progress markers name it (see resume.py).
+    recorded : bytes or None
+        The source fingerprint an interrupted run recorded for the unit (``b""``: it read
+        no source object), None if the unit is not recorded done. A recorded unit is
+        skipped if the source objects it reads are those recorded
+        (:func:`source_fingerprint`), else written again.
+    clean : bool
+        DST may hold chunks of this unit from an earlier run (``--resume``): a unit whose
+        source holds nothing removes them rather than writing nothing.
     """
 
     run: str
@@ -73,17 +88,29 @@ class UnitJob:
     region: tuple[slice, ...]
     source: tuple[Any, ...]
     raw_read: bool
-    marker: str | None
     nbytes: int
     chunks: int
     label: str = ""
-    recorded: bool = False
+    ordinal: int = 0
+    recorded: bytes | None = None
+    clean: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckJob:
+    """The units of one progress batch that an interrupted run recorded done, to check on
+    resume: one job for up to a batch of units, so that a million recorded units are a
+    thousand round trips to the workers, and their source objects are looked up together
+    (concurrently on object stores)."""
+
+    units: tuple[UnitJob, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class UnitDone:
     """What a finished unit reports back: its variable, logical bytes, output chunks and
-    the process id it ran in (so tests and users can see where the work happened)."""
+    the process id it ran in (so tests and users can see where the work happened), and
+    the fingerprint of the source objects it read, for the progress markers."""
 
     variable: str
     index: tuple[int, ...]
@@ -93,6 +120,9 @@ class UnitDone:
     fast_read: bool
     fast_write: bool
     resumed: bool = False  # written by an earlier run, from the same source objects
+    ordinal: int = 0
+    fingerprint: bytes = b""
+    empty: bool = False  # the source held nothing there: nothing read, nothing written
 
 
 # --------------------------------------------------------------------------------------
@@ -562,49 +592,57 @@ def _all_nan(block: np.ndarray) -> bool:
     return flat.size == 0 or (bool(np.isnan(flat[0])) and bool(np.isnan(flat).all()))
 
 
-def write_marker(job: UnitJob, fingerprint: bytes = b"") -> None:
-    """Record that every chunk of the unit is stored (written after them, see resume.py),
-    with the fingerprint of the source objects they were made from."""
-    if job.marker is None:
-        return
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    store = _cached(job.run, ("store", job.dst, "r+"), lambda: _open_store(job.dst, job.dst_token))
-    sync(store.set(job.marker, default_buffer_prototype().buffer.from_bytes(fingerprint)))
-
-
-def read_marker(job: UnitJob) -> bytes | None:
-    """The fingerprint a unit's marker records (empty if written before fingerprints were),
-    None if there is no marker."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    store = _cached(job.run, ("store", job.dst, "r+"), lambda: _open_store(job.dst, job.dst_token))
-    found = sync(store.get(job.marker, default_buffer_prototype()))
-    return None if found is None else found.to_bytes()
-
-
 # Fields of fsspec's object info that change when an object is written again, by backend.
 _VERSION_FIELDS = ("generation", "etag", "ETag", "mtime", "LastModified", "updated", "created")
 
 
 def source_fingerprint(job: UnitJob) -> bytes:
     """Size and version (GCS generation, etag or mtime) of every source object the unit
-    reads, as JSON: one metadata request per source chunk, no data read.
+    reads, as JSON: one metadata request per source chunk, no data read; ``b""`` when
+    none of them exists (the unit reads only fill values).
 
     Taken before the unit reads its source, so that a change during the read shows as a
     change on resume (the unit is then written again) rather than being missed.
     """
-    import itertools
+    return source_fingerprints([job])[0]
+
+
+def source_fingerprints(jobs: list[UnitJob]) -> list[bytes]:
+    """:func:`source_fingerprint` of each job (all of one variable and run), the source
+    objects looked up together: concurrently on an object store."""
     import json
 
     from layerquantizer.storage import filesystem
 
-    array = _open_array(job.run, job.src, job.src_token, job.variable, "r")
+    first = jobs[0]
+    array = _open_array(first.run, first.src, first.src_token, first.variable, "r")
     fs, root = _cached(
-        job.run, ("fs", job.src), lambda: filesystem(job.src, "r", token=job.src_token)
+        first.run, ("fs", first.src), lambda: filesystem(first.src, "r", token=first.src_token)
     )
+    root = root.rstrip("/")
+    keys = [_source_keys(array, job) for job in jobs]
+    infos = _object_infos(fs, [f"{root}/{key}" for unit in keys for key in unit])
+    fingerprints = []
+    for unit in keys:
+        entries: dict[str, Any] = {}
+        for key in unit:
+            info = infos.get(f"{root}/{key}")
+            if info is None:
+                entries[key] = None  # a chunk of fill values
+                continue
+            version = next((info[f] for f in _VERSION_FIELDS if info.get(f) is not None), None)
+            entries[key] = [info.get("size"), str(version)]
+        if all(entry is None for entry in entries.values()):
+            fingerprints.append(b"")
+        else:
+            fingerprints.append(json.dumps(entries, sort_keys=True).encode())
+    return fingerprints
+
+
+def _source_keys(array, job: UnitJob) -> list[str]:
+    """The keys of the source chunks the unit reads."""
+    import itertools
+
     meta = array.metadata
     per_dim = []
     for where, size in zip(job.source, meta.chunk_grid.chunk_shape, strict=True):
@@ -612,27 +650,60 @@ def source_fingerprint(job: UnitJob) -> bytes:
             per_dim.append(range(where.start // size, (where.stop - 1) // size + 1))
         else:
             per_dim.append(np.unique(np.asarray(where) // size).tolist())
-    entries: dict[str, Any] = {}
-    for coords in itertools.product(*per_dim):
-        key = _join(array.path, meta.encode_chunk_key(tuple(int(c) for c in coords)))
+    return [
+        _join(array.path, meta.encode_chunk_key(tuple(int(c) for c in coords)))
+        for coords in itertools.product(*per_dim)
+    ]
+
+
+def _object_infos(fs, paths: list[str]) -> dict[str, dict]:
+    """fsspec's info of each existing object of ``paths``; concurrently where the
+    filesystem is asynchronous (gcsfs), one request per object either way."""
+    from fsspec.asyn import AsyncFileSystem, sync
+
+    if isinstance(fs, AsyncFileSystem) and len(paths) > 1:
+
+        async def gather():
+            import asyncio
+
+            async def one(path):
+                try:
+                    return await fs._info(path)
+                except FileNotFoundError:
+                    return None
+
+            found = []
+            for start in range(0, len(paths), _CONCURRENT_INFOS):
+                batch = paths[start : start + _CONCURRENT_INFOS]
+                found.extend(await asyncio.gather(*(one(path) for path in batch)))
+            return found
+
+        return {p: i for p, i in zip(paths, sync(fs.loop, gather), strict=True) if i is not None}
+    infos = {}
+    for path in paths:
         try:
-            info = fs.info(f"{root.rstrip('/')}/{key}")
+            infos[path] = fs.info(path)
         except FileNotFoundError:
-            entries[key] = None  # a chunk of fill values
-            continue
-        version = next((info[f] for f in _VERSION_FIELDS if info.get(f) is not None), None)
-        entries[key] = [info.get("size"), str(version)]
-    return json.dumps(entries, sort_keys=True).encode()
+            pass
+    return infos
 
 
-def _open_store(url: str, token: Any):
-    from layerquantizer.storage import open_store
-
-    return open_store(url, "r+", token=token)
+#: Source objects looked up at once on an object store (a check of a progress batch).
+_CONCURRENT_INFOS = 64
 
 
-def run_unit(job: UnitJob, zarr_threads: int | None = None) -> UnitDone:
-    """Read the unit's region from the source, write its chunks, then its marker.
+def run_job(job: UnitJob | CheckJob, zarr_threads: int | None = None):
+    """:func:`run_unit` or :func:`run_check`, whichever ``job`` asks for."""
+    if isinstance(job, CheckJob):
+        return run_check(job, zarr_threads)
+    return run_unit(job, zarr_threads)
+
+
+def run_unit(
+    job: UnitJob, zarr_threads: int | None = None, fingerprint: bytes | None = None
+) -> UnitDone:
+    """Read the unit's region from the source and write its chunks (the parent records
+    it done, see resume.py); a unit whose source holds nothing reads and writes nothing.
 
     Raises
     ------
@@ -643,18 +714,24 @@ def run_unit(job: UnitJob, zarr_threads: int | None = None) -> UnitDone:
 
     configure_process(zarr_threads=zarr_threads)
     try:
-        fingerprint = source_fingerprint(job)
-        if job.recorded:
-            recorded = read_marker(job)
-            # An empty marker predates fingerprints: trusted, as it was then.
-            if recorded is not None and recorded in (b"", fingerprint):
-                return UnitDone(
-                    job.variable, job.index, job.nbytes, job.chunks, os.getpid(), False, False,
-                    resumed=True,
-                )  # fmt: skip
+        if fingerprint is None:
+            fingerprint = source_fingerprint(job)
+        if job.recorded is not None and job.recorded == fingerprint:
+            return UnitDone(
+                job.variable, job.index, job.nbytes, job.chunks, os.getpid(), False, False,
+                resumed=True, ordinal=job.ordinal, fingerprint=fingerprint,
+            )  # fmt: skip
+        if not fingerprint and _reads_only_nan(job):
+            # The output is NaN, the fill value: zarr stores no such chunk. Nothing to read,
+            # encode or write (the decoded fill alone cost 10 ms and a pass per unit).
+            if job.clean or job.recorded is not None:
+                _delete_chunks(job)  # an earlier run may have written them from other data
+            return UnitDone(
+                job.variable, job.index, job.nbytes, job.chunks, os.getpid(), True, True,
+                ordinal=job.ordinal, fingerprint=fingerprint, empty=True,
+            )  # fmt: skip
         data, fast_read = read_region(job)
         fast_write = write_region(job, data)
-        write_marker(job, fingerprint)
     except Exception as exc:
         from layerquantizer.dataset._errors import ChunkWriteError, _one_line
         from layerquantizer.storage import classify_store_error
@@ -666,8 +743,64 @@ def run_unit(job: UnitJob, zarr_threads: int | None = None) -> UnitDone:
             f"failed: {cause}"
         ) from exc
     return UnitDone(
-        job.variable, job.index, job.nbytes, job.chunks, os.getpid(), fast_read, fast_write
+        job.variable, job.index, job.nbytes, job.chunks, os.getpid(), fast_read, fast_write,
+        ordinal=job.ordinal, fingerprint=fingerprint,
+    )  # fmt: skip
+
+
+def run_check(check: CheckJob, zarr_threads: int | None = None) -> tuple[UnitDone, ...]:
+    """Check the recorded units of a batch: those whose source objects are the ones
+    recorded are skipped, the others written again (:func:`run_unit`)."""
+    configure_process(zarr_threads=zarr_threads)
+    units = list(check.units)
+    try:
+        fingerprints = source_fingerprints(units)
+    except Exception as exc:
+        from layerquantizer.dataset._errors import ChunkWriteError, _one_line
+
+        first = units[0]
+        raise ChunkWriteError(
+            f"{first.variable}: cannot look up the source of chunks {first.index} to "
+            f"{units[-1].index}: {_one_line(exc)}"
+        ) from exc
+    return tuple(
+        run_unit(job, zarr_threads, fingerprint)
+        for job, fingerprint in zip(units, fingerprints, strict=True)
     )
+
+
+def _reads_only_nan(job: UnitJob) -> bool:
+    """Whether a unit none of whose source objects exists reads NaN everywhere and writes
+    no chunk: its stored values are read raw, and both arrays' fill value is NaN."""
+    if not job.raw_read:
+        return False
+    source = _open_array(job.run, job.src, job.src_token, job.variable, "r")
+    target = _open_array(job.run, job.dst, job.dst_token, job.variable, "r+")
+    return _nan_fill(source) and _nan_fill(target)
+
+
+def _nan_fill(array) -> bool:
+    fill = array.metadata.fill_value
+    return isinstance(fill, float | np.floating) and bool(np.isnan(fill))
+
+
+def _delete_chunks(job: UnitJob) -> None:
+    """Remove the output objects of the unit, chunks or whole shards (zarr's own answer to
+    a chunk of fill values)."""
+    import itertools
+
+    from zarr.core.sync import sync
+
+    array = _open_array(job.run, job.dst, job.dst_token, job.variable, "r+")
+    store = array.store_path.store
+    # The keys are of the array's grid: its shards where it has them.
+    object_shape = tuple(getattr(array, "shards", None) or array.chunks)
+    per_dim = [
+        range(where.start // c, -(-where.stop // c))
+        for where, c in zip(job.region, object_shape, strict=True)
+    ]
+    for coords in itertools.product(*per_dim):
+        sync(store.delete(_join(array.path, array.metadata.encode_chunk_key(coords))))
 
 
 def _describe(region: tuple[slice, ...]) -> str:

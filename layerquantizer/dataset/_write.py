@@ -5,8 +5,10 @@ destination before a write: overwrite, resume, or nothing left to do.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,27 +22,32 @@ from layerquantizer.dataset._errors import (
     SourceError,
 )
 from layerquantizer.dataset._inspect import inspect
-from layerquantizer.dataset._plan import Plan
+from layerquantizer.dataset._plan import Plan, UnitGrid
 from layerquantizer.dataset._stores import (
     _quiet_consolidated,
     _single_threaded_blosc,
     _token,
 )
+from layerquantizer.dataset._unit import CheckJob, UnitJob
 
 ProgressCallback = Callable[[int, int, int, int], None]
 """``progress(chunks_done, chunks_total, bytes_done, bytes_total)``, called as units finish."""
 
 
 def _describe_region(region: Mapping[str, slice], labels: Mapping[str, np.ndarray]) -> str:
-    parts = []
-    for dim, where in region.items():
-        values = labels.get(dim)
-        if values is not None and where.stop - where.start < values.size:
-            first, last = values[where.start], values[where.stop - 1]
-            parts.append(f"{dim}={first}" if first == last else f"{dim}={first}..{last}")
-        elif values is None:
-            parts.append(f"{dim}[{where.start}:{where.stop}]")
-    return ", ".join(parts) or "the whole array"
+    parts = [_describe_part(dim, where, labels.get(dim)) for dim, where in region.items()]
+    return ", ".join(part for part in parts if part) or "the whole array"
+
+
+def _describe_part(dim: str, where: slice, values: np.ndarray | None) -> str:
+    """One dimension's share of a region's label: its coordinate labels, its positions
+    where it has none, nothing when the region covers the whole of a labelled dim."""
+    if values is None:
+        return f"{dim}[{where.start}:{where.stop}]"
+    if where.stop - where.start < values.size:
+        first, last = values[where.start], values[where.stop - 1]
+        return f"{dim}={first}" if first == last else f"{dim}={first}..{last}"
+    return ""
 
 
 def _source_selection(positions: Mapping[str, np.ndarray], region: Mapping[str, slice]):
@@ -54,6 +61,128 @@ def _source_selection(positions: Mapping[str, np.ndarray], region: Mapping[str, 
         else:
             selection.append(picked)
     return tuple(selection)
+
+
+class _UnitTables:
+    """What the jobs of one variable's units are made of, worked out once per dimension
+    (and shared by the variables with the same units along it), so that a unit costs a
+    few tuple products, not a dict, numpy indexing and a label's formatting: the whole
+    WeatherBench2 store has 4.6 million units."""
+
+    def __init__(self, plan: Plan, labels: Mapping[str, np.ndarray]) -> None:
+        self.plan = plan
+        self.labels = labels
+        self._per_dim: dict[tuple, tuple[list, ...]] = {}
+        self._last: tuple[str, UnitGrid, list] | None = None  # one variable's grid at a time
+
+    def dim_tables(self, dim: str, edges: tuple, chunk: int) -> tuple[list, ...]:
+        """Per unit along ``dim``: its region, source selection (as
+        :func:`_source_selection` makes it), first chunk index, chunks, length and label
+        (as :func:`_describe_part` makes it), worked out with numpy for all units at once."""
+        key = (dim, chunk, edges)
+        found = self._per_dim.get(key)
+        if found is not None:
+            return found
+        bounds = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+        starts, stops = bounds[:, 0], bounds[:, 1]
+        regions = [slice(a, b) for a, b in edges]
+        found = (
+            regions,
+            self._sources(dim, starts, stops, regions),
+            (starts // chunk).tolist(),
+            (-(-(stops - starts) // chunk)).tolist(),
+            (stops - starts).tolist(),
+            self._labels(dim, starts, stops, regions),
+        )
+        self._per_dim[key] = found
+        return found
+
+    def _sources(self, dim: str, starts, stops, regions: list[slice]) -> list:
+        positions = self.plan.source_positions[dim]
+        # A unit's kept positions are consecutive unless a break (a step other than 1)
+        # falls inside it: then its selection is the positions themselves.
+        breaks = np.concatenate([[0], np.cumsum(np.diff(positions) != 1)])
+        inside = breaks[np.maximum(stops - 1, starts)] - breaks[starts]
+        firsts = positions[starts].tolist() if positions.size else []
+        return [
+            slice(int(first), int(first) + where.stop - where.start)
+            if not broken and where.stop > where.start
+            else positions[where]
+            for first, broken, where in zip(firsts, inside.tolist(), regions, strict=True)
+        ]
+
+    def _labels(self, dim: str, starts, stops, regions: list[slice]) -> list[str]:
+        values = self.labels.get(dim)
+        if values is None:
+            return [f"{dim}[{where.start}:{where.stop}]" for where in regions]
+        texts = np.asarray(values).astype(str)
+        firsts, lasts = texts[starts].tolist(), texts[stops - 1].tolist()
+        return [
+            ""
+            if where.stop - where.start >= values.size
+            else (f"{dim}={first}" if first == last else f"{dim}={first}..{last}")
+            for first, last, where in zip(firsts, lasts, regions, strict=True)
+        ]
+
+    def variable(self, name: str) -> tuple[UnitGrid, list[tuple[list, ...]]]:
+        """The unit grid of ``name`` and its tables per dimension (those of the last
+        variable asked for are kept: the units come variable by variable)."""
+        if self._last is not None and self._last[0] == name:
+            return self._last[1], self._last[2]
+        grid = self.plan.unit_grid(name)
+        per_dim = [
+            self.dim_tables(dim, edges, chunk)
+            for dim, edges, chunk in zip(grid.dims, grid.edges, grid.chunks, strict=True)
+        ]
+        self._last = (name, grid, per_dim)
+        return grid, per_dim
+
+    def jobs(
+        self,
+        name: str,
+        run: str,
+        dst: str,
+        token: Any,
+        *,
+        clean: bool = False,
+        skip: Container[int] = (),
+    ) -> Iterator[UnitJob]:
+        """The job of every unit of ``name`` in ordinal order, but those in ``skip``."""
+        grid, per_dim = self.variable(name)
+        make = self._maker(name, grid, run, dst, token, clean)
+        columns = [itertools.product(*column) for column in zip(*per_dim, strict=True)]
+        for ordinal, parts in enumerate(zip(*columns, strict=True)):
+            if skip and ordinal in skip:
+                continue
+            yield make(ordinal, *parts, None)
+
+    def job_at(
+        self, name: str, ordinal: int, run: str, dst: str, token: Any, recorded: bytes | None
+    ) -> UnitJob:
+        """The job of unit ``ordinal`` of ``name``."""
+        grid, per_dim = self.variable(name)
+        at = np.unravel_index(ordinal, grid.shape)
+        parts = [
+            tuple(column[int(i)] for column, i in zip(columns, at, strict=True))
+            for columns in zip(*per_dim, strict=True)
+        ]
+        return self._maker(name, grid, run, dst, token, True)(ordinal, *parts, recorded)
+
+    def _maker(self, name: str, grid: UnitGrid, run: str, dst: str, token: Any, clean: bool):
+        plan, raw_read, itemsize = self.plan, name in self.plan.raw_read, grid.itemsize
+
+        def make(ordinal, region, source, index, count, length, label, recorded) -> UnitJob:
+            return UnitJob(
+                run, plan.location, plan.token, dst, token, name, index, region, source,
+                raw_read, math.prod(length) * itemsize, math.prod(count), _label(label),
+                ordinal, recorded, clean,
+            )  # fmt: skip
+
+        return make
+
+
+def _label(parts: tuple[str, ...]) -> str:
+    return ", ".join(part for part in parts if part) or "the whole array"
 
 
 @dataclasses.dataclass
@@ -96,8 +225,7 @@ def write_plan(
 
     import layerquantizer.dataset._parallel as _parallel
     from layerquantizer.dataset._destination import write_marker
-    from layerquantizer.dataset._resume import Progress, describe_plan, differences
-    from layerquantizer.dataset._unit import UnitJob
+    from layerquantizer.dataset._resume import Ledger, Progress, describe_plan, differences
     from layerquantizer.storage import open_store, store_errors
 
     if plan.location is None:
@@ -115,6 +243,7 @@ def write_plan(
         worker_timeout = _parallel.DEFAULT_WORKER_TIMEOUT
     description = describe_plan(plan, plan.location)
     state = Progress(dst, token)
+    resuming = False
     with store_errors(dst):
         manifest = state.manifest() if resume else None
         if manifest is not None:
@@ -142,37 +271,72 @@ def write_plan(
                     zarr_format=plan.zarr_format,
                 )
             state.mark("metadata")
-            done: set[str] = set()
         else:
-            state.remove_partial_files()
-            done = state.done_units()
             if state.marked("complete"):
+                skipped = len(state.done_units())
+                state.remove_partial_files()
                 state.remove()
-                return WriteResult(0, len(done), 0, 0, plan.total_bytes, "none", frozenset())
+                return WriteResult(0, skipped, 0, 0, plan.total_bytes, "none", frozenset())
+            resuming = True
 
     labels = {
         str(dim): plan.source.indexes[dim].values
         for dim in plan.source.dims
         if dim in plan.source.indexes
     }
+    names = [str(name) for name in plan.source.data_vars]
+    tables = _UnitTables(plan, labels)
+    ledger = Ledger(state, {})  # each variable's number of units is set as it starts
+    batch_units = ledger.batch_units
     total_chunks, total_bytes = plan.total_chunks, plan.total_bytes
     counts = {"chunks": 0, "bytes": 0, "units": 0, "skipped": 0, "skipped_bytes": 0}
     pids: set[int] = set()
     run = uuid.uuid4().hex
+    # Variable -> the batches recorded whole, and the units recorded in the others: what
+    # the second pass checks (the fingerprints are read again then, not kept).
+    recorded_whole: dict[str, list[int]] = {}
+    recorded_some: dict[str, dict[int, dict[int, bytes]]] = {}
 
-    def jobs() -> Iterator[UnitJob]:
-        for task in plan.tasks():
-            marker = Progress.marker_key(task.variable, task.index)
-            # A unit marked done is still sent: the worker skips it unless its source changed.
-            yield UnitJob(
-                run=run, src=plan.location, src_token=plan.token, dst=dst, dst_token=token,
-                variable=task.variable, index=task.index,
-                region=tuple(task.region.values()),
-                source=_source_selection(plan.source_positions, task.region),
-                raw_read=task.variable in plan.raw_read, marker=marker,
-                nbytes=task.nbytes, chunks=task.chunks,
-                label=_describe_region(task.region, labels), recorded=marker in done,
-            )  # fmt: skip
+    def new_units() -> Iterator[UnitJob]:
+        """Pass 1: every unit not recorded done, in plan order."""
+        for name in names:
+            ledger.unit_counts[name] = tables.variable(name)[0].size
+            recorded: set[int] = set()
+            if resuming:
+                with store_errors(dst):
+                    batches = state.read_batches(name)
+                for batch, entries in batches.items():
+                    recorded.update(entries)
+                    if len(entries) >= ledger.batch_size(name, batch):
+                        recorded_whole.setdefault(name, []).append(batch)
+                    else:
+                        ledger.preload(name, batch, entries)
+                        recorded_some.setdefault(name, {})[batch] = dict(entries)
+                del batches
+            yield from tables.jobs(name, run, dst, token, clean=resuming, skip=recorded)
+
+    def checks() -> Iterator[CheckJob]:
+        """Pass 2: the units recorded done, a batch per job, checked against their source."""
+        for name in names:
+            if name not in recorded_whole and name not in recorded_some:
+                continue
+            size = ledger.unit_counts[name]
+            whole = set(recorded_whole.get(name, ()))
+            with store_errors(dst):
+                batches = {
+                    batch: entries
+                    for batch, entries in state.read_batches(name).items()
+                    if batch in whole
+                }
+            batches.update(recorded_some.get(name, {}))
+            for batch in sorted(batches):
+                units = tuple(
+                    tables.job_at(name, ordinal, run, dst, token, fingerprint)
+                    for ordinal, fingerprint in sorted(batches[batch].items())
+                    if ordinal < size  # the descriptions matched: always, but never index past
+                )
+                if units:
+                    yield CheckJob(units)
 
     def _report(chunks: int, nbytes: int) -> None:
         counts["chunks"] += chunks
@@ -180,26 +344,50 @@ def write_plan(
         if progress is not None:
             progress(counts["chunks"], total_chunks, counts["bytes"], total_bytes)
 
-    def on_done(result) -> None:
+    def on_unit(result, checked: bool) -> None:
         if result.resumed:
             counts["skipped"] += 1
             counts["skipped_bytes"] += result.nbytes
         else:
             counts["units"] += 1
+            # Recorded before the progress report: a unit stored is a unit recorded.
+            if checked:  # written again: its source changed since the marker
+                ledger.update(
+                    result.variable,
+                    result.ordinal // batch_units,
+                    {result.ordinal: result.fingerprint},
+                )
+            else:
+                ledger.record(result.variable, result.ordinal, result.fingerprint)
         pids.add(result.pid)
         _report(result.chunks, result.nbytes)
+
+    def on_done(result) -> None:
+        if isinstance(result, tuple):
+            for unit in result:
+                on_unit(unit, checked=True)
+        else:
+            on_unit(result, checked=False)
 
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
     try:
         runner_context = _parallel.open_runner(scheduler, workers, worker_timeout)
         with _single_threaded_blosc(), runner_context as runner:
-            _parallel.run_jobs(jobs(), runner, on_done)
+            try:
+                _parallel.run_jobs(itertools.chain(new_units(), checks()), runner, on_done)
+            finally:
+                with store_errors(dst):
+                    ledger.flush()  # what was stored is recorded, whatever stopped the run
     except _parallel.SchedulerError as exc:
         raise RequestError(str(exc)) from exc
     except _parallel.WorkersLostError as exc:
         raise DatasetError(str(exc)) from exc
     with store_errors(dst), _quiet_consolidated():
+        if resuming:
+            # After the writes, not before: a walk of a local DST of a million chunks
+            # would delay the first write, and the temporary files are in nobody's way.
+            state.remove_partial_files()
         zarr.consolidate_metadata(open_store(dst, "r+", token=token))
         state.mark("complete")
         state.remove()
