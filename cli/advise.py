@@ -52,7 +52,9 @@ def _advice_table(report) -> Table:
         info = f"{advice.keepbits} → nbits={advice.information_nbits}"
         units = f" {advice.units}" if advice.units else ""
         table.add_row(
-            name, grid, info, rec.trial.label, ratio_text(rec.trial.ratio),
+            name, grid, info,
+            "precision=source" if rec.source_step is not None else rec.trial.label,
+            ratio_text(rec.trial.ratio),
             f"{rec.trial.max_abs_error:.3g}{units}", f"{rec.trial.max_fs_error:.3g}",
         )  # fmt: skip
     table.caption = (

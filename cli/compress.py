@@ -181,6 +181,17 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            metavar="source",
+            help="Instead of --nbits or --tolerance: keep the packing grid each quantized "
+            "variable's source values sit on (found in a few sampled chunks; tolerance half "
+            "its step, so values on it come back exactly). A variable on no grid is refused.",
+            show_default=False,
+        ),
+    ] = None,
     time: Annotated[
         str | None, typer.Option("--time", metavar="START:END", help="Time range, inclusive.")
     ] = None,
@@ -270,6 +281,7 @@ def compress(
     \b
       lq compress sample.zarr out.zarr --vars temperature,geopotential
       lq compress sample.zarr out.zarr --vars temperature --tolerance 0.01
+      lq compress era5.zarr out.zarr --vars temperature --precision source
       SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
       lq compress $SRC gs://my-bucket/era5.zarr --config configs/era5.yaml \\
           --time 2020-01-01:2020-12-31 --gcs-token key.json --scheduler tcp://10.0.0.5:8786
@@ -287,6 +299,7 @@ def compress(
             "config": load_config(config) if config is not None else None,
             "nbits": nbits,
             "tolerance": tolerance,
+            "precision": precision,
             "time": usage_value("--time", dataset.parse_time_range, time),
             "levels": usage_value("--levels", dataset.parse_levels, levels),
             "chunks": usage_value("--chunks", dataset.parse_chunks, chunks),

@@ -86,6 +86,7 @@ def compress(
     config: Config | None = None,
     nbits: int | None = None,
     tolerance: float | None = None,
+    precision: str | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -110,7 +111,10 @@ def compress(
     quantized variable records ``layerquantizer_codec``, ``layerquantizer_nbits`` and
     ``layerquantizer_error_bound`` (full scale) in its attributes, or, with an absolute
     ``tolerance`` (exclusive with ``nbits``; per variable from the config),
-    ``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``. float64 and packed
+    ``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``, or with
+    ``precision="source"`` (half the step of the source's packing grid, found in a few
+    sampled chunks, as the tolerance) ``layerquantizer_mode: "source"``,
+    ``layerquantizer_source_step`` and ``layerquantizer_tolerance``. float64 and packed
     variables (decoded to float64) are quantized through float32 within the bound of their
     float64 values, and written as float32 with ``layerquantizer_source_dtype``. Metadata
     is consolidated. The source is only read. See :func:`plan_compress` for the selection
@@ -186,8 +190,8 @@ def compress(
     # opened, or a request that does not fit it, must not cost an existing DST.
     ds = open_dataset(src, token=src_token)
     plan = plan_compress(
-        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
-        levels=levels, chunks=chunks, zarr_format=zarr_format,
+        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance,
+        precision=precision, time=time, levels=levels, chunks=chunks, zarr_format=zarr_format,
     )  # fmt: skip
     try:
         lock = DestinationLock(dst, dst_token, break_lock=break_lock)
