@@ -23,6 +23,7 @@ from cli._common import (
     GcsTokenOption,
     JsonOption,
     handle_errors,
+    listed,
     print_json,
     ratio_text,
     stdout_console,
@@ -165,8 +166,11 @@ def advise(
     console.print(_advice_table(report))
     for name, advice in report.variables.items():
         console.print(f"{name}: {advice.recommendation.reason}", markup=False, soft_wrap=True)
+    reasons: dict[str, list[str]] = {}
     for name, reason in report.skipped.items():
-        console.print(f"skipped {name}: {reason}", markup=False)
+        reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+        console.print(listed(f"{reason}, skipped", names), markup=False, soft_wrap=True)
     if config_out is not None:
         console.print(f"wrote {config_out}", markup=False)
     if plot is not None:

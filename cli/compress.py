@@ -39,6 +39,7 @@ from cli._common import (
     JsonOption,
     handle_errors,
     human_bytes,
+    listed,
     plural,
     print_json,
     ratio_text,
@@ -353,9 +354,9 @@ def compress(
     )  # fmt: skip
     notes = []
     if report.skipped:
-        notes.append(f"not in the source, skipped: {', '.join(report.skipped)}")
+        notes.append(listed("not in the source, skipped", report.skipped))
     if report.dropped:
-        notes.append(f"dropped: {', '.join(report.dropped)}")
+        notes.append(listed("dropped", report.dropped))
     if report.already_complete:
         notes.append(f"{dst} was already complete: nothing written")
     elif report.units_resumed:
@@ -364,7 +365,7 @@ def compress(
             f"{report.units_written} written now"
         )
     for note in notes:
-        console.print(note)
+        console.print(note, markup=False, soft_wrap=True)
     if report.already_complete:
         return
     console.print(
