@@ -440,7 +440,8 @@ def test_destination_checks(sample_v2, tmp_path):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(
-        DestinationExistsError, match=r"not written by lq compress \(no .*\); refusing to remove it"
+        DestinationExistsError,
+        match=r"not written by lq compress or lq sample \(no .*\); refusing to remove it",
     ):
         dataset.compress(sample_v2, str(other), variables=["temperature"], overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"

@@ -255,9 +255,9 @@ def _destination_action(
     (and the removal of an old ``dst`` for ``overwrite``). Call it after
     :func:`_check_locations`, holding the lock of ``dst``
     (:class:`layerquantizer.dataset._destination.DestinationLock`)."""
-    from layerquantizer.dataset._destination import MARKER
+    from layerquantizer.dataset._destination import marker_writer
     from layerquantizer.dataset._resume import PROGRESS_DIR, Progress
-    from layerquantizer.storage import filesystem, locations_overlap, store_errors, store_exists
+    from layerquantizer.storage import locations_overlap, store_errors, store_exists
 
     if overwrite and resume:
         raise RequestError("--overwrite and --resume exclude each other")
@@ -278,8 +278,7 @@ def _destination_action(
             return "resume"
         if _is_finished_lq_store(dst, token):
             return "complete"
-        fs, root = filesystem(dst, "w", token=token)
-        if fs.exists(f"{root.rstrip('/')}/{MARKER}"):
+        if marker_writer(dst, token) == "lq compress":
             return "resume"  # killed between the marker and the manifest
         raise DestinationExistsError(
             f"{dst} is not an interrupted lq compress run (no {PROGRESS_DIR} inside, no "
