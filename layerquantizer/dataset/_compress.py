@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from layerquantizer.config import Config
-from layerquantizer.dataset._errors import DestinationExistsError, RequestError
+from layerquantizer.dataset._errors import RequestError
 from layerquantizer.dataset._inspect import StoreReport, inspect
 from layerquantizer.dataset._plan import plan_compress
 from layerquantizer.dataset._stores import _token, open_dataset
@@ -18,7 +18,8 @@ from layerquantizer.dataset._write import (
     _check_finished,
     _check_locations,
     _destination_action,
-    write_plan,
+    _write_plan,
+    destination_lock,
 )
 
 
@@ -181,9 +182,6 @@ def compress(
     """
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
-    from layerquantizer.dataset._destination import DestinationLock, DestinationLocked
-    from layerquantizer.storage import open_store, store_errors
-
     _check_locations(src, dst, overwrite, resume)
     _check_scheduler(scheduler, workers, worker_timeout)
     # Read the source and make the plan before touching DST: a source that cannot be
@@ -193,27 +191,16 @@ def compress(
         ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance,
         precision=precision, time=time, levels=levels, chunks=chunks, zarr_format=zarr_format,
     )  # fmt: skip
-    try:
-        lock = DestinationLock(dst, dst_token, break_lock=break_lock)
-    except ValueError as exc:
-        raise RequestError(str(exc)) from exc
-    try:
-        with store_errors(dst):
-            # A missing bucket or a folder we may not write is named as such, not as a
-            # failure to write the lock; nothing is created yet.
-            open_store(dst, "w", token=dst_token)
-            lock.acquire()
-    except DestinationLocked as exc:
-        raise DestinationExistsError(str(exc)) from None
-    with lock:
+    # One lock from before DST is looked at (an --overwrite removes it) until the end.
+    with destination_lock(dst, dst_token, break_lock=break_lock):
         action = _destination_action(src, dst, dst_token, overwrite, resume)
         started = _time.perf_counter()
         if action == "complete":
             _check_finished(plan, dst, dst_token)
             result = WriteResult(0, 0, 0, 0, plan.total_bytes, "none", frozenset())
         else:
-            result = write_plan(
-                plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
+            result = _write_plan(
+                plan, dst, dst_token, workers=workers, scheduler=scheduler,
                 progress=progress, resume=action == "resume", worker_timeout=worker_timeout,
             )  # fmt: skip
         seconds = _time.perf_counter() - started
