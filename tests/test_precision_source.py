@@ -201,3 +201,21 @@ def test_snap_step_takes_the_packings_round_step():
     assert snap_step(0.125) == 0.125
     assert snap_step(0.0100000003) == 0.01
     assert snap_step(1.72502708164403) == 1.72502708164403  # netCDF scale_factor: kept
+
+
+def test_the_plan_finds_the_same_step_again(tmp_path):
+    """The sample is seeded per variable: a --resume re-plans to the same description."""
+    from layerquantizer.dataset._resume import describe_plan
+
+    src = _ensemble_store(tmp_path / "ens.zarr")
+    plans = [
+        dataset.plan_compress(
+            dataset.open_dataset(src),
+            variables=["geopotential", "temperature"],
+            precision="source",
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    assert plans[0].source_steps == {"geopotential": 0.125, "temperature": 2.0**-10}
+    assert plans[0].tolerances == {"geopotential": 0.0625, "temperature": 2.0**-11}
+    assert describe_plan(plans[0], src) == describe_plan(plans[1], src)
