@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -174,6 +174,27 @@ def plural(count: int, noun: str) -> str:
     ('1 variable', '0 chunks')
     """
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+#: Names a one-line list shows before it counts the rest.
+LISTED_NAMES = 5
+
+
+def listed(label: str, names: Sequence[str], noun: str = "variable") -> str:
+    """``label`` and ``names`` on one line: all of them when few, else their count, the first
+    :data:`LISTED_NAMES` and how many more (the ``--json`` output lists them all).
+
+    >>> listed("dropped", ["a", "b"])
+    'dropped: a, b'
+    >>> listed("skipped", [f"v{i}" for i in range(8)])
+    'skipped 8 variables: v0, v1, v2, v3, v4 and 3 more (--json lists them all)'
+    """
+    names = list(names)
+    if len(names) <= LISTED_NAMES:
+        return f"{label}: {', '.join(names)}"
+    first = ", ".join(names[:LISTED_NAMES])
+    rest = len(names) - LISTED_NAMES
+    return f"{label} {plural(len(names), noun)}: {first} and {rest} more (--json lists them all)"
 
 
 def human_bytes(n: int | None) -> str:

@@ -23,6 +23,7 @@ from cli._common import (
     GcsTokenOption,
     JsonOption,
     handle_errors,
+    listed,
     print_json,
     ratio_text,
     stdout_console,
@@ -52,7 +53,9 @@ def _advice_table(report) -> Table:
         info = f"{advice.keepbits} → nbits={advice.information_nbits}"
         units = f" {advice.units}" if advice.units else ""
         table.add_row(
-            name, grid, info, rec.trial.label, ratio_text(rec.trial.ratio),
+            name, grid, info,
+            "precision=source" if rec.source_step is not None else rec.trial.label,
+            ratio_text(rec.trial.ratio),
             f"{rec.trial.max_abs_error:.3g}{units}", f"{rec.trial.max_fs_error:.3g}",
         )  # fmt: skip
     table.caption = (
@@ -163,8 +166,11 @@ def advise(
     console.print(_advice_table(report))
     for name, advice in report.variables.items():
         console.print(f"{name}: {advice.recommendation.reason}", markup=False, soft_wrap=True)
+    reasons: dict[str, list[str]] = {}
     for name, reason in report.skipped.items():
-        console.print(f"skipped {name}: {reason}", markup=False)
+        reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+        console.print(listed(f"{reason}, skipped", names), markup=False, soft_wrap=True)
     if config_out is not None:
         console.print(f"wrote {config_out}", markup=False)
     if plot is not None:

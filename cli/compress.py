@@ -43,6 +43,7 @@ from cli._common import (
     WorkerTimeoutOption,
     handle_errors,
     human_bytes,
+    listed,
     plural,
     print_json,
     ratio_text,
@@ -192,6 +193,17 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            metavar="source",
+            help="Instead of --nbits or --tolerance: keep the packing grid each quantized "
+            "variable's source values sit on (found in a few sampled chunks; tolerance half "
+            "its step, so values on it come back exactly). A variable on no grid is refused.",
+            show_default=False,
+        ),
+    ] = None,
     time: Annotated[
         str | None, typer.Option("--time", metavar="START:END", help="Time range, inclusive.")
     ] = None,
@@ -264,6 +276,7 @@ def compress(
     \b
       lq compress sample.zarr out.zarr --vars temperature,geopotential
       lq compress sample.zarr out.zarr --vars temperature --tolerance 0.01
+      lq compress era5.zarr out.zarr --vars temperature --precision source
       SRC=gs://weatherbench2/datasets/era5/1959-2023_01_10-wb13-6h-1440x721_with_derived_variables.zarr
       lq compress $SRC gs://my-bucket/era5.zarr --config configs/era5.yaml \\
           --time 2020-01-01:2020-12-31 --gcs-token key.json --scheduler tcp://10.0.0.5:8786
@@ -281,6 +294,7 @@ def compress(
             "config": load_config(config) if config is not None else None,
             "nbits": nbits,
             "tolerance": tolerance,
+            "precision": precision,
             "time": usage_value("--time", dataset.parse_time_range, time),
             "levels": usage_value("--levels", dataset.parse_levels, levels),
             "chunks": usage_value("--chunks", dataset.parse_chunks, chunks),
@@ -335,9 +349,9 @@ def compress(
     )  # fmt: skip
     notes = []
     if report.skipped:
-        notes.append(f"not in the source, skipped: {', '.join(report.skipped)}")
+        notes.append(listed("not in the source, skipped", report.skipped))
     if report.dropped:
-        notes.append(f"dropped: {', '.join(report.dropped)}")
+        notes.append(listed("dropped", report.dropped))
     if report.already_complete:
         notes.append(f"{dst} was already complete: nothing written")
     elif report.units_resumed:
@@ -346,7 +360,7 @@ def compress(
             f"{report.units_written} written now"
         )
     for note in notes:
-        console.print(note)
+        console.print(note, markup=False, soft_wrap=True)
     if report.already_complete:
         return
     console.print(

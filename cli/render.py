@@ -70,12 +70,13 @@ def store_table(
 
 def _settings_cell(array) -> str:
     """The codec's settings; an absolute tolerance first, in the variable's units:
-    ``tol 0.01 K level=1``."""
+    ``tol 0.01 K level=1`` (``source, tol ...`` for ``precision: source``)."""
     if array.tolerance is None:
         return settings_text(array.codec, array.settings, array.error_bound)
     rest = {k: v for k, v in array.settings.items() if k != "tolerance"}
     rest_text = settings_text(array.codec, rest, None)
-    return f"{tolerance_text(array.tolerance, array.units)} {rest_text}"
+    source = "source, " if array.mode == "source" else ""
+    return f"{source}{tolerance_text(array.tolerance, array.units)} {rest_text}"
 
 
 def tolerance_text(tolerance: float, units: str = "") -> str:
@@ -207,21 +208,29 @@ def problem_lines(report, per_variable: int = PROBLEMS_SHOWN) -> list[str]:
 
 
 def dry_run_table(report) -> Table:
-    """``lq compress --dry-run``: per variable the treatment, bits, chunk objects, logical
-    and estimated stored bytes and ratio; the total and the estimated time in the caption."""
+    """``lq compress --dry-run``: per variable the treatment, setting (bits, tolerance, or
+    the source's grid), chunk objects, logical and estimated stored bytes and ratio; the
+    total and the estimated time in the caption."""
     title = f"{report.dst} would be written (zarr v{report.zarr_format}; dry run, nothing written)"
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("variable", "treatment", "nbits", "chunks", "logical", "est. stored",
+    for column in ("variable", "treatment", "setting", "chunks", "logical", "est. stored",
                    "est. ratio"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("variable", "treatment") else "right")
 
     def ratio(logical: int, stored: int | None) -> str:
         return ratio_text(logical / stored) if stored else "n/a"
 
+    def setting(v) -> str:
+        if v.source_step is not None:
+            return f"source (step {v.source_step:.6g}, {tolerance_text(v.tolerance)})"
+        if v.tolerance is not None:
+            return tolerance_text(v.tolerance)
+        return "" if v.nbits is None else f"{v.nbits} bits"
+
     for name, v in report.variables.items():
         written = v.chunks > 0
         table.add_row(
-            name, v.treatment, "" if v.nbits is None else str(v.nbits),
+            name, v.treatment, setting(v),
             str(v.chunks) if written else "", human_bytes(v.logical_bytes) if written else "",
             human_bytes(v.estimated_stored_bytes) if written and v.estimated_stored_bytes
             is not None else ("n/a" if written else ""),

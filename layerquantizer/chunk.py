@@ -443,6 +443,23 @@ def _prefers_interpolation(
     return interpolation < (lorenzo if len(bands) == 1 else TRIAL_TILE_BIAS * lorenzo)
 
 
+def _on_grid(layer: np.ndarray, offset: float, step: float) -> bool:
+    """Whether every finite value of ``layer`` is what Lorenzo's quantization on ``offset``
+    and ``step`` gives back (the kernels' ``float32(offset + level * step)``): a strided
+    sample first, so that a layer off the grid costs little."""
+    if not step > 0:
+        return False
+    values = layer.reshape(-1)
+    for sample in (values[:: max(1, values.size // 4096)], values):
+        x = sample[np.isfinite(sample)].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: not on the grid
+            levels = np.floor((x - offset) * (1.0 / step) + 0.5)
+            rebuilt = (offset + levels * step).astype(np.float32)
+        if not np.array_equal(rebuilt, x.astype(np.float32)):
+            return False
+    return True
+
+
 def _encode_predicted(
     layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how
 ):
@@ -473,6 +490,12 @@ def _encode_predicted(
                 for layer in range(nlayers)
             ]
         )
+        # A layer that Lorenzo gives back exactly (packed data on the grid it is quantized
+        # on: a coarse grid found, or a tolerance of half its step) stays lossless: the
+        # interpolation predictor would move its values within the bound, off the grid.
+        for layer in np.flatnonzero(choices):
+            if _on_grid(layers[layer], offsets[layer], steps[layer]):
+                choices[layer] = False
         if not choices.any():
             return None
     else:

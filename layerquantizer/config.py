@@ -6,7 +6,8 @@ A config file is a YAML mapping; every key is optional and command-line options 
 
     description: WeatherBench2 ERA5, 6-hourly, 0.25 degree   # free text, ignored
     nbits: 16             # default bits for every quantized variable (1..24), or instead
-    # tolerance: 0.01     # a default absolute error, in each variable's own units
+    # tolerance: 0.01     # a default absolute error, in each variable's own units, or
+    # precision: source   # keep the packing grid each variable's source values sit on
     zarr_format: 2        # 2 (default) or 3
     chunks: {time: 1}     # output chunk size per dimension; -1 = the whole dimension
     shards: {time: 28}    # Zarr v3 only: shards of 28 chunks of one step (one object each)
@@ -21,10 +22,19 @@ A config file is a YAML mapping; every key is optional and command-line options 
       temperature:        # copied losslessly
       specific_humidity: {nbits: 20}
       geopotential: {tolerance: 1.0}   # within 1 m**2 s**-2 (+ one float32 ulp)
+      2m_temperature: {precision: source}   # every value back on the source's grid
 
-A variable takes its own ``nbits`` or ``tolerance`` (not both), else the default ``nbits``
-or ``tolerance`` (not both), else 16 bits. ``nbits`` bounds the error relative to each
-layer's max - min; ``tolerance`` in the variable's units, whatever its range.
+A variable takes its own ``nbits``, ``tolerance`` or ``precision`` (one of them), else the
+default ``nbits``, ``tolerance`` or ``precision`` (one of them), else 16 bits. ``nbits``
+bounds the error relative to each layer's max - min; ``tolerance`` in the variable's units,
+whatever its range. ``precision: source`` (the only value ``precision`` takes) keeps what
+the source had: ``lq compress`` reads a few sampled chunks of the variable, finds the grid
+step ``g`` its values sit on (the packing of GRIB or netCDF: ERA5 temperature on 2**-9 K,
+geopotential on 0.125 m**2 s**-2), and compresses with the tolerance ``g / 2``, so that
+every value on that grid comes back exactly; a variable with no such grid in its sample is
+refused before anything is written. A layer outside the sample that sits on a finer grid
+(or on none) still keeps the bound ``g / 2`` (+ one float32 ulp), but its values are
+exact only where they lie on the grid of step ``g``.
 
 Example
 -------
@@ -34,6 +44,9 @@ Example
 >>> cfg = parse_config({"tolerance": 0.5, "variables": {"t": {"nbits": 14}, "z": None}})
 >>> cfg.setting_for("t"), cfg.setting_for("z")
 ((14, None), (None, 0.5))
+>>> cfg = parse_config({"precision": "source", "variables": {"t": {"nbits": 14}, "z": None}})
+>>> cfg.precision_for("t"), cfg.precision_for("z"), cfg.setting_for("z")
+(None, 'source', (None, None))
 """
 
 from __future__ import annotations
@@ -44,12 +57,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Config", "ConfigError", "VariableConfig", "load_config", "parse_config"]
+__all__ = [
+    "PRECISION_SOURCE",
+    "Config",
+    "ConfigError",
+    "VariableConfig",
+    "load_config",
+    "parse_config",
+]
 
 _TOP_KEYS = (
     "description",
     "nbits",
     "tolerance",
+    "precision",
     "zarr_format",
     "chunks",
     "shards",
@@ -60,8 +81,11 @@ _TOP_KEYS = (
     "variables",
     "copy",
 )
-_VARIABLE_KEYS = ("nbits", "tolerance")
+_VARIABLE_KEYS = ("nbits", "tolerance", "precision")
 _ON_MISSING = ("error", "skip")
+#: The values of ``precision``: ``source`` keeps the packing grid of the source's values.
+PRECISION_SOURCE = "source"
+_PRECISIONS = (PRECISION_SOURCE,)
 
 
 class ConfigError(ValueError):
@@ -70,11 +94,12 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class VariableConfig:
-    """Settings of one quantized variable (at most one of the two); ``None`` means the
+    """Settings of one quantized variable (at most one of the three); ``None`` means the
     config's default."""
 
     nbits: int | None = None
     tolerance: float | None = None
+    precision: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +109,7 @@ class Config:
     variables: Mapping[str, VariableConfig] = dataclasses.field(default_factory=dict)
     nbits: int | None = None
     tolerance: float | None = None
+    precision: str | None = None
     zarr_format: int | None = None
     chunks: Mapping[str, int] = dataclasses.field(default_factory=dict)
     shards: Mapping[str, int] = dataclasses.field(default_factory=dict)
@@ -95,13 +121,25 @@ class Config:
     description: str | None = None
     source: str = "<config>"
 
+    def _own_or_default(self, name: str) -> VariableConfig:
+        own = self.variables.get(name)
+        if own is not None and (
+            own.nbits is not None or own.tolerance is not None or own.precision is not None
+        ):
+            return own
+        return VariableConfig(self.nbits, self.tolerance, self.precision)
+
     def setting_for(self, name: str) -> tuple[int | None, float | None]:
         """``(nbits, tolerance)`` of variable ``name``, at most one not None: its own
-        setting, else the config's default, else ``(None, None)``."""
-        own = self.variables.get(name)
-        if own is not None and (own.nbits is not None or own.tolerance is not None):
-            return own.nbits, own.tolerance
-        return self.nbits, self.tolerance
+        setting, else the config's default, else ``(None, None)`` (also when its setting
+        is ``precision``, see :meth:`precision_for`)."""
+        chosen = self._own_or_default(name)
+        return chosen.nbits, chosen.tolerance
+
+    def precision_for(self, name: str) -> str | None:
+        """``"source"`` when variable ``name`` keeps the source's packing grid (its own
+        ``precision``, or the default one when it sets nothing), else None."""
+        return self._own_or_default(name).precision
 
     def nbits_for(self, name: str) -> int | None:
         """Bits for variable ``name`` (None when the config gives it a tolerance or nothing)."""
@@ -158,12 +196,26 @@ def _tolerance(value: Any, key: str, source: str) -> float:
     return float(value)
 
 
+def _precision(value: Any, key: str, source: str) -> str:
+    if value not in _PRECISIONS:
+        raise _fail(
+            source,
+            key,
+            f"must be {' or '.join(_PRECISIONS)} (keep the source's packing "
+            f"grid), got {value!r}; for a bound of your own give nbits or tolerance",
+        )
+    return value
+
+
 def _exclusive(settings: Mapping, where: str, source: str) -> None:
-    if settings.get("nbits") is not None and settings.get("tolerance") is not None:
+    given = [key for key in ("nbits", "tolerance", "precision") if settings.get(key) is not None]
+    if len(given) > 1:
         key = f"{where}." if where else ""
         raise ConfigError(
-            f"{source}: {key}nbits and {key}tolerance are both given; keep one (nbits bounds "
-            "the error relative to each layer's range, tolerance in the variable's units)"
+            f"{source}: {' and '.join(key + name for name in given)} are "
+            f"{'both' if len(given) == 2 else 'all'} given; keep one "
+            "(nbits bounds the error relative to each layer's range, tolerance in the "
+            "variable's units, precision: source keeps the source's packing grid)"
         )
 
 
@@ -206,6 +258,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         fields["nbits"] = _integer(data["nbits"], "nbits", source, low=1, high=24)
     if data.get("tolerance") is not None:
         fields["tolerance"] = _tolerance(data["tolerance"], "tolerance", source)
+    if data.get("precision") is not None:
+        fields["precision"] = _precision(data["precision"], "precision", source)
     _exclusive(data, "", source)
     if data.get("zarr_format") is not None:
         value = data["zarr_format"]
@@ -265,8 +319,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
                 raise _fail(
                     source,
                     where,
-                    f"must be a mapping such as {{nbits: 16}} or {{tolerance: 0.01}}, got "
-                    f"{settings!r}",
+                    f"must be a mapping such as {{nbits: 16}}, {{tolerance: 0.01}} or "
+                    f"{{precision: source}}, got {settings!r}",
                 )
             _check_keys(settings, _VARIABLE_KEYS, where, source)
             nbits, tolerance = settings.get("nbits"), settings.get("tolerance")
@@ -274,8 +328,13 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
                 nbits = _integer(nbits, f"{where}.nbits", source, low=1, high=24)
             if tolerance is not None:
                 tolerance = _tolerance(tolerance, f"{where}.tolerance", source)
+            precision = settings.get("precision")
+            if precision is not None:
+                precision = _precision(precision, f"{where}.precision", source)
             _exclusive(settings, where, source)
-            parsed_vars[str(name)] = VariableConfig(nbits=nbits, tolerance=tolerance)
+            parsed_vars[str(name)] = VariableConfig(
+                nbits=nbits, tolerance=tolerance, precision=precision
+            )
         fields["variables"] = parsed_vars
         overlap = sorted(set(parsed_vars) & set(fields.get("drop", ())))
         if overlap:

@@ -98,3 +98,22 @@ def test_errors_are_one_line_without_traceback(sample_v2, tmp_path):
                 cwd=tmp_path, check=False)  # fmt: skip
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "SourceError" in result.stderr
+
+
+def test_a_long_list_of_skipped_variables_is_a_count_and_a_few_names(tmp_path):
+    """Before: configs/era5.yaml on the `lq sample` store printed one line naming all 58
+    variables the store lacks (several lines of a terminal). Now the count and the first
+    few names; --json keeps the full list. The same for any list of names compress prints."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    lq("sample", "sample.zarr", "--levels", "2", "--grid", "48x25", "--times", "1", cwd=tmp_path)
+    config = "configs/era5.yaml"
+    result = lq("compress", "sample.zarr", "out.zarr", "--config", config, cwd=tmp_path)
+    [line] = [text for text in result.stdout.splitlines() if "not in the source" in text]
+    again = lq("compress", "sample.zarr", "out.zarr", "--config", config, "--overwrite", "--json",
+               cwd=tmp_path)  # fmt: skip
+    skipped = json.loads(again.stdout)["skipped"]
+    assert len(skipped) > 50
+    assert line == (
+        f"not in the source, skipped {len(skipped)} variables: {', '.join(skipped[:5])} and "
+        f"{len(skipped) - 5} more (--json lists them all)"
+    )

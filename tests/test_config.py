@@ -53,6 +53,19 @@ def test_tolerance_precedence():
     assert parse_config({"variables": {"a": {}}}).setting_for("a") == (None, None)
 
 
+def test_precision_source_precedence():
+    """precision: source is a third setting: a variable's own one wins over the default, and
+    a variable setting nothing takes the default, whichever of the three it is."""
+    cfg = parse_config(
+        {"precision": "source", "variables": {"a": None, "b": {"nbits": 20}, "c": {}}}
+    )
+    assert [cfg.precision_for(n) for n in "abc"] == ["source", None, "source"]
+    assert (cfg.setting_for("a"), cfg.setting_for("b")) == ((None, None), (20, None))
+    cfg = parse_config({"nbits": 12, "variables": {"a": {"precision": "source"}, "b": None}})
+    assert (cfg.precision_for("a"), cfg.setting_for("a")) == ("source", (None, None))
+    assert (cfg.precision_for("b"), cfg.setting_for("b")) == (None, (12, None))
+
+
 def test_full_config_parses():
     cfg = parse_config(
         {
@@ -78,7 +91,8 @@ def test_full_config_parses():
         pytest.param({"nbit": 16}, r"unknown key 'nbit' \(expected one of: description, nbits",
                      id="unknown-top-key"),
         pytest.param({"variables": {"t": {"bits": 3}}},
-                     r"unknown key 'bits' in 'variables.t' \(expected one of: nbits, tolerance\)",
+                     r"unknown key 'bits' in 'variables.t' \(expected one of: nbits, tolerance, "
+                     r"precision\)",
                      id="unknown-variable-key"),
         pytest.param({"nbits": "16"}, r"'nbits' must be an integer, got str '16'", id="nbits-str"),
         pytest.param({"nbits": True}, r"'nbits' must be an integer, got bool", id="nbits-bool"),
@@ -110,6 +124,15 @@ def test_full_config_parses():
         pytest.param({"variables": {"t": {"tolerance": "1e-3"}}},
                      r"'variables\.t\.tolerance' must be a number, got text '1e-3' \(YAML reads",
                      id="tolerance-text"),
+        pytest.param({"precision": "grib"}, r"'precision' must be source \(keep the source's",
+                     id="precision-value"),
+        pytest.param({"variables": {"t": {"precision": 16}}},
+                     r"'variables\.t\.precision' must be source", id="variable-precision-value"),
+        pytest.param({"variables": {"t": {"precision": "source", "nbits": 8}}},
+                     r"variables\.t\.nbits and variables\.t\.precision are both given; keep one",
+                     id="variable-precision-and-nbits"),
+        pytest.param({"tolerance": 0.1, "precision": "source"},
+                     r"tolerance and precision are both given", id="default-precision-both"),
     ],
 )  # fmt: skip
 def test_bad_config_names_file_and_key(document, match):

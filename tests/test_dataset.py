@@ -488,7 +488,8 @@ def test_destination_checks(sample_v2, tmp_path):
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(
-        DestinationExistsError, match=r"not written by lq compress \(no .*\); refusing to remove it"
+        DestinationExistsError,
+        match=r"not written by lq compress or lq sample \(no .*\); refusing to remove it",
     ):
         dataset.compress(sample_v2, str(other), variables=["temperature"], overwrite=True)
     assert (other / "keep.txt").read_text() == "mine"
@@ -647,3 +648,19 @@ def test_importing_the_package_imports_neither_xarray_nor_dask():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_write_plan_takes_the_lock_of_its_destination(sample_v2, tmp_path):
+    """write_plan from Python is as safe as lq compress: it takes DST.lq-lock. Before: only
+    compress took it, so a plan written from a notebook while a run held DST wrote into it."""
+    from layerquantizer.dataset._destination import LOCK_SUFFIX, DestinationLock
+
+    plan = dataset.plan_compress(dataset.open_dataset(sample_v2), variables=["temperature"])
+    dst = str(tmp_path / "out.zarr")
+    with DestinationLock(dst):  # another run writing dst
+        with pytest.raises(DestinationExistsError, match="being written by another lq compress"):
+            dataset.write_plan(plan, dst)
+    assert not (tmp_path / "out.zarr").exists()
+    dataset.write_plan(plan, dst)  # and released when it ends
+    assert not (tmp_path / f"out.zarr{LOCK_SUFFIX}").exists()
+    assert dataset.verify(sample_v2, dst).variables["temperature"].ok

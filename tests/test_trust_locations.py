@@ -233,6 +233,7 @@ REMOVABLE = {
     ),
     "marker and a stranger": ({MARKER: MARKER_BYTES, ".zgroup": b"{}", "x.txt": b"x"}, False),
     "foreign marker": ({MARKER: b'{"written_by": "me"}', ".zgroup": b"{}"}, False),
+    "marker of lq sample": ({MARKER: b'{"written_by": "lq sample"}', ".zgroup": b"{}"}, True),
     "manifest of an earlier version": (
         {
             f"{PROGRESS_DIR}/manifest.json": b'{"description": {}}',

@@ -20,7 +20,8 @@ out.zarr --vars temperature,geopotential && lq verify sample.zarr out.zarr``)::
 2. :func:`plan_compress` selects and subsets the variables, chooses the output chunks,
    builds the encodings and a lazy template, and lists the write units (whole output
    chunks, never cutting a source chunk);
-3. :func:`write_plan` records the plan in DST's progress folder, writes the metadata from
+3. :func:`write_plan`, holding DST's lock (``DST.lq-lock``, also when called from Python),
+   records the plan in DST's progress folder, writes the metadata from
    the template (``to_zarr(compute=False)``), then runs every unit on threads, a local
    cluster or a dask scheduler (:mod:`layerquantizer.dataset._parallel`; the unit itself is
    :func:`layerquantizer.dataset._unit.run_unit`), recording them done in batched markers, and

@@ -50,6 +50,14 @@ import numpy as np
 
 from layerquantizer.dataset._errors import RequestError, SourceError
 from layerquantizer.dataset._plan import grid_dims
+from layerquantizer.dataset._source_grid import (
+    _grid_step,
+    _layer_grids,
+    _layer_ranges,
+    _read_block,
+    _sample_chunks,
+    _source_chunks,
+)
 from layerquantizer.dataset._stores import open_dataset
 
 #: The bit counts :func:`advise` measures unless told otherwise.
@@ -213,24 +221,29 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True)
 class Recommendation:
-    """The setting advised: always ``nbits``; ``tolerance`` too when the source's own grid
-    decides it (half its step: every value comes back on the grid). ``trial`` is its
-    measurement on the sample."""
+    """The setting advised: always ``nbits``; when the source's own grid decides it, its
+    ``source_step`` and ``tolerance`` half of it (``precision: source``: every value comes
+    back on the grid). ``trial`` is its measurement on the sample."""
 
     nbits: int
     tolerance: float | None
     reason: str
     trial: Trial
+    source_step: float | None = None
 
-    def setting(self, tolerance_allowed: bool = True) -> dict[str, Any]:
-        """The variable's entry of a config: ``{"tolerance": X}`` or ``{"nbits": N}``."""
-        if self.tolerance is not None and tolerance_allowed:
+    def setting(self) -> dict[str, Any]:
+        """The variable's entry of a config: ``{"precision": "source"}`` where the source's
+        grid decides, ``{"tolerance": X}`` or ``{"nbits": N}``."""
+        if self.source_step is not None:
+            return {"precision": "source"}
+        if self.tolerance is not None:
             return {"tolerance": self.tolerance}
         return {"nbits": self.nbits}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "nbits": self.nbits,
+            "precision": "source" if self.source_step is not None else None,
             "tolerance": self.tolerance,
             "reason": self.reason,
             "measured": self.trial.to_dict(),
@@ -307,12 +320,11 @@ class AdviceReport:
         """A config document (``lq compress --config``) quantizing every variable with its
         recommendation; the other keys of ``base`` (a parsed config document) are kept.
 
-        A tolerance is written only where the config schema takes it
-        (:mod:`layerquantizer.config`); elsewhere its ``nbits`` equivalent.
+        Where the source's packing grid decides, ``precision: source`` (lq compress finds
+        the grid again on its own sample); otherwise the ``nbits`` advised.
         """
         from layerquantizer import config
 
-        tolerance_allowed = "tolerance" in config._VARIABLE_KEYS
         document = dict(base or {})
         document.setdefault(
             "description",
@@ -320,7 +332,7 @@ class AdviceReport:
         )
         variables = dict(document.get("variables") or {})
         for name, advice in self.variables.items():
-            variables[name] = advice.recommendation.setting(tolerance_allowed)
+            variables[name] = advice.recommendation.setting()
         document["variables"] = variables
         config.parse_config(document, source="lq advise")  # what compress will accept
         return document
@@ -342,31 +354,6 @@ class AdviceReport:
 
 
 # -- measuring --------------------------------------------------------------------------------
-
-
-def _source_chunks(var) -> tuple[int, ...]:
-    """The variable's chunk shape in its store (the whole array where it has none)."""
-    preferred = var.encoding.get("preferred_chunks") or {}
-    chunks = var.encoding.get("chunks")
-    return tuple(
-        int(preferred.get(dim, chunks[axis] if chunks else size))
-        for axis, (dim, size) in enumerate(var.sizes.items())
-    )
-
-
-def _sample_chunks(shape, chunks, sample: int, rng) -> list[tuple[int, ...]]:
-    grid = tuple(-(-size // chunk) for size, chunk in zip(shape, chunks, strict=True))
-    total = math.prod(grid)
-    picks = rng.choice(total, size=min(sample, total), replace=False)
-    return [tuple(int(i) for i in np.unravel_index(pick, grid)) for pick in sorted(picks)]
-
-
-def _layer_ranges(layers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    finite = np.isfinite(layers)
-    with np.errstate(invalid="ignore"):
-        mins = np.where(finite, layers, np.inf).min(axis=1).astype(np.float64)
-        maxs = np.where(finite, layers, -np.inf).max(axis=1).astype(np.float64)
-    return mins, maxs
 
 
 def _measure(blocks: list[np.ndarray], source_bytes: int, **setting) -> Trial:
@@ -412,24 +399,17 @@ def _default_tolerances(spans: np.ndarray, source_step: float | None) -> list[fl
         top = math.floor(math.log10(typical))
         tolerances = [float(f"{10.0 ** (top - k):.0e}") for k in range(2, 6)]
     if source_step:
-        tolerances.append(float(f"{source_step / 2:.6g}"))
+        tolerances.append(source_step / 2)  # exact: values on the grid come back exactly
     return sorted(set(tolerances), reverse=True)
 
 
 def _advise_variable(name, var, sample, rng, trial_nbits, tolerances) -> VariableAdvice:
-    from layerquantizer._grid import coarse_grids
-    from layerquantizer._kernels import float32_ulp
-
     chunks = _source_chunks(var)
     picks = _sample_chunks(var.shape, chunks, sample, rng)
     blocks = []
     counts = np.zeros((32, 2, 2), np.int64)
     for index in picks:
-        region = {
-            dim: slice(i * size, (i + 1) * size)
-            for dim, i, size in zip(var.dims, index, chunks, strict=True)
-        }
-        block = np.ascontiguousarray(var.isel(region).values, dtype=np.float32)
+        block = _read_block(var, index, chunks)
         blocks.append(block)
         # Along longitude; a strided share of the rows when the chunk is large.
         rows = block.reshape(-1, block.shape[-1])
@@ -441,11 +421,8 @@ def _advise_variable(name, var, sample, rng, trial_nbits, tolerances) -> Variabl
     ranges, grid_steps = [], []
     for block in blocks:
         layers = block.reshape(-1, block.shape[-2] * block.shape[-1])
-        low, high = _layer_ranges(layers)
+        low, high, grids = _layer_grids(layers)
         has = np.isfinite(low) & (high > low)
-        peak = np.where(has, np.maximum(np.abs(low), np.abs(high)), 0.0)
-        ulps = np.array([float32_ulp(float(v)) for v in peak])
-        _, grids = coarse_grids(layers[has], low[has], high[has], ulps[has])
         typical = np.zeros(len(layers))
         for i in np.flatnonzero(has):  # an all-NaN layer has no median (and NumPy warns)
             values = layers[i]
@@ -458,10 +435,10 @@ def _advise_variable(name, var, sample, rng, trial_nbits, tolerances) -> Variabl
     spans = np.where(ranged, maxs - mins, 0.0)
     largest = np.where(ranged, np.maximum(np.abs(mins), np.abs(maxs)), 0.0)
     on_grid = int(np.isfinite(grids).sum())
-    source_step = source_bits = None
-    if ranged.any() and on_grid == int(ranged.sum()):
-        source_step = float(grids.min())
-        source_bits = int(math.ceil(math.log2(float((spans[ranged] / grids).max()) + 1)))
+    source_step = _grid_step(grids, ranged)
+    source_bits = None
+    if source_step is not None:
+        source_bits = int(math.ceil(math.log2(float((spans[ranged] / grids[ranged]).max()) + 1)))
 
     info = bitinformation(counts)
     if source_step is not None:
@@ -500,16 +477,18 @@ def _advise_variable(name, var, sample, rng, trial_nbits, tolerances) -> Variabl
     trials += [_measure(blocks, source_bytes, nbits=None, tolerance=t) for t in tolerances]
 
     if source_bits is not None and source_bits <= info_nbits:
-        tolerance = float(f"{source_step / 2:.6g}")
+        tolerance = source_step / 2
         reason = (
             f"the source's packing grid (step {source_step:.4g}, {source_bits} bits of the "
             f"widest layer) is coarser than its information ({kept} mantissa bits): "
-            f"tolerance {tolerance:g} keeps every value on it"
+            f"precision: source (tolerance {tolerance:g}) keeps every value on it"
         )
         trial = next(
             (t for t in trials if t.mode == "tolerance" and t.value == tolerance), None
         ) or _measure(blocks, source_bytes, nbits=None, tolerance=tolerance)
-        recommendation = Recommendation(min(source_bits, 24), tolerance, reason, trial)
+        recommendation = Recommendation(
+            min(source_bits, 24), tolerance, reason, trial, source_step=source_step
+        )
     else:
         units = f" {var.attrs['units']}" if var.attrs.get("units") else ""
         reason = (

@@ -8,7 +8,10 @@ quantized with an absolute tolerance records ``layerquantizer_codec``,
 ``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``: the absolute bound,
 in the variable's units (plus one float32 ulp); it has no full-scale bound, so no
 ``layerquantizer_error_bound`` (nor ``layerquantizer_nbits``: each chunk takes the bits its
-widest layer needs).
+widest layer needs). One quantized with ``precision: source`` is a tolerance variable whose
+tolerance is half the step of the source's packing grid: ``layerquantizer_mode: "source"``,
+``layerquantizer_source_step`` (the step found in the sampled chunks) and
+``layerquantizer_tolerance`` (half of it, the absolute bound).
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ ATTR_MODE = "layerquantizer_mode"
 ATTR_TOLERANCE = "layerquantizer_tolerance"
 MODE_NBITS = "nbits"
 MODE_TOLERANCE = "tolerance"
+#: On a variable quantized with ``precision: source``: the mode, and the grid step found.
+MODE_SOURCE = "source"
+ATTR_SOURCE_STEP = "layerquantizer_source_step"
+#: The modes whose bound is ``layerquantizer_tolerance``, absolute, in the variable's units.
+ABSOLUTE_MODES = (MODE_TOLERANCE, MODE_SOURCE)
 #: On a quantized variable whose source did not decode to float32: the dtype it decoded
 #: to (the bound is relative to those values; the variable now decodes to float32).
 ATTR_SOURCE_DTYPE = "layerquantizer_source_dtype"

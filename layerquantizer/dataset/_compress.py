@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from layerquantizer.config import Config
-from layerquantizer.dataset._errors import DestinationExistsError, RequestError
+from layerquantizer.dataset._errors import RequestError
 from layerquantizer.dataset._inspect import StoreReport, inspect
 from layerquantizer.dataset._plan import plan_compress
 from layerquantizer.dataset._stores import _token, open_dataset
@@ -18,7 +18,8 @@ from layerquantizer.dataset._write import (
     _check_finished,
     _check_locations,
     _destination_action,
-    write_plan,
+    _write_plan,
+    destination_lock,
 )
 
 
@@ -86,6 +87,7 @@ def compress(
     config: Config | None = None,
     nbits: int | None = None,
     tolerance: float | None = None,
+    precision: str | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -111,7 +113,10 @@ def compress(
     quantized variable records ``layerquantizer_codec``, ``layerquantizer_nbits`` and
     ``layerquantizer_error_bound`` (full scale) in its attributes, or, with an absolute
     ``tolerance`` (exclusive with ``nbits``; per variable from the config),
-    ``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``. float64 and packed
+    ``layerquantizer_mode: "tolerance"`` and ``layerquantizer_tolerance``, or with
+    ``precision="source"`` (half the step of the source's packing grid, found in a few
+    sampled chunks, as the tolerance) ``layerquantizer_mode: "source"``,
+    ``layerquantizer_source_step`` and ``layerquantizer_tolerance``. float64 and packed
     variables (decoded to float64) are quantized through float32 within the bound of their
     float64 values, and written as float32 with ``layerquantizer_source_dtype``. Metadata
     is consolidated. The source is only read. See :func:`plan_compress` for the selection
@@ -178,39 +183,26 @@ def compress(
     """
     src_token = _token(token, storage_options)
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
-    from layerquantizer.dataset._destination import DestinationLock, DestinationLocked
-    from layerquantizer.storage import open_store, store_errors
-
     _check_locations(src, dst, overwrite, resume)
     _check_scheduler(scheduler, workers, worker_timeout)
     # Read the source and make the plan before touching DST: a source that cannot be
     # opened, or a request that does not fit it, must not cost an existing DST.
     ds = open_dataset(src, token=src_token)
     plan = plan_compress(
-        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
-        levels=levels, chunks=chunks, zarr_format=zarr_format, shards=shards,
+        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance,
+        precision=precision, time=time, levels=levels, chunks=chunks, zarr_format=zarr_format,
+        shards=shards,
     )  # fmt: skip
-    try:
-        lock = DestinationLock(dst, dst_token, break_lock=break_lock)
-    except ValueError as exc:
-        raise RequestError(str(exc)) from exc
-    try:
-        with store_errors(dst):
-            # A missing bucket or a folder we may not write is named as such, not as a
-            # failure to write the lock; nothing is created yet.
-            open_store(dst, "w", token=dst_token)
-            lock.acquire()
-    except DestinationLocked as exc:
-        raise DestinationExistsError(str(exc)) from None
-    with lock:
+    # One lock from before DST is looked at (an --overwrite removes it) until the end.
+    with destination_lock(dst, dst_token, break_lock=break_lock):
         action = _destination_action(src, dst, dst_token, overwrite, resume)
         started = _time.perf_counter()
         if action == "complete":
             _check_finished(plan, dst, dst_token)
             result = WriteResult(0, 0, 0, 0, plan.total_bytes, "none", frozenset())
         else:
-            result = write_plan(
-                plan, dst, token=dst_token, workers=workers, scheduler=scheduler,
+            result = _write_plan(
+                plan, dst, dst_token, workers=workers, scheduler=scheduler,
                 progress=progress, resume=action == "resume", worker_timeout=worker_timeout,
             )  # fmt: skip
         seconds = _time.perf_counter() - started

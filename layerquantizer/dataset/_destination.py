@@ -33,15 +33,21 @@ from layerquantizer.dataset._unit import PROGRESS_DIR
 __all__ = [
     "LOCK_SUFFIX",
     "MARKER",
+    "WRITERS",
     "DestinationLock",
     "DestinationLocked",
     "check_removable",
     "check_source_links",
+    "marker_writer",
     "write_marker",
 ]
 
-#: Name of the object at the root of every store ``lq compress`` writes, written first.
+#: Name of the object at the root of every store ``lq compress`` (and ``lq sample``)
+#: writes, written first.
 MARKER = ".lq-store.json"
+
+#: The commands a marker may name: what they wrote, ``--overwrite`` may remove.
+WRITERS = ("lq compress", "lq sample")
 
 #: Appended to DST's path to name the lock of the run writing DST.
 LOCK_SUFFIX = ".lq-lock"
@@ -60,32 +66,45 @@ _PROGRESS_KEY = re.compile(
 )
 
 
-def marker_contents() -> bytes:
+def marker_contents(written_by: str = "lq compress") -> bytes:
     """The marker's bytes: the same for every store of one version, so that a resumed run
     writes the store an uninterrupted one does."""
     from layerquantizer import __version__
 
-    content = {"written_by": "lq compress", "layerquantizer": __version__, "format": MARKER_FORMAT}
+    content = {"written_by": written_by, "layerquantizer": __version__, "format": MARKER_FORMAT}
     return json.dumps(content, sort_keys=True).encode()
 
 
-def write_marker(url: str, token: Any = None) -> None:
-    """Write :data:`MARKER` at the root of the store at ``url``."""
+def write_marker(url: str, token: Any = None, written_by: str = "lq compress") -> None:
+    """Write :data:`MARKER` at the root of the store at ``url``, naming the command that
+    writes it (one of :data:`WRITERS`)."""
+    from layerquantizer.storage import filesystem
+
+    if written_by not in WRITERS:
+        raise ValueError(f"written_by must be one of {', '.join(WRITERS)}, got {written_by!r}")
+    fs, root = filesystem(url, "w", token=token)
+    fs.makedirs(root, exist_ok=True)
+    fs.pipe_file(f"{root.rstrip('/')}/{MARKER}", marker_contents(written_by))
+
+
+def marker_writer(url: str, token: Any = None) -> str | None:
+    """The command the marker of the store at ``url`` names, None without a readable one."""
     from layerquantizer.storage import filesystem
 
     fs, root = filesystem(url, "w", token=token)
-    fs.makedirs(root, exist_ok=True)
-    fs.pipe_file(f"{root.rstrip('/')}/{MARKER}", marker_contents())
+    value = _json(fs, f"{root.rstrip('/')}/{MARKER}").get("written_by")
+    return value if isinstance(value, str) else None
 
 
 def check_removable(url: str, token: Any = None) -> None:
-    """Refuse, with :class:`ValueError`, to remove anything ``lq compress`` did not write.
+    """Refuse, with :class:`ValueError`, to remove anything ``lq compress`` or ``lq sample``
+    did not write: the one check of both commands' ``--overwrite``.
 
     Removable: nothing at ``url``; only lq's bookkeeping (:data:`MARKER`, a progress
     folder); or a store of Zarr arrays (metadata and chunk keys, nothing else) that
-    ``lq compress`` positively wrote: it holds :data:`MARKER`, or (runs of earlier
-    versions, which wrote no marker) a readable progress manifest, or consolidated
-    metadata with ``layerquantizer_*`` attributes.
+    lq positively wrote: it holds :data:`MARKER` naming one of :data:`WRITERS`, or (runs of
+    earlier versions of ``lq compress``, which wrote no marker) a readable progress
+    manifest, or consolidated metadata with ``layerquantizer_*`` attributes.
 
     Examples
     --------
@@ -113,15 +132,15 @@ def check_removable(url: str, token: Any = None) -> None:
     if all(_is_bookkeeping(key) for key in keys):
         return
     written_by_lq = (
-        _json(fs, f"{root}/{MARKER}").get("written_by") == "lq compress"
+        _json(fs, f"{root}/{MARKER}").get("written_by") in WRITERS
         or isinstance(_json(fs, f"{root}/{PROGRESS_DIR}/manifest.json").get("description"), dict)
         or _has_lq_attributes(fs, root)
     )
     if not written_by_lq:
         raise ValueError(
-            f"{url}: not written by lq compress (no {MARKER}, no progress manifest, no "
-            "layerquantizer attributes); refusing to remove it: remove it yourself or choose "
-            "another DST"
+            f"{url}: not written by lq compress or lq sample (no {MARKER}, no progress "
+            "manifest, no layerquantizer attributes); refusing to remove it: remove it "
+            "yourself or choose another DST"
         )
     stranger = _first_stranger(keys)
     if stranger is not None:

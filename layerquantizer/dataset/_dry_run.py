@@ -42,7 +42,9 @@ class VariableEstimate:
     config, missing from the source); ``chunks`` the chunk objects a run would write at
     most (shards of a sharded variable; Zarr skips those holding only the fill value);
     ``logical_bytes`` the values' size; ``estimated_stored_bytes`` None where no sampled
-    chunk held data.
+    chunk held data. A quantized variable has ``nbits`` or an absolute ``tolerance``; with
+    ``precision: source`` also the ``source_step`` found in its sampled chunks (the
+    tolerance is half of it).
     """
 
     treatment: str
@@ -50,6 +52,8 @@ class VariableEstimate:
     logical_bytes: int
     estimated_stored_bytes: int | None
     nbits: int | None = None
+    tolerance: float | None = None
+    source_step: float | None = None
 
 
 @dataclasses.dataclass
@@ -112,6 +116,9 @@ class DryRunReport:
                     "logical_bytes": v.logical_bytes,
                     "estimated_stored_bytes": v.estimated_stored_bytes,
                     "nbits": v.nbits,
+                    "tolerance": v.tolerance,
+                    "precision": "source" if v.source_step is not None else None,
+                    "source_step": v.source_step,
                 }
                 for name, v in self.variables.items()
             },
@@ -139,6 +146,7 @@ def dry_run(
     config: Config | None = None,
     nbits: int | None = None,
     tolerance: float | None = None,
+    precision: str | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -172,8 +180,9 @@ def dry_run(
     started = _time.perf_counter()
     ds = open_dataset(src, token=_token(token, None))
     plan = plan_compress(
-        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance, time=time,
-        levels=levels, chunks=chunks, zarr_format=zarr_format, shards=shards,
+        ds, variables=variables, config=config, nbits=nbits, tolerance=tolerance,
+        precision=precision, time=time, levels=levels, chunks=chunks, zarr_format=zarr_format,
+        shards=shards,
     )  # fmt: skip
     plan_seconds = _time.perf_counter() - started
     if plan.location is None:
@@ -201,6 +210,8 @@ def dry_run(
             logical_bytes=total,
             estimated_stored_bytes=round(total * stored / logical) if logical else None,
             nbits=plan.quantized.get(name),
+            tolerance=plan.tolerances.get(name),
+            source_step=plan.source_steps.get(name),
         )
     for name in plan.dropped:
         estimates[name] = VariableEstimate("drop", 0, int(ds[name].nbytes), 0)

@@ -12,12 +12,14 @@ import numpy as np
 from layerquantizer.dataset._codec_metadata import (
     _LOSSLESS_CODECS,
     _LQ_CODEC_IDS,
+    ABSOLUTE_MODES,
     ATTR_CODEC,
     ATTR_DROPPED,
     ATTR_MODE,
     ATTR_NBITS,
     ATTR_TOLERANCE,
     MODE_NBITS,
+    MODE_SOURCE,
     MODE_TOLERANCE,
     full_scale_bound,
 )
@@ -75,15 +77,16 @@ class ArrayReport:
             if "nbits" in self.settings:
                 return None
         value = self.attrs.get(ATTR_TOLERANCE)
-        if self.attrs.get(ATTR_MODE) == MODE_TOLERANCE and isinstance(value, int | float):
+        if self.attrs.get(ATTR_MODE) in ABSOLUTE_MODES and isinstance(value, int | float):
             return float(value)
         return None
 
     @property
     def mode(self) -> str | None:
-        """``"nbits"`` or ``"tolerance"`` for LayerQuantizer, None for other codecs."""
+        """``"nbits"``, ``"tolerance"`` or ``"source"`` (``precision: source``: a tolerance
+        of half the source's grid step) for LayerQuantizer, None for other codecs."""
         if self.tolerance is not None:
-            return MODE_TOLERANCE
+            return MODE_SOURCE if self.attrs.get(ATTR_MODE) == MODE_SOURCE else MODE_TOLERANCE
         return MODE_NBITS if self.nbits is not None else None
 
     @property

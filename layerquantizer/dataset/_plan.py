@@ -1,5 +1,6 @@
 """Planning a compression: which variables, subset, chunks and encodings, and the write
-units (:class:`Plan`, :func:`plan_compress`); touches no store.
+units (:class:`Plan`, :func:`plan_compress`); writes nothing, and reads no data but a few
+sampled chunks of the variables with ``precision: source`` (to find their packing grid).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from layerquantizer.config import Config
+from layerquantizer.config import PRECISION_SOURCE, Config
 from layerquantizer.dataset._codec_metadata import (
     _ATTR_PREFIX,
     ATTR_BOUND,
@@ -23,7 +24,9 @@ from layerquantizer.dataset._codec_metadata import (
     ATTR_MODE,
     ATTR_NBITS,
     ATTR_SOURCE_DTYPE,
+    ATTR_SOURCE_STEP,
     ATTR_TOLERANCE,
+    MODE_SOURCE,
     MODE_TOLERANCE,
     full_scale_bound,
 )
@@ -106,6 +109,9 @@ class Plan:
         ``tolerances``).
     tolerances : dict
         Variable -> absolute tolerance of the quantized variables encoded with one.
+    source_steps : dict
+        Variable -> the packing grid step found in its sampled chunks, for the variables
+        with ``precision: source`` (their tolerance is half of it).
     copied, dropped, skipped : tuple of str
         Data variables copied losslessly, left out on purpose, and named in the config
         but missing from the source (with ``on_missing: skip``).
@@ -148,6 +154,7 @@ class Plan:
     tolerances: dict[str, float] = dataclasses.field(default_factory=dict)
     own_chunks: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     shards: dict[str, int] = dataclasses.field(default_factory=dict)
+    source_steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         own = self.own_chunks.get(name)
@@ -425,6 +432,7 @@ def plan_compress(
     config: Config | None = None,
     nbits: int | None = None,
     tolerance: float | None = None,
+    precision: str | None = None,
     time: tuple[str | None, str | None] | None = None,
     levels: Sequence[float] | None = None,
     chunks: Mapping[str, int] | None = None,
@@ -446,6 +454,12 @@ def plan_compress(
     tolerance : float, optional
         Instead of ``nbits``: the absolute error allowed in every quantized variable, in
         its units (each value within it plus one float32 ulp); exclusive with ``nbits``.
+    precision : {"source"}, optional
+        Instead of either: keep the packing grid of each quantized variable's source
+        values. A few of its chunks are read (:func:`find_source_grid`) to find the grid
+        step ``g``, and it is quantized with the tolerance ``g / 2``: values on the grid
+        come back exactly, any value within ``g / 2`` (+ one float32 ulp). Per variable
+        from the config when not given.
     time : (start, end), optional
         Inclusive time labels; either may be None.
     levels : sequence of float, optional
@@ -467,13 +481,25 @@ def plan_compress(
     ------
     RequestError
         On an unknown variable, a variable the codec cannot take, a bad subset, chunks or
-        shards, ``nbits`` and ``tolerance`` together.
+        shards, two of ``nbits``, ``tolerance`` and ``precision`` together, or a variable
+        with ``precision: source`` whose sampled chunks sit on no packing grid.
     """
     config = config if config is not None else Config()
-    if nbits is not None and tolerance is not None:
+    given = [
+        f"--{key}"
+        for key, value in (("nbits", nbits), ("tolerance", tolerance), ("precision", precision))
+        if value is not None
+    ]
+    if len(given) > 1:
         raise RequestError(
-            "--nbits and --tolerance are exclusive: give one (nbits bounds the error relative "
-            "to each layer's range, tolerance in each variable's units)"
+            f"{' and '.join(given)} are exclusive: give one (nbits bounds the error relative "
+            "to each layer's range, tolerance in each variable's units, precision source "
+            "keeps the source's packing grid)"
+        )
+    if precision is not None and precision != PRECISION_SOURCE:
+        raise RequestError(
+            f"--precision must be {PRECISION_SOURCE!r} (keep the source's packing grid), got "
+            f"{precision!r}; for a bound of your own give --nbits or --tolerance"
         )
     from_config = variables is None
     wanted = list(config.variables) if from_config else list(variables)
@@ -526,6 +552,7 @@ def plan_compress(
     grid = grid_dims(ds)
     quantized: dict[str, int | None] = {}
     tolerances: dict[str, float] = {}
+    source_steps: dict[str, float] = {}
     for name in quantize:
         var = ds[name]
         if var.dtype not in (np.float32, np.float64):
@@ -544,11 +571,14 @@ def plan_compress(
                 "leave it out of the variables to quantize to copy it losslessly (or "
                 "transpose it in the source)"
             )
-        if nbits is not None or tolerance is not None:
-            bits, tol = nbits, tolerance
+        if nbits is not None or tolerance is not None or precision is not None:
+            bits, tol, keep = nbits, tolerance, precision
         else:
-            bits, tol = config.setting_for(name)
-        if bits is None and tol is None:
+            (bits, tol), keep = config.setting_for(name), config.precision_for(name)
+        if keep == PRECISION_SOURCE:
+            source_steps[name] = _source_step(name, var)
+            tol = source_steps[name] / 2
+        elif bits is None and tol is None:
             bits = DEFAULT_NBITS
         try:
             _build_codec(bits, zarr_format, tol)
@@ -678,6 +708,12 @@ def plan_compress(
             encoding[name].update(_build_codec(bits, zarr_format, tol))
             if tol is None:  # the attributes of before, unchanged
                 settings = {ATTR_NBITS: bits, ATTR_BOUND: full_scale_bound(bits)}
+            elif name in source_steps:
+                settings = {
+                    ATTR_MODE: MODE_SOURCE,
+                    ATTR_SOURCE_STEP: source_steps[name],
+                    ATTR_TOLERANCE: tol,
+                }
             else:
                 settings = {ATTR_MODE: MODE_TOLERANCE, ATTR_TOLERANCE: tol}
             var.attrs.update({ATTR_CODEC: _codec_name(zarr_format), **settings})
@@ -710,7 +746,33 @@ def plan_compress(
         location=location,
         token=token,
         tolerances=tolerances,
+        source_steps=source_steps,
     )
+
+
+def _source_step(name: str, var: xr.DataArray) -> float:
+    """The packing grid step of ``var`` in a few sampled chunks, for ``precision: source``;
+    a variable whose sample sits on no grid is a bad request."""
+    from layerquantizer.dataset._source_grid import find_source_grid
+
+    found = find_source_grid(var)
+    if found.step is not None:
+        return found.step
+    sampled = f"{_plural(len(found.chunks), 'sampled chunk')}"
+    if found.layers == 0:
+        what = f"no layer in {sampled} has finite values that vary"
+    else:
+        off = found.layers - found.layers_on_grid
+        what = f"{off} of the {found.layers} layers in {sampled} sit on no packing grid"
+    raise RequestError(
+        f"cannot keep the source precision of {name!r}: {what} (no grid coarser than "
+        "float32's spacing); give it a bound of its own (tolerance: X or nbits: N in the "
+        f"config, or --tolerance/--nbits) or copy it losslessly (copy: [{name}])"
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 #: Encoding entries that xarray's CF decoding takes out of a variable's stored attributes.

@@ -46,7 +46,11 @@ def write_sample(
 
     if zarr_format not in (2, 3):
         raise RequestError(f"zarr format must be 2 or 3, got {zarr_format!r}")
+    from layerquantizer.dataset._destination import write_marker
+
     token = _token(token, storage_options)
+    # The check of lq compress (_destination.check_removable): --overwrite removes only
+    # what lq wrote, and the marker first makes this store one of those.
     _destination_action(None, dst, token, overwrite, resume=False)
     try:
         ds = sample_dataset(levels=levels, grid=grid, times=times, seed=seed, lazy=True)
@@ -59,6 +63,8 @@ def write_sample(
         _quiet_consolidated(),
         dask.config.set(scheduler="threads", num_workers=workers or os.cpu_count() or 1),
     ):
+        write_marker(dst, token, written_by="lq sample")
         store = open_store(dst, "w", token=token)
-        ds.to_zarr(store, mode="w-", encoding=encoding, consolidated=True, zarr_format=zarr_format)
+        # "a": the store holds the marker already (zarr's "w-" refuses any content).
+        ds.to_zarr(store, mode="a", encoding=encoding, consolidated=True, zarr_format=zarr_format)
     return ds

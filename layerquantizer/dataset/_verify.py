@@ -14,12 +14,12 @@ import xarray as xr
 
 from layerquantizer.dataset._codec_metadata import (
     _LQ_CODEC_IDS,
+    ABSOLUTE_MODES,
     ATTR_BOUND,
     ATTR_DROPPED,
     ATTR_MODE,
     ATTR_NBITS,
     ATTR_TOLERANCE,
-    MODE_TOLERANCE,
     full_scale_bound,
 )
 from layerquantizer.dataset._errors import RequestError, SourceError, _one_line
@@ -746,7 +746,7 @@ def _metadata_problems(name: str, array: ArrayReport) -> list[Problem]:
             ))  # fmt: skip
     claimed_tol = array.attrs.get(ATTR_TOLERANCE)
     codec_tol = array.settings.get("tolerance") if array.codec in _LQ_CODEC_IDS else None
-    if array.attrs.get(ATTR_MODE) == MODE_TOLERANCE and isinstance(claimed_tol, int | float):
+    if array.attrs.get(ATTR_MODE) in ABSOLUTE_MODES and isinstance(claimed_tol, int | float):
         if isinstance(codec_nbits, int | float):
             codec_says = f"{int(codec_nbits)} bits"
         elif isinstance(codec_tol, int | float) and not math.isclose(
@@ -839,7 +839,7 @@ def _chunk_reader(name, dst_var, array, group, keys, fs, root, location, pad) ->
     if array is not None and array.codec in ("layerquantizer1", "layerquantizer"):
         claimed = array.attrs.get(ATTR_NBITS)
         claimed_tol = array.attrs.get(ATTR_TOLERANCE)
-        if array.attrs.get(ATTR_MODE) == MODE_TOLERANCE and isinstance(claimed_tol, int | float):
+        if array.attrs.get(ATTR_MODE) in ABSOLUTE_MODES and isinstance(claimed_tol, int | float):
             tolerance = float(claimed_tol)
         elif array.tolerance is not None:
             tolerance = array.tolerance

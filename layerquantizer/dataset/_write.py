@@ -4,6 +4,7 @@ destination before a write: overwrite, resume, or nothing left to do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -210,6 +211,7 @@ def write_plan(
     progress: ProgressCallback | None = None,
     resume: bool = False,
     worker_timeout: float | None = None,
+    break_lock: bool = False,
 ) -> WriteResult:
     """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
     consolidated metadata; resumable at every step (see :mod:`layerquantizer.dataset._resume`).
@@ -220,7 +222,56 @@ def write_plan(
     ``workers=N`` a local cluster of N processes, ``scheduler="tcp://HOST:PORT"`` an
     existing dask cluster; ``worker_timeout`` bounds the waits for its workers (see
     :func:`layerquantizer.dataset._parallel.run_jobs`).
+
+    While it writes it holds the lock of ``dst`` (``dst`` + ``.lq-lock``, as
+    :func:`compress` does), so that a call from Python never writes into a destination
+    another run is writing: :class:`DestinationExistsError` if one is (``break_lock`` takes
+    the lock anyway, for a run on another host that is gone).
     """
+    token = _token(token, storage_options)
+    with destination_lock(dst, token, break_lock=break_lock):
+        return _write_plan(
+            plan, dst, token, workers=workers, scheduler=scheduler, progress=progress,
+            resume=resume, worker_timeout=worker_timeout,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def destination_lock(dst: str, token: Any, *, break_lock: bool = False) -> Iterator[None]:
+    """Hold the lock of ``dst`` (:class:`layerquantizer.dataset._destination.DestinationLock`)
+    for the ``with`` block: :class:`DestinationExistsError` if another run holds it,
+    :class:`RequestError` for a destination that cannot have one (a bucket's root)."""
+    from layerquantizer.dataset._destination import DestinationLock, DestinationLocked
+    from layerquantizer.storage import open_store, store_errors
+
+    try:
+        lock = DestinationLock(dst, token, break_lock=break_lock)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from exc
+    try:
+        with store_errors(dst):
+            # A missing bucket or a folder we may not write is named as such, not as a
+            # failure to write the lock; nothing is created yet.
+            open_store(dst, "w", token=token)
+            lock.acquire()
+    except DestinationLocked as exc:
+        raise DestinationExistsError(str(exc)) from None
+    with lock:
+        yield
+
+
+def _write_plan(
+    plan: Plan,
+    dst: str,
+    token: Any,
+    *,
+    workers: int | None,
+    scheduler: str | None,
+    progress: ProgressCallback | None,
+    resume: bool,
+    worker_timeout: float | None,
+) -> WriteResult:
+    """:func:`write_plan`, the lock of ``dst`` held by the caller."""
     import zarr
 
     import layerquantizer.dataset._parallel as _parallel
@@ -232,7 +283,6 @@ def write_plan(
         raise RequestError(
             "the plan's source was not opened with open_dataset(), so workers cannot read it"
         )
-    token = _token(token, storage_options)
     if scheduler not in (None, "threads", "synchronous") or workers is not None:
         if dst.startswith("memory://") or plan.location.startswith("memory://"):
             raise RequestError(
@@ -443,9 +493,9 @@ def _destination_action(
     (and the removal of an old ``dst`` for ``overwrite``). Call it after
     :func:`_check_locations`, holding the lock of ``dst``
     (:class:`layerquantizer.dataset._destination.DestinationLock`)."""
-    from layerquantizer.dataset._destination import MARKER
+    from layerquantizer.dataset._destination import marker_writer
     from layerquantizer.dataset._resume import PROGRESS_DIR, Progress
-    from layerquantizer.storage import filesystem, locations_overlap, store_errors, store_exists
+    from layerquantizer.storage import locations_overlap, store_errors, store_exists
 
     if overwrite and resume:
         raise RequestError("--overwrite and --resume exclude each other")
@@ -466,8 +516,7 @@ def _destination_action(
             return "resume"
         if _is_finished_lq_store(dst, token):
             return "complete"
-        fs, root = filesystem(dst, "w", token=token)
-        if fs.exists(f"{root.rstrip('/')}/{MARKER}"):
+        if marker_writer(dst, token) == "lq compress":
             return "resume"  # killed between the marker and the manifest
         raise DestinationExistsError(
             f"{dst} is not an interrupted lq compress run (no {PROGRESS_DIR} inside, no "
