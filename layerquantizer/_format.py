@@ -350,10 +350,10 @@ def residual_bounds(header: Header) -> tuple[int, int]:
     planes = header.size * header.plane_count
     if header.range_coded and header.nbits <= BIT_PLANES_MAX_NBITS:
         # Version 3 adds mode 3, range-coded codes, written only where smaller than mode 2.
-        # Each code costs the range coder at least log2(2048 / 2017) bits (its most certain
-        # probability), so a block of M codes is at least 1 + 4 + 4 + M / 362 bytes: M / 512
-        # bounds every mode from below, and keeps a lying shape from allocating far more
-        # than the section could hold.
+        # Each code costs the range coder at least log2(32768 / 32737) bits (its most
+        # certain probability), so a block of M codes is at least 1 + 4 + 4 + M / 5857
+        # bytes: M / 8192 bounds every mode from below, and keeps a lying shape from
+        # allocating far more than the section could hold.
         lowest = header.size // RANGE_CODES_PER_BYTE + blocks
         return lowest, max(planes, header.nbits * header.size // 8) + (header.nbits + 1) * blocks
     if header.predictors is not None and header.nbits <= BIT_PLANES_MAX_NBITS:
@@ -365,7 +365,7 @@ def residual_bounds(header: Header) -> tuple[int, int]:
 
 
 #: A block of mode 3 holds at most this many codes a byte (see :func:`residual_bounds`).
-RANGE_CODES_PER_BYTE = 512
+RANGE_CODES_PER_BYTE = 8192
 
 
 @dataclass(frozen=True)

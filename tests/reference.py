@@ -238,19 +238,19 @@ def range_encode(codes: np.ndarray, nbits: int) -> bytes:
     """The bytes of a block of mode 3, with the carry propagated back through the output
     (rather than LZMA's cached byte): a leading 0 byte, one byte a normalisation, four at
     the end."""
-    probabilities = [1024] * 147
+    probabilities = [1 << 14] * 147
     low, width, out = 0, 0xFFFFFFFF, bytearray([0])
     previous = 0
     for code in (int(c) for c in codes):
         for context, bit in _range_decisions(code, previous, nbits):
             p = probabilities[context]
-            bound = (width >> 11) * p
+            bound = (width >> 15) * p
             if bit:
                 low, width = low + bound, width - bound
                 probabilities[context] = p - (p >> 5)
             else:
                 width = bound
-                probabilities[context] = p + ((2048 - p) >> 5)
+                probabilities[context] = p + (((1 << 15) - p) >> 5)
             if low >= 1 << 32:
                 low -= 1 << 32
                 i = len(out) - 1
@@ -270,7 +270,7 @@ def range_encode(codes: np.ndarray, nbits: int) -> bytes:
 
 def range_decode(data: bytes, nbits: int, count: int) -> tuple[np.ndarray, int]:
     """The ``count`` codes of a block of mode 3 and the bytes read (0 past the end)."""
-    probabilities = [1024] * 147
+    probabilities = [1 << 14] * 147
     position = 5
     code_value = int.from_bytes((bytes(data[:5]) + bytes(5))[:5], "big") & 0xFFFFFFFF
     width = 0xFFFFFFFF
@@ -278,10 +278,10 @@ def range_decode(data: bytes, nbits: int, count: int) -> tuple[np.ndarray, int]:
     def decide(context):
         nonlocal width, code_value, position
         p = probabilities[context]
-        bound = (width >> 11) * p
+        bound = (width >> 15) * p
         if code_value < bound:
             width, bit = bound, 0
-            probabilities[context] = p + ((2048 - p) >> 5)
+            probabilities[context] = p + (((1 << 15) - p) >> 5)
         else:
             code_value, width, bit = code_value - bound, width - bound, 1
             probabilities[context] = p - (p >> 5)

@@ -127,7 +127,7 @@ def test_lorenzo_only_chunk_is_range_coded_or_version_1():
     assert encoded[4] == 3 and parsed.header.predictors.tolist() == [0, 0] and blocks[0] == 3
     assert_within_bound(data, chunk.decode(encoded), 8)
     # Where zstd codes the bit planes smaller, the chunk is version 1, as before.
-    flat = np.tile(np.arange(40, dtype=np.float32), (2, 30, 1))
+    flat = np.tile(np.arange(400, dtype=np.float32) ** 2, (2, 30, 1))
     lorenzo = chunk.encode(flat, 8, level=1, predictor="lorenzo")
     assert lorenzo[4] == 1 and chunk.encode(flat, 8, level=1) == lorenzo
 
@@ -167,7 +167,7 @@ def test_mode_3_outside_version_3_or_above_12_bits_is_refused():
 
 
 def test_a_lying_shape_cannot_allocate_past_the_range_bound():
-    # Mode 3 holds at most 512 codes a byte: a shape of 2**40 values needs 2**31 bytes.
+    # Mode 3 holds at most 8192 codes a byte: a shape of 2**40 values needs 2**27 bytes.
     _, encoded = smooth(with_exceptions=False)
     crafted = patched(patched(encoded, 32, "<Q", 2**20), 24, "<Q", 2**20)
     with pytest.raises(CorruptChunkError, match="makes a residual section of"):
