@@ -348,7 +348,10 @@ def residual_bounds(header: Header) -> tuple[int, int]:
     smaller, or (version 2, 8 bits or fewer) nbits bit planes of ceil(M / 8) bytes."""
     blocks = block_count(header)
     planes = header.size * header.plane_count
-    if header.range_coded and header.nbits <= BIT_PLANES_MAX_NBITS:
+    if header.range_coded and header.nbits > BIT_PLANES_MAX_NBITS:
+        # Mode 3 above 12 bits: at most as large as mode 0 (see range_block_most).
+        return header.size // RANGE_CODES_PER_BYTE + blocks, planes + blocks
+    if header.range_coded:
         # Version 3 adds mode 3, range-coded codes, written only where smaller than mode 2.
         # Each code costs the range coder at least log2(32768 / 32737) bits (its most
         # certain probability), so a block of M codes is at least 1 + 4 + 4 + M / 5857
@@ -366,6 +369,15 @@ def residual_bounds(header: Header) -> tuple[int, int]:
 
 #: A block of mode 3 holds at most this many codes a byte (see :func:`residual_bounds`).
 RANGE_CODES_PER_BYTE = 8192
+
+
+def range_block_most(nbits: int, size: int) -> int:
+    """The most range-coded bytes a block of mode 3 of ``size`` codes may hold: 4 fewer
+    than its bit planes (12 bits or fewer) or its planes of mode 0 (more bits), so that
+    the block, with its mode byte and size, is never larger than those."""
+    if nbits <= BIT_PLANES_MAX_NBITS:
+        return nbits * ((size + 7) // 8) - 4
+    return (nbits + 7) // 8 * size - 4
 
 
 @dataclass(frozen=True)

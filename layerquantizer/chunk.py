@@ -151,16 +151,26 @@ def encode(
         nbits = _levels_bits(maxs, offsets, steps)
     predictors = None
     range_coded = False
-    if predictor == "auto" and nbits > AUTO_INTERPOLATION_MAX_NBITS:
+    # With a tolerance, layers that need up to 16 bits still try interpolation, range-coded.
+    if predictor == "auto" and nbits > (
+        AUTO_INTERPOLATION_MAX_NBITS if tolerance is None else TOLERANCE_INTERPOLATION_MAX_NBITS
+    ):
         predictor = "lorenzo"
-    range_coding = range_coding and nbits <= BIT_PLANES_MAX_NBITS
     if predictor != "lorenzo" and layers.size:
+        candidates = None
         if tolerance is not None:
-            # Enough bits for the plain steps too: a layer whose grid fails falls back to them.
-            nbits = max(nbits, _levels_bits(maxs, mins, plain_steps))
+            # Enough bits for the plain steps of the layers that may be interpolated (on the
+            # plain step): with a tolerance, those off a coarse grid. A layer on a grid keeps
+            # Lorenzo on the grid's levels (exact, and fewer bits: 4000 levels of a grid,
+            # not 62500 of the tolerance); were its grid to fail, values beyond the chunk's
+            # levels become exceptions.
+            if predictor == "auto":
+                candidates = ~snapped
+            wide = np.ones_like(snapped) if candidates is None else candidates
+            nbits = max(nbits, _levels_bits(maxs[wide], mins[wide], plain_steps[wide]))
         predicted = _encode_predicted(
             layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level,
-            predictor, range_coding,
+            predictor, range_coding, candidates,
         )  # fmt: skip
         # A chunk of Lorenzo layers whose blocks all kept bit planes is written in version
         # 1 (byte for byte as before version 3): only range coding made it worth version 3.
@@ -350,10 +360,11 @@ class _BlockStream:
         block_size = min(block_rows, nrows) * nx
         self.bit_planes = np.empty(1 + nbits * ((block_size + 7) // 8), np.uint8)
         # Mode 3 (format version 3): whether to try it, and whether any block used it.
-        self.range_coding = range_coding and nbits <= BIT_PLANES_MAX_NBITS
+        self.range_coding = range_coding
         self.range_coded = False
         if self.range_coding:
-            self.range_block = np.empty_like(self.bit_planes)
+            most = _format.range_block_most(nbits, block_size)
+            self.range_block = np.empty(5 + max(most, 0), np.uint8)
             if writer.coder == CODER_ZSTD:
                 self.estimate = zstandard.ZstdCompressor(level=1)
         self.packed = np.empty(1 + plane_count * block_size, np.uint8)
@@ -382,20 +393,25 @@ class _BlockStream:
                 self._start_block()
 
     def _flush(self) -> None:
-        planes_size = 1 + self.nbits * ((self.size + 7) // 8)
+        if self.range_coding:
+            # Before pack_block, which packs the planes in place.
+            stored = self.range_block[: 5 + _format.range_block_most(self.nbits, self.size)]
+            size = _range_kernels.range_encode(self.planes, self.nbits, stored[5:])
         if self.nbits <= BIT_PLANES_MAX_NBITS:
-            bit_planes = self.bit_planes[:planes_size]
-            bit_planes[0] = MODE_BIT_PLANES
-            _kernels.pack_bit_planes(self.planes, self.nbits, bit_planes[1:])
+            other = self.bit_planes[: 1 + self.nbits * ((self.size + 7) // 8)]
+            other[0] = MODE_BIT_PLANES
+            _kernels.pack_bit_planes(self.planes, self.nbits, other[1:])
+        else:
+            other = self.block[
+                : _kernels.pack_block(self.block, self.plane_count, self.positions, self.upper)
+            ]
         if self.range_coding:
             # Mode 3 (a mode byte, the size as uint32, the bytes) only where smaller than
-            # the bit planes through zstd at its fastest level: on Lorenzo codes of small
+            # the other form through zstd at its fastest level: on Lorenzo codes of small
             # layers zstd may win (era5ens_z at 8 bits: 12.4 with bit planes, 11.5 with
             # mode 3 everywhere).
-            stored = self.range_block[:planes_size]
-            size = _range_kernels.range_encode(self.planes, self.nbits, stored[5:])
             if size >= 0 and self.writer.coder == CODER_ZSTD:
-                if len(self.estimate.compress(bit_planes)) <= 5 + size:
+                if len(self.estimate.compress(other)) <= 5 + size:
                     size = -1
             if size >= 0:
                 stored[0] = MODE_RANGE_CODED
@@ -403,11 +419,7 @@ class _BlockStream:
                 self.writer.write(stored[: 5 + size])
                 self.range_coded = True
                 return
-        if self.nbits <= BIT_PLANES_MAX_NBITS:
-            self.writer.write(bit_planes)
-            return
-        stored = _kernels.pack_block(self.block, self.plane_count, self.positions, self.upper)
-        self.writer.write(self.block[:stored])
+        self.writer.write(other)
 
 
 # "auto" compares the predictors on six square tiles of this side, centred at a sixth, a
@@ -429,6 +441,10 @@ TRIAL_TILE_BIAS = 1.07
 #: integers won on every field measured (bench_codec.py), and the trial would cost encode
 #: time for nothing.
 AUTO_INTERPOLATION_MAX_NBITS = 12
+#: With a tolerance, "auto" tries the interpolation predictor, and range coding, up to this
+#: many bits: a chunk's nbits are those of its widest layer, and at 13 and 14 bits SZ3 (and
+#: interpolation) coded eraint_z and the synthetic geopotential 20-35 % smaller than Lorenzo.
+TOLERANCE_INTERPOLATION_MAX_NBITS = 16
 
 
 def _prefers_interpolation(
@@ -495,7 +511,7 @@ def _prefers_interpolation(
 
 def _encode_predicted(
     layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how,
-    range_coding=False,
+    range_coding=False, candidates=None,
 ):  # fmt: skip
     """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
     picks per layer by a trial on a band of rows, see :func:`_prefers_interpolation`), into
@@ -504,8 +520,8 @@ def _encode_predicted(
     exception bitmap, the exceptions per layer, the predictors, the layer table and whether
     a block is range-coded (format version 3). ``allowed`` is each layer's largest error
     before a value is stored exactly. With ``range_coding``, a chunk of Lorenzo layers
-    only is coded here too: range-coded Lorenzo codes beat version 1's blocks at 12 bits
-    or fewer."""
+    only is coded here too: range-coded Lorenzo codes often beat version 1's blocks.
+    ``candidates`` (bool per layer; None: all) are the layers "auto" may interpolate."""
     nlayers, ny, nx = layers.shape
     if how == "auto":
         # One per call: a zstandard compressor must not be shared between threads.
@@ -522,6 +538,8 @@ def _encode_predicted(
                     nbits,
                     compressor,
                 )
+                if candidates is None or candidates[layer]
+                else False
                 for layer in range(nlayers)
             ]
         )
@@ -650,9 +668,13 @@ class _BlockReader:
         self.bit_planes = header.predictors is not None and header.nbits <= BIT_PLANES_MAX_NBITS
         if self.bit_planes:
             self.bit_buffer = np.empty(header.nbits * ((block_size + 7) // 8), np.uint8)
-        # Mode 3 (range-coded codes) exists in version 3 chunks of 12 bits or fewer only.
-        self.range_coded = self.bit_planes and header.range_coded
+        # Mode 3 (range-coded codes) exists in version 3 chunks only.
+        self.range_coded = header.range_coded
         self.length = np.empty(1, "<u4")
+        if self.range_coded:
+            self.range_buffer = np.empty(
+                max(_format.range_block_most(header.nbits, block_size), 0), np.uint8
+            )
 
     def read(self, first: int, size: int):
         """The next block, of ``size`` codes starting at row ``first``: its planes (only
@@ -668,13 +690,13 @@ class _BlockReader:
             return planes, False, self.positions, self.no_escapes
         if mode == MODE_RANGE_CODED and self.range_coded:
             reader.read_into(self.length.view(np.uint8))
-            length, most = int(self.length[0]), self.nbits * ((size + 7) // 8) - 4
+            length, most = int(self.length[0]), _format.range_block_most(self.nbits, size)
             if not _range_kernels.MIN_BYTES <= length <= most:
                 raise CorruptChunkError(
                     f"residual block at row {first}: {length} range-coded bytes for {size} "
                     f"values (at least {_range_kernels.MIN_BYTES}, at most {most})"
                 )
-            data = reader.read_into(self.bit_buffer[:length])
+            data = reader.read_into(self.range_buffer[:length])
             if _range_kernels.range_decode(data, self.nbits, planes) != length:
                 raise CorruptChunkError(
                     f"residual block at row {first}: the range-coded codes do not fill "

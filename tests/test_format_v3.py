@@ -153,17 +153,40 @@ def test_crafted_range_coded_blocks_are_refused(edit, match):
         CODEC.decode(rebuilt(parsed, edit(blocks)))
 
 
-def test_mode_3_outside_version_3_or_above_12_bits_is_refused():
+def test_mode_3_outside_version_3_is_refused():
     _, encoded = smooth(with_exceptions=False)
     parsed, blocks = blocks_of(encoded)
     with pytest.raises(CorruptChunkError, match="unknown mode 3"):
         # (padded to what a version 2 section of this shape may hold)
         CODEC.decode(rebuilt(parsed, blocks + bytes(3205 - len(blocks)), range_coded=False))
-    data = np.ones((3, 4), np.float32) * np.arange(4, dtype=np.float32)
-    wide = chunk.encode(data, 13, 1, predictor="interpolation", fallback=False)
-    parsed, blocks = blocks_of(wide)  # version 2 at 13 bits, rebuilt below as version 3
-    with pytest.raises(CorruptChunkError, match="unknown mode 3"):
-        CODEC.decode(rebuilt(parsed, b"\x03" + blocks[1:]))
+
+
+@pytest.mark.parametrize("nbits", [13, 16, 24])
+def test_range_coded_blocks_above_12_bits(nbits):
+    # Above 12 bits mode 3 replaces modes 0 and 1 where smaller; at most their size.
+    data, _ = smooth(with_exceptions=True)
+    encoded = chunk.encode(data, nbits, level=1, coder=0, predictor="interpolation")
+    parsed, blocks = blocks_of(encoded)
+    assert encoded[4] == 3 and blocks[0] == 3
+    (length,) = struct.unpack_from("<I", blocks, 1)
+    assert length <= (nbits + 7) // 8 * data.size - 4
+    assert_within_bound(data, CODEC.decode(encoded), nbits)
+    with pytest.raises(CorruptChunkError, match="range-coded bytes for 3200 values"):
+        CODEC.decode(rebuilt(parsed, blocks[:1] + struct.pack("<I", 10**7) + blocks[5:]))
+
+
+def test_tolerance_up_to_16_bits_interpolates_and_range_codes(real_fields):
+    # eraint_z at a tolerance of 1 needs 14 bits: before, Lorenzo in version 1 (12.35,
+    # SZ3 16.6); now interpolation, range-coded.
+    field = real_fields["eraint_z"]
+    encoded = chunk.encode(field, None, level=1, tolerance=1.0)
+    parsed = _format.parse(memoryview(encoded))
+    assert encoded[4] == 3 and parsed.header.nbits == 14
+    assert _format.PREDICTOR_INTERPOLATION_TRANSPOSED in parsed.header.predictors
+    lorenzo = chunk.encode(field, None, level=1, tolerance=1.0, predictor="lorenzo")
+    assert len(encoded) < 0.8 * len(lorenzo)
+    decoded = chunk.decode(encoded).astype(np.float64)
+    assert (np.abs(decoded - field) <= 1.0 + np.spacing(np.abs(field))).all()
 
 
 def test_a_lying_shape_cannot_allocate_past_the_range_bound():
