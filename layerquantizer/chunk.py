@@ -447,12 +447,21 @@ AUTO_INTERPOLATION_MAX_NBITS = 12
 TOLERANCE_INTERPOLATION_MAX_NBITS = 16
 
 
+def _on_levels(values: np.ndarray, offset: float, step: float) -> bool:
+    """Whether the finite ``values`` are all ``float32(offset + q * step)`` for integers q."""
+    finite = values[np.isfinite(values)].astype(np.float64)
+    levels = np.floor((finite - offset) / step + 0.5)
+    return bool((np.float32(offset + levels * step) == finite).all())
+
+
 def _prefers_interpolation(
     layer, offset, step, snapped, low, plain_step, nbits, compressor
 ) -> bool:
     """Whether the interpolation predictor codes the trial tiles of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
-    bytes each)."""
+    bytes each), unless the tiles' values all sit on Lorenzo's levels: Lorenzo then keeps
+    them exactly, which interpolation's lattice of 255/256 of a step would not (packed data
+    whose grid is the tolerance's step, 2X, is returned losslessly)."""
     ny, nx = layer.shape
     half = TRIAL_SIDE // 2
     if ny < 4 * TRIAL_SIDE or nx < 4 * TRIAL_SIDE:
@@ -463,6 +472,8 @@ def _prefers_interpolation(
             for i in (ny // 6, ny // 2, 5 * ny // 6)
             for j in (nx // 4, 3 * nx // 4)
         ]
+    if step > 0 and all(_on_levels(band, offset, step) for band in bands):
+        return False
     rows, nx = bands[0].shape
     plane_count = (nbits + 7) // 8
     planes = np.empty((plane_count, rows * nx), np.uint8)
