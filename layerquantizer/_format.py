@@ -4,8 +4,10 @@ A chunk is, all integers little-endian::
 
     offset  size     field
     0       4        magic b"\\x89LQZ"
-    4       1        format version (1, or 2 with the predictor table)
-    5       1        flags: bit 0 exception section present, bit 1 Fortran order; others 0
+    4       1        format version (1, or 2 with the predictor table, or 3: version 2 with
+                       range-coded blocks, or a stored chunk)
+    5       1        flags: bit 0 exception section present, bit 1 Fortran order, bit 2
+                       (version 3) stored: the values as they are (see below); others 0
     6       1        dtype code (1 = float32, 2 = float32 returned big-endian)
     7       1        nbits (1-24 for float32)
     8       1        entropy coder (0 = none, 1 = zstd)
@@ -32,6 +34,9 @@ A chunk is, all integers little-endian::
                        the exceptions' float32 values through the coder
     end-4   4        CRC-32C of every byte before it
 
+A stored chunk (version 3, flag bit 2) holds after the shape only the size S (uint64) of the
+values' float32 bytes, byte-planar, through the coder, S bytes, and the CRC-32C.
+
 Every field is checked before any kernel touches memory: a chunk that fails a check
 raises :class:`~layerquantizer.errors.CorruptChunkError` naming the field.
 """
@@ -52,7 +57,9 @@ MAGIC = b"\x89LQZ"
 FORMAT_VERSION = 1
 #: Version 2 adds a predictor byte per layer after the layer table (see docs/format.md).
 FORMAT_VERSION_PREDICTORS = 2
-READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS)
+#: Version 3 is version 2 with blocks of mode 3 (range-coded codes) and the stored chunk.
+FORMAT_VERSION_RANGE = 3
+READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE)
 #: Version 2 chunks of at most this many bits may hold blocks of bit planes (mode 2).
 BIT_PLANES_MAX_NBITS = 12
 #: Per-layer predictors of version 2; version 1 chunks use Lorenzo everywhere.
@@ -72,7 +79,10 @@ PREDICTOR_NAMES = {
 }
 FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2
+#: Version 3 only: the chunk holds the values themselves (see :func:`pack_stored`).
+FLAG_STORED = 4
 _KNOWN_FLAGS = FLAG_EXCEPTIONS | FLAG_FORTRAN
+_KNOWN_FLAGS_V3 = _KNOWN_FLAGS | FLAG_STORED
 
 # The dtype the decoder returns: code 2 is float32 given big-endian (netCDF3 data), which
 # Zarr v2 reads back by viewing the decoded bytes as the array's dtype. The chunk's own
@@ -107,6 +117,14 @@ class Header:
     steps: np.ndarray  # float64[L]
     # uint8[L] (version 2), or None: version 1, every layer Lorenzo.
     predictors: np.ndarray | None = None
+    # Version 3: blocks of mode 3 may appear (the predictor table is that of version 2).
+    range_coded: bool = False
+
+    @property
+    def version(self) -> int:
+        if self.range_coded:
+            return FORMAT_VERSION_RANGE
+        return FORMAT_VERSION if self.predictors is None else FORMAT_VERSION_PREDICTORS
 
     @property
     def dtype(self) -> np.dtype:
@@ -257,7 +275,7 @@ def pack(
     parts = [
         _PREFIX.pack(
             MAGIC,
-            FORMAT_VERSION if header.predictors is None else FORMAT_VERSION_PREDICTORS,
+            header.version,
             flags,
             header.dtype_code,
             header.nbits,
@@ -276,11 +294,45 @@ def pack(
     if exceptions:
         count, bitmap, values = exceptions
         parts += [_U64.pack(count), _U64.pack(len(bitmap)), bitmap, values]
+    return _seal(parts)
+
+
+def _seal(parts: list[bytes]) -> bytes:
     checksum = 0
     for part in parts:
         checksum = crc32c.crc32c(part, value=checksum)
     parts.append(_CRC.pack(checksum))
     return b"".join(parts)
+
+
+def stored_size(shape: tuple[int, ...], payload: int) -> int:
+    """Bytes of a stored chunk of ``shape`` whose values take ``payload`` bytes."""
+    return _PREFIX.size + 8 * len(shape) + 8 + payload + _CRC.size
+
+
+def pack_stored(
+    shape: tuple[int, ...], flags: int, dtype_code: int, nbits: int, coder: int, values: bytes
+) -> bytes:
+    """Frame a stored chunk (version 3, flag bit 2): the values' float32 bytes, byte-planar
+    (byte 0 of every value, then byte 1, ...), as ``values`` through ``coder``. ``nbits`` is
+    what the chunk was asked for, kept for :func:`peek_nbits`; the values are exact."""
+    parts = [
+        _PREFIX.pack(
+            MAGIC,
+            FORMAT_VERSION_RANGE,
+            flags | FLAG_STORED,
+            dtype_code,
+            nbits,
+            coder,
+            len(shape),
+            0,
+            1,
+        ),  # fmt: skip
+        struct.pack(f"<{len(shape)}Q", *shape),
+        _U64.pack(len(values)),
+        values,
+    ]
+    return _seal(parts)
 
 
 def block_count(header: Header) -> int:
@@ -296,12 +348,36 @@ def residual_bounds(header: Header) -> tuple[int, int]:
     smaller, or (version 2, 8 bits or fewer) nbits bit planes of ceil(M / 8) bytes."""
     blocks = block_count(header)
     planes = header.size * header.plane_count
+    if header.range_coded and header.nbits > BIT_PLANES_MAX_NBITS:
+        # Mode 3 above 12 bits: at most as large as mode 0 (see range_block_most).
+        return header.size // RANGE_CODES_PER_BYTE + blocks, planes + blocks
+    if header.range_coded:
+        # Version 3 adds mode 3, range-coded codes, written only where smaller than mode 2.
+        # Each code costs the range coder at least log2(32768 / 32737) bits (its most
+        # certain probability), so a block of M codes is at least 1 + 4 + 4 + M / 5857
+        # bytes: M / 8192 bounds every mode from below, and keeps a lying shape from
+        # allocating far more than the section could hold.
+        lowest = header.size // RANGE_CODES_PER_BYTE + blocks
+        return lowest, max(planes, header.nbits * header.size // 8) + (header.nbits + 1) * blocks
     if header.predictors is not None and header.nbits <= BIT_PLANES_MAX_NBITS:
         # Version 2 at 12 bits or fewer: blocks may be nbits bit planes of ceil(M / 8)
         # bytes, fewer bytes than M below 8 bits, up to nbits more than nbits M / 8.
         lowest = min(header.nbits * header.size // 8, header.size) + blocks
         return lowest, max(planes, header.nbits * header.size // 8) + (header.nbits + 1) * blocks
     return header.size + blocks, planes + blocks
+
+
+#: A block of mode 3 holds at most this many codes a byte (see :func:`residual_bounds`).
+RANGE_CODES_PER_BYTE = 8192
+
+
+def range_block_most(nbits: int, size: int) -> int:
+    """The most range-coded bytes a block of mode 3 of ``size`` codes may hold: 4 fewer
+    than its bit planes (12 bits or fewer) or its planes of mode 0 (more bits), so that
+    the block, with its mode byte and size, is never larger than those."""
+    if nbits <= BIT_PLANES_MAX_NBITS:
+        return nbits * ((size + 7) // 8) - 4
+    return (nbits + 7) // 8 * size - 4
 
 
 @dataclass(frozen=True)
@@ -314,6 +390,9 @@ class Chunk:
     exception_count: int
     exception_bitmap: memoryview | None
     exception_values: memoryview | None
+    # A stored chunk (version 3, flag bit 2): its values' bytes, byte-planar, through the
+    # coder; the header's layer table is then empty and the other sections too.
+    stored: memoryview | None = None
 
 
 class _Reader:
@@ -353,15 +432,15 @@ def parse(buf: memoryview) -> Chunk:
     if version not in READ_VERSIONS:
         raise CorruptChunkError(
             f"chunk has format version {version}; this layerquantizer reads versions "
-            f"{' and '.join(map(str, READ_VERSIONS))} (upgrade layerquantizer if the chunk "
-            "is newer)"
+            f"{', '.join(map(str, READ_VERSIONS[:-1]))} and {READ_VERSIONS[-1]} (upgrade "
+            "layerquantizer if the chunk is newer)"
         )
     (stored_crc,) = _CRC.unpack(buf[-_CRC.size :])
     body = buf[: -_CRC.size]
     if crc32c.crc32c(body) != stored_crc:
         raise CorruptChunkError("chunk checksum (CRC-32C) mismatch: the chunk is corrupted")
     # The checksum passed; still trust nothing (a chunk may have been crafted).
-    if flags & ~_KNOWN_FLAGS or reserved:
+    if flags & ~(_KNOWN_FLAGS_V3 if version == FORMAT_VERSION_RANGE else _KNOWN_FLAGS) or reserved:
         raise CorruptChunkError(f"unknown flags {flags:#x} or reserved field {reserved}")
     if dtype_code not in DTYPE_CODES:
         raise CorruptChunkError(f"unknown dtype code {dtype_code}")
@@ -379,12 +458,14 @@ def parse(buf: memoryview) -> Chunk:
     if any(n > MAX_EXTENT for n in shape):
         raise CorruptChunkError(f"shape {shape} has an extent over {MAX_EXTENT}")
     nlayers, ny, nx = layer_shape(shape)
+    if flags & FLAG_STORED:
+        return _parse_stored(reader, body, flags, dtype_code, nbits, coder, shape)
     table = np.frombuffer(reader.take(16 * nlayers, "layer table"), "<f8").reshape(nlayers, 2)
     offsets, steps = table[:, 0], table[:, 1]
     if not (np.isfinite(offsets).all() and np.isfinite(steps).all() and (steps >= 0).all()):
         raise CorruptChunkError("layer table holds a non-finite offset or a negative step")
     predictors = None
-    if version == FORMAT_VERSION_PREDICTORS:
+    if version in (FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE):
         predictors = np.frombuffer(reader.take(nlayers, "predictor table"), "u1")
         unknown = np.setdiff1d(predictors, list(PREDICTOR_NAMES))
         if unknown.size:
@@ -402,6 +483,7 @@ def parse(buf: memoryview) -> Chunk:
         offsets,
         steps,
         predictors,
+        version == FORMAT_VERSION_RANGE,
     )
     residual_size = reader.u64("residual section size")
     residual_bytes = reader.u64("residual section size before coding")
@@ -433,6 +515,28 @@ def parse(buf: memoryview) -> Chunk:
     return Chunk(header, residuals, residual_bytes, count, bitmap, values)
 
 
+def _parse_stored(reader, body, flags, dtype_code, nbits, coder, shape) -> Chunk:
+    """The rest of a stored chunk: its values' section, which must end the chunk."""
+    if flags & FLAG_EXCEPTIONS:
+        raise CorruptChunkError("a stored chunk flags an exception section")
+    header = Header(
+        flags & FLAG_FORTRAN, dtype_code, nbits, coder, 1, shape, np.zeros(0), np.zeros(0),
+        None, True,
+    )  # fmt: skip
+    size = reader.u64("stored values size")
+    values = reader.take(size, "stored values")
+    # Checked before anything is allocated for the shape the header declares.
+    if coder == CODER_NONE and size != 4 * header.size:
+        raise CorruptChunkError(
+            f"stored values: {size} bytes for shape {shape}, {4 * header.size} expected"
+        )
+    if coder == CODER_ZSTD and 4 * header.size > _MAX_EXPANSION * size:
+        raise CorruptChunkError(f"stored values: {size} coded bytes cannot hold shape {shape}")
+    if reader.pos != len(body):
+        raise CorruptChunkError(f"{len(body) - reader.pos} stray bytes after the chunk's data")
+    return Chunk(header, memoryview(b""), 0, 0, None, None, values)
+
+
 #: Bytes at the start of a chunk that :func:`peek_nbits` needs.
 PREFIX_SIZE = _PREFIX.size
 
@@ -440,8 +544,8 @@ PREFIX_SIZE = _PREFIX.size
 def peek_nbits(prefix: bytes) -> int | None:
     """The nbits a chunk was encoded with, from its first :data:`PREFIX_SIZE` bytes; None
     when they are not the start of a chunk of a version this module reads (no checksum is
-    checked: this is for telling what a store holds, not for decoding). Versions 1 and 2
-    share the prefix.
+    checked: this is for telling what a store holds, not for decoding). Every version
+    shares the prefix.
 
     >>> peek_nbits(MAGIC + bytes([FORMAT_VERSION, 0, 1, 12, 1, 2, 0, 0, 1, 0, 0, 0]))
     12
@@ -470,9 +574,11 @@ def peek_steps(prefix: bytes) -> tuple[tuple[int, ...], np.ndarray] | None:
     prefix = bytes(prefix)
     if len(prefix) < _PREFIX.size:
         return None
-    magic, version, _, _, _, _, ndim, *_ = _PREFIX.unpack(prefix[: _PREFIX.size])
+    magic, version, flags, _, _, _, ndim, *_ = _PREFIX.unpack(prefix[: _PREFIX.size])
     if magic != MAGIC or version not in READ_VERSIONS or ndim > MAX_NDIM:
         return None
+    if version == FORMAT_VERSION_RANGE and flags & FLAG_STORED:
+        return None  # no layer table: the values are exact
     end = _PREFIX.size + 8 * ndim
     if len(prefix) < end:
         return None

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import zstandard
 
-from layerquantizer import _format, _grid, _kernels
+from layerquantizer import _format, _grid, _kernels, _range_kernels
 from layerquantizer._format import CODER_NONE, CODER_ZSTD, Header
 from layerquantizer.errors import CorruptChunkError
 
@@ -68,13 +68,24 @@ def encode(
     tolerances: np.ndarray | None = None,
     tolerance: float | None = None,
     predictor: str = "auto",
+    range_coding: bool | None = None,
+    fallback: bool = True,
 ) -> bytes:
     """Encode a float32 array of any shape into one chunk.
 
     ``predictor`` is ``"auto"`` (per layer, the Lorenzo or the interpolation predictor,
     whichever promises fewer bytes; at ``nbits`` above :data:`AUTO_INTERPOLATION_MAX_NBITS`
-    Lorenzo, without a trial), ``"lorenzo"`` or ``"interpolation"``. A chunk whose layers
-    all use Lorenzo is written in format version 1, as before; any other in version 2.
+    Lorenzo, without a trial), ``"lorenzo"`` or ``"interpolation"``. ``"lorenzo"``, and
+    ``"auto"`` above :data:`AUTO_INTERPOLATION_MAX_NBITS`, write format version 1, as
+    before. Otherwise, at :data:`RANGE_CODING_MAX_NBITS` bits or fewer (with a tolerance,
+    :data:`TOLERANCE_INTERPOLATION_MAX_NBITS`), the blocks' codes are range-coded (block
+    mode 3, format version 3) where that is smaller; ``range_coding=False`` never does
+    (format version 2, for readers that predate version 3), ``True`` at any nbits.
+
+    A chunk whose coded form would be larger than its values is written as a stored chunk
+    (format version 3): the values themselves, through zstd when that is smaller, so that no
+    chunk exceeds its input by more than a fixed header of ``36 + 8 * ndim`` bytes
+    (``fallback=False`` keeps the coded form whatever its size).
 
     Values equal to ``fill_value`` (what Zarr pads edge chunks with) do not widen a layer's
     range: the bound is that of the other values, and the fill values, when they lie
@@ -142,18 +153,36 @@ def encode(
     if tolerance is not None:
         nbits = _levels_bits(maxs, offsets, steps)
     predictors = None
-    if predictor == "auto" and nbits > AUTO_INTERPOLATION_MAX_NBITS:
+    range_coded = False
+    # With a tolerance, layers that need up to 16 bits still try interpolation, range-coded.
+    if predictor == "auto" and nbits > (
+        AUTO_INTERPOLATION_MAX_NBITS if tolerance is None else TOLERANCE_INTERPOLATION_MAX_NBITS
+    ):
         predictor = "lorenzo"
+    if range_coding is None:
+        most = RANGE_CODING_MAX_NBITS if tolerance is None else TOLERANCE_INTERPOLATION_MAX_NBITS
+        range_coding = nbits <= most
     if predictor != "lorenzo" and layers.size:
+        candidates = None
         if tolerance is not None:
-            # Enough bits for the plain steps too: a layer whose grid fails falls back to them.
-            nbits = max(nbits, _levels_bits(maxs, mins, plain_steps))
+            # Enough bits for the plain steps of the layers that may be interpolated (on the
+            # plain step): with a tolerance, those off a coarse grid. A layer on a grid keeps
+            # Lorenzo on the grid's levels (exact, and fewer bits: 4000 levels of a grid,
+            # not 62500 of the tolerance); were its grid to fail, values beyond the chunk's
+            # levels become exceptions.
+            if predictor == "auto":
+                candidates = ~snapped
+            wide = np.ones_like(snapped) if candidates is None else candidates
+            nbits = max(nbits, _levels_bits(maxs[wide], mins[wide], plain_steps[wide]))
         predicted = _encode_predicted(
             layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level,
-            predictor,
+            predictor, range_coding, candidates,
         )  # fmt: skip
-        if predicted is not None:
-            residuals, residual_bytes, bitmap, counts, predictors, offsets, steps = predicted
+        # A chunk of Lorenzo layers whose blocks all kept bit planes is written in version
+        # 1 (byte for byte as before version 3): only range coding made it worth version 3.
+        if predicted is not None and (predicted[7] or predicted[4].any()):
+            residuals, residual_bytes, bitmap, counts, predictors, offsets, steps = predicted[:7]
+            range_coded = predicted[7]
     while predictors is None:
         if tolerance is not None:
             nbits = _levels_bits(maxs, offsets, steps)
@@ -188,8 +217,27 @@ def encode(
         offsets=offsets,
         steps=steps,
         predictors=predictors,
+        range_coded=range_coded,
     )
-    return _format.pack(header, residuals, residual_bytes, exceptions)
+    encoded = _format.pack(header, residuals, residual_bytes, exceptions)
+    if fallback and len(encoded) > _format.stored_size(header.shape, 4 * layers.size):
+        return _stored(layers, header, level)
+    return encoded
+
+
+def _stored(layers: np.ndarray, header: Header, level: int) -> bytes:
+    """The stored chunk of ``layers`` (format version 3): their float32 bytes, byte-planar,
+    through zstd when that is smaller (and the header's coder is zstd), else as they are.
+    Exact, so within any bound."""
+    planar = np.ascontiguousarray(layers.reshape(-1).astype("<f4").view(np.uint8).reshape(-1, 4).T)
+    coder, values = CODER_NONE, planar.tobytes()
+    if header.coder == CODER_ZSTD:
+        coded = _format.compress(values, CODER_ZSTD, level)
+        if len(coded) < len(values):
+            coder, values = CODER_ZSTD, coded
+    return _format.pack_stored(
+        header.shape, header.flags, header.dtype_code, header.nbits, coder, values
+    )
 
 
 def tolerance_steps(mins: np.ndarray, maxs: np.ndarray, tolerance: float) -> np.ndarray:
@@ -300,17 +348,31 @@ def _coded_size(planes: np.ndarray, scratch: np.ndarray, positions, upper, compr
 BIT_PLANES_MAX_NBITS = _format.BIT_PLANES_MAX_NBITS
 #: Block modes of the residual section (docs/format.md).
 MODE_BIT_PLANES = 2
+#: Format version 3 only, at 12 bits or fewer: the codes through an adaptive binary range
+#: coder (:mod:`layerquantizer._range_kernels`).
+MODE_RANGE_CODED = 3
 
 
 class _BlockStream:
     """Cuts codes given layer by layer into the residual section's blocks of rows (of a
     version 2 chunk: mode 2 allowed)."""
 
-    def __init__(self, writer, nrows: int, nx: int, block_rows: int, plane_count: int, nbits: int):
+    def __init__(
+        self, writer, nrows: int, nx: int, block_rows: int, plane_count: int, nbits: int,
+        range_coding: bool = False,
+    ):  # fmt: skip
         self.writer, self.nx, self.block_rows = writer, nx, block_rows
         self.plane_count, self.rows_left, self.nbits = plane_count, nrows, nbits
         block_size = min(block_rows, nrows) * nx
         self.bit_planes = np.empty(1 + nbits * ((block_size + 7) // 8), np.uint8)
+        # Mode 3 (format version 3): whether to try it, and whether any block used it.
+        self.range_coding = range_coding
+        self.range_coded = False
+        if self.range_coding:
+            most = _format.range_block_most(nbits, block_size)
+            self.range_block = np.empty(5 + max(most, 0), np.uint8)
+            if writer.coder == CODER_ZSTD:
+                self.estimate = zstandard.ZstdCompressor(level=1)
         self.packed = np.empty(1 + plane_count * block_size, np.uint8)
         self.positions = np.empty(block_size, np.int64)
         self.upper = np.empty(2 * block_size, np.uint8)
@@ -337,14 +399,33 @@ class _BlockStream:
                 self._start_block()
 
     def _flush(self) -> None:
+        if self.range_coding:
+            # Before pack_block, which packs the planes in place.
+            stored = self.range_block[: 5 + _format.range_block_most(self.nbits, self.size)]
+            size = _range_kernels.range_encode(self.planes, self.nbits, stored[5:])
         if self.nbits <= BIT_PLANES_MAX_NBITS:
-            stored = self.bit_planes[: 1 + self.nbits * ((self.size + 7) // 8)]
-            stored[0] = MODE_BIT_PLANES
-            _kernels.pack_bit_planes(self.planes, self.nbits, stored[1:])
-            self.writer.write(stored)
-            return
-        stored = _kernels.pack_block(self.block, self.plane_count, self.positions, self.upper)
-        self.writer.write(self.block[:stored])
+            other = self.bit_planes[: 1 + self.nbits * ((self.size + 7) // 8)]
+            other[0] = MODE_BIT_PLANES
+            _kernels.pack_bit_planes(self.planes, self.nbits, other[1:])
+        else:
+            other = self.block[
+                : _kernels.pack_block(self.block, self.plane_count, self.positions, self.upper)
+            ]
+        if self.range_coding:
+            # Mode 3 (a mode byte, the size as uint32, the bytes) only where smaller than
+            # the other form through zstd at its fastest level: on Lorenzo codes of small
+            # layers zstd may win (era5ens_z at 8 bits: 12.4 with bit planes, 11.5 with
+            # mode 3 everywhere).
+            if size >= 0 and self.writer.coder == CODER_ZSTD:
+                if len(self.estimate.compress(other)) <= 5 + size:
+                    size = -1
+            if size >= 0:
+                stored[0] = MODE_RANGE_CODED
+                stored[1:5] = np.frombuffer(np.uint32(size).astype("<u4").tobytes(), np.uint8)
+                self.writer.write(stored[: 5 + size])
+                self.range_coded = True
+                return
+        self.writer.write(other)
 
 
 # "auto" compares the predictors on six square tiles of this side, centred at a sixth, a
@@ -366,6 +447,23 @@ TRIAL_TILE_BIAS = 1.07
 #: integers won on every field measured (bench_codec.py), and the trial would cost encode
 #: time for nothing.
 AUTO_INTERPOLATION_MAX_NBITS = 12
+#: Range coding (block mode 3) is tried up to this many bits: it codes the codes of
+#: interpolated layers 25-45 % smaller at 8 bits (eraint_z 94 -> 137, eraint_u 32 -> 40)
+#: but only 4 % smaller at 12 bits, where it made encoding 8 times slower (synthetic
+#: temperature, 48 -> 6 MiB/s; at 8 bits 38 -> 16 MiB/s, indicative, busy machine).
+RANGE_CODING_MAX_NBITS = 8
+#: With a tolerance, "auto" tries the interpolation predictor, and range coding, up to this
+#: many bits: a chunk's nbits are those of its widest layer, and at 13 and 14 bits SZ3 (and
+#: interpolation) coded eraint_z and the synthetic geopotential 20-35 % smaller than Lorenzo.
+TOLERANCE_INTERPOLATION_MAX_NBITS = 16
+
+
+def _on_levels(values: np.ndarray, offset: float, step: float) -> bool:
+    """Whether the finite ``values`` are all ``float32(offset + q * step)`` for integers q."""
+    finite = values[np.isfinite(values)].astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # near float32's largest: not on them
+        levels = np.floor((finite - offset) / step + 0.5)
+        return bool((np.float32(offset + levels * step) == finite).all())
 
 
 @functools.lru_cache(maxsize=8)
@@ -383,9 +481,12 @@ def _prefers_interpolation(
 ) -> bool:
     """Whether the interpolation predictor codes the trial tiles of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
-    bytes each). When the trial codes the whole layer, its interpolation codes (in coding
-    order), exception bitmap, exception count and tolerance are put in the list ``whole``,
-    for the encoder to use instead of coding the layer again."""
+    bytes each), unless the tiles' values all sit on Lorenzo's levels: Lorenzo then keeps
+    them exactly, which interpolation's lattice of 255/256 of a step would not (packed data
+    on the grid it is quantized on, a coarse grid found or a tolerance of half its step, is
+    returned losslessly). When the trial codes the whole layer, its interpolation codes (in
+    coding order), exception bitmap, exception count and tolerance are put in the list
+    ``whole``, for the encoder to use instead of coding the layer again."""
     ny, nx = layer.shape
     half = TRIAL_SIDE // 2
     if ny < 4 * TRIAL_SIDE or nx < 4 * TRIAL_SIDE:
@@ -396,6 +497,8 @@ def _prefers_interpolation(
             for i in (ny // 6, ny // 2, 5 * ny // 6)
             for j in (nx // 4, 3 * nx // 4)
         ]
+    if step > 0 and all(_on_levels(band, offset, step) for band in bands):
+        return False
     rows, nx = bands[0].shape
     plane_count = (nbits + 7) // 8
     planes = np.empty((plane_count, rows * nx), np.uint8)
@@ -443,32 +546,19 @@ def _prefers_interpolation(
     return interpolation < (lorenzo if len(bands) == 1 else TRIAL_TILE_BIAS * lorenzo)
 
 
-def _on_grid(layer: np.ndarray, offset: float, step: float) -> bool:
-    """Whether every finite value of ``layer`` is what Lorenzo's quantization on ``offset``
-    and ``step`` gives back (the kernels' ``float32(offset + level * step)``): a strided
-    sample first, so that a layer off the grid costs little."""
-    if not step > 0:
-        return False
-    values = layer.reshape(-1)
-    for sample in (values[:: max(1, values.size // 4096)], values):
-        x = sample[np.isfinite(sample)].astype(np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: not on the grid
-            levels = np.floor((x - offset) * (1.0 / step) + 0.5)
-            rebuilt = (offset + levels * step).astype(np.float32)
-        if not np.array_equal(rebuilt, x.astype(np.float32)):
-            return False
-    return True
-
-
 def _encode_predicted(
-    layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how
-):
+    layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how,
+    range_coding=False, candidates=None,
+):  # fmt: skip
     """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
     picks per layer by a trial on a band of rows, see :func:`_prefers_interpolation`), into
     a version 2 residual section. Returns None when "auto" picked Lorenzo everywhere (the
     chunk is then written in version 1), else the section, its size before coding, the
-    exception bitmap, the exceptions per layer, the predictors and the layer table.
-    ``allowed`` is each layer's largest error before a value is stored exactly."""
+    exception bitmap, the exceptions per layer, the predictors, the layer table and whether
+    a block is range-coded (format version 3). ``allowed`` is each layer's largest error
+    before a value is stored exactly. With ``range_coding``, a chunk of Lorenzo layers
+    only is coded here too: range-coded Lorenzo codes often beat version 1's blocks.
+    ``candidates`` (bool per layer; None: all) are the layers "auto" may interpolate."""
     nlayers, ny, nx = layers.shape
     if how == "auto":
         # One per call: a zstandard compressor must not be shared between threads.
@@ -487,16 +577,12 @@ def _encode_predicted(
                     compressor,
                     trials[layer],
                 )
+                if candidates is None or candidates[layer]
+                else False
                 for layer in range(nlayers)
             ]
         )
-        # A layer that Lorenzo gives back exactly (packed data on the grid it is quantized
-        # on: a coarse grid found, or a tolerance of half its step) stays lossless: the
-        # interpolation predictor would move its values within the bound, off the grid.
-        for layer in np.flatnonzero(choices):
-            if _on_grid(layers[layer], offsets[layer], steps[layer]):
-                choices[layer] = False
-        if not choices.any():
+        if not choices.any() and not range_coding:
             return None
     else:
         choices = np.ones(nlayers, bool)
@@ -521,7 +607,9 @@ def _encode_predicted(
     fine = np.empty((nx, ny), np.int64)
     prev = np.zeros(nx + 1, np.uint32)
     writer = _format.BlockWriter(coder, level)
-    stream = _BlockStream(writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count, nbits)
+    stream = _BlockStream(
+        writer, nlayers * ny, nx, _block_rows(nx, nbits), plane_count, nbits, range_coding
+    )
     for layer in range(nlayers):
         if choices[layer] and trials[layer] and trials[layer][3] == tolerances[layer]:
             # The trial coded this whole layer with the same settings: its codes it is.
@@ -568,7 +656,10 @@ def _encode_predicted(
     predictors = np.where(
         choices, _format.PREDICTOR_INTERPOLATION_TRANSPOSED, _format.PREDICTOR_LORENZO
     ).astype(np.uint8)
-    return writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps
+    return (
+        writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps,
+        stream.range_coded,
+    )  # fmt: skip
 
 
 def _lorenzo_layer(
@@ -622,6 +713,13 @@ class _BlockReader:
         self.bit_planes = header.predictors is not None and header.nbits <= BIT_PLANES_MAX_NBITS
         if self.bit_planes:
             self.bit_buffer = np.empty(header.nbits * ((block_size + 7) // 8), np.uint8)
+        # Mode 3 (range-coded codes) exists in version 3 chunks only.
+        self.range_coded = header.range_coded
+        self.length = np.empty(1, "<u4")
+        if self.range_coded:
+            self.range_buffer = np.empty(
+                max(_format.range_block_most(header.nbits, block_size), 0), np.uint8
+            )
 
     def read(self, first: int, size: int):
         """The next block, of ``size`` codes starting at row ``first``: its planes (only
@@ -634,6 +732,21 @@ class _BlockReader:
         if mode == MODE_BIT_PLANES and self.bit_planes:
             data = reader.read_into(self.bit_buffer[: self.nbits * ((size + 7) // 8)])
             _kernels.unpack_bit_planes(data, self.nbits, planes)
+            return planes, False, self.positions, self.no_escapes
+        if mode == MODE_RANGE_CODED and self.range_coded:
+            reader.read_into(self.length.view(np.uint8))
+            length, most = int(self.length[0]), _format.range_block_most(self.nbits, size)
+            if not _range_kernels.MIN_BYTES <= length <= most:
+                raise CorruptChunkError(
+                    f"residual block at row {first}: {length} range-coded bytes for {size} "
+                    f"values (at least {_range_kernels.MIN_BYTES}, at most {most})"
+                )
+            data = reader.read_into(self.range_buffer[:length])
+            if _range_kernels.range_decode(data, self.nbits, planes) != length:
+                raise CorruptChunkError(
+                    f"residual block at row {first}: the range-coded codes do not fill "
+                    f"their {length} bytes"
+                )
             return planes, False, self.positions, self.no_escapes
         reader.read_into(planes[0])
         if mode == 0:
@@ -800,7 +913,10 @@ def decode(buf, out: np.ndarray | None = None) -> np.ndarray:
     )
     result = out.reshape(header.shape) if direct else np.empty(header.shape, np.float32)
     layers = result.reshape(_format.layer_shape(header.shape))
-    if size and header.predictors is not None:
+    if chunk.stored is not None:
+        planar = _format.decompress(chunk.stored, header.coder, 4 * size, "stored values")
+        layers.reshape(-1).view(np.uint8).reshape(-1, 4)[...] = planar.reshape(4, size).T
+    elif size and header.predictors is not None:
         _decode_predicted(chunk, layers)
     elif size:
         _decode_residuals(chunk, layers)

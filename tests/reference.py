@@ -215,3 +215,93 @@ def interpolation_decode(codes, nbits, offset, unit):
         b = code // 2 if code % 2 == 0 else -(code + 1) // 2
         fine[i, j] = interpolation_prediction(fine, i, j, s, axis, nbits) + b * BIN_UNITS
     return (offset + fine * unit).astype(np.float32)
+
+
+# --- Block mode 3: the adaptive binary range coder --------------------------------------
+
+
+def _range_decisions(code: int, previous: int, nbits: int) -> list[tuple[int, int]]:
+    """The (context, bit) decisions of one zigzag code (docs/format.md, *Block mode 3*)."""
+    near = min(previous, 2)
+    decisions = [(near, int(code != 0))]
+    if code:
+        k = code.bit_length() - 1
+        decisions += [(3 + near * 24 + u, 1) for u in range(k)]
+        if k < nbits - 1:
+            decisions.append((3 + near * 24 + k, 0))
+        suffix = format(code, "b")[1:]  # the bits below the leading one, from the top
+        decisions += [(75 + k * 3 + min(t, 2), int(bit)) for t, bit in enumerate(suffix)]
+    return decisions
+
+
+def range_encode(codes: np.ndarray, nbits: int) -> bytes:
+    """The bytes of a block of mode 3, with the carry propagated back through the output
+    (rather than LZMA's cached byte): a leading 0 byte, one byte a normalisation, four at
+    the end."""
+    probabilities = [1 << 14] * 147
+    low, width, out = 0, 0xFFFFFFFF, bytearray([0])
+    previous = 0
+    for code in (int(c) for c in codes):
+        for context, bit in _range_decisions(code, previous, nbits):
+            p = probabilities[context]
+            bound = (width >> 15) * p
+            if bit:
+                low, width = low + bound, width - bound
+                probabilities[context] = p - (p >> 5)
+            else:
+                width = bound
+                probabilities[context] = p + (((1 << 15) - p) >> 5)
+            if low >= 1 << 32:
+                low -= 1 << 32
+                i = len(out) - 1
+                while out[i] == 0xFF:
+                    out[i] = 0
+                    i -= 1
+                out[i] += 1
+            while width < 1 << 24:
+                out.append(low >> 24)
+                low, width = (low << 8) & 0xFFFFFFFF, width << 8
+        previous = code
+    for _ in range(4):
+        out.append(low >> 24)
+        low = (low << 8) & 0xFFFFFFFF
+    return bytes(out)
+
+
+def range_decode(data: bytes, nbits: int, count: int) -> tuple[np.ndarray, int]:
+    """The ``count`` codes of a block of mode 3 and the bytes read (0 past the end)."""
+    probabilities = [1 << 14] * 147
+    position = 5
+    code_value = int.from_bytes((bytes(data[:5]) + bytes(5))[:5], "big") & 0xFFFFFFFF
+    width = 0xFFFFFFFF
+
+    def decide(context):
+        nonlocal width, code_value, position
+        p = probabilities[context]
+        bound = (width >> 15) * p
+        if code_value < bound:
+            width, bit = bound, 0
+            probabilities[context] = p + (((1 << 15) - p) >> 5)
+        else:
+            code_value, width, bit = code_value - bound, width - bound, 1
+            probabilities[context] = p - (p >> 5)
+        while width < 1 << 24:
+            byte = data[position] if position < len(data) else 0
+            code_value = ((code_value << 8) | byte) & 0xFFFFFFFF
+            width, position = width << 8, position + 1
+        return bit
+
+    codes = np.zeros(count, np.int64)
+    previous = 0
+    for n in range(count):
+        near = min(previous, 2)
+        code = 0
+        if decide(near):
+            k = 0
+            while k < nbits - 1 and decide(3 + near * 24 + k):
+                k += 1
+            code = 1
+            for t in range(k):
+                code = (code << 1) | decide(75 + k * 3 + min(t, 2))
+        codes[n] = previous = code
+    return codes, position

@@ -1,6 +1,7 @@
-"""Format version 2 (the predictor table) is frozen too: chunks written when it was
-published decode to the same values forever (tests/fixtures/make_layerquantizer1_v2.py wrote
-them once). Version 1 has its own fixtures, in tests/test_frozen_format.py."""
+"""Format versions 2 (the predictor table) and 3 (range-coded blocks, stored chunks) are
+frozen too: chunks written when they were published decode to the same values forever
+(tests/fixtures/make_layerquantizer1_v2.py wrote them once; an index entry without a
+"version" is version 2). Version 1 has its own fixtures, in tests/test_frozen_format.py."""
 
 import json
 from pathlib import Path
@@ -20,7 +21,7 @@ INDEX = json.loads((FIXTURES / "index.json").read_text())
 def test_fixture_decodes_to_the_recorded_values(name):
     case = INDEX[name]
     encoded = (FIXTURES / f"{name}.lq").read_bytes()
-    assert encoded[4] == 2
+    assert encoded[4] == case.get("version", 2)
     original = np.load(FIXTURES / f"{name}.input.npy")
     recorded = np.load(FIXTURES / f"{name}.decoded.npy")
     decoded = LayerQuantizer().decode(encoded)
@@ -34,7 +35,8 @@ def test_fixture_decodes_to_the_recorded_values(name):
 def test_fixture_is_within_its_bound(name):
     original = np.load(FIXTURES / f"{name}.input.npy")
     decoded = np.load(FIXTURES / f"{name}.decoded.npy")
-    assert_within_bound(original, decoded, INDEX[name]["nbits"])
+    # (as native float32: a stored fixture holds big-endian values)
+    assert_within_bound(original, decoded.astype(np.float32), INDEX[name]["nbits"])
     assert_array_equal(np.isnan(decoded), np.isnan(original))
 
 
@@ -82,3 +84,37 @@ def test_bit_plane_fixtures_hold_blocks_of_mode_2(name):
     if parsed.header.coder:
         blocks = zstandard.ZstdDecompressor().decompressobj().decompress(blocks)
     assert blocks[0] == 2
+
+
+def residual_modes(name):
+    """The format version and the mode byte of each block of a fixture (one block each)."""
+    import zstandard
+
+    from layerquantizer import _format
+
+    parsed = _format.parse(memoryview((FIXTURES / f"{name}.lq").read_bytes()))
+    blocks = bytes(parsed.residuals)
+    if parsed.header.coder:
+        blocks = zstandard.ZstdDecompressor().decompressobj().decompress(blocks)
+    return parsed.header, blocks
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(INDEX) if name.startswith("range_")])
+def test_range_fixtures_hold_blocks_of_mode_3(name):
+    header, blocks = residual_modes(name)
+    assert header.range_coded and blocks[0] == 3
+    if name == "range_lorenzo_nb8_auto":
+        assert set(header.predictors.tolist()) == {0}
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(INDEX) if name.startswith("stored_")])
+def test_stored_fixtures_are_exact_and_small(name):
+    from layerquantizer import _format
+
+    encoded = (FIXTURES / f"{name}.lq").read_bytes()
+    original = np.load(FIXTURES / f"{name}.input.npy")
+    assert encoded[5] & _format.FLAG_STORED
+    assert len(encoded) <= original.size * 4 + 36 + 8 * original.ndim
+    decoded = np.load(FIXTURES / f"{name}.decoded.npy")
+    assert decoded.dtype == original.dtype
+    assert decoded.tobytes() == original.tobytes()
