@@ -664,3 +664,25 @@ def test_write_plan_takes_the_lock_of_its_destination(sample_v2, tmp_path):
     dataset.write_plan(plan, dst)  # and released when it ends
     assert not (tmp_path / f"out.zarr{LOCK_SUFFIX}").exists()
     assert dataset.verify(sample_v2, dst).variables["temperature"].ok
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_unit_store_access_same_on_every_store(where, tmp_path):
+    # A local store is read and written on the unit's thread (its synchronous methods),
+    # other stores through zarr's event loop: both store the same bytes, read a missing
+    # object as None, and delete a missing object quietly.
+    from layerquantizer.dataset import _unit
+    from layerquantizer.storage import open_store
+
+    url = str(tmp_path / "s.zarr") if where == "local" else f"memory://unit-io-{tmp_path.name}"
+    store = open_store(url, "w")
+    assert hasattr(store, "set_sync") == (where == "local")
+    _unit._set(store, "v/0.0", b"\x00chunk")
+    assert _unit._get(store, "v/0.0").to_bytes() == b"\x00chunk"
+    _unit._set(store, "v/0.0", b"again")  # replaced whole
+    assert _unit._get(store, "v/0.0").to_bytes() == b"again"
+    _unit._delete(store, "v/0.0")
+    _unit._delete(store, "v/0.0")
+    assert _unit._get(store, "v/0.0") is None
+    if where == "local":  # written through a temporary file renamed over the key
+        assert sorted(p.name for p in (tmp_path / "s.zarr").rglob("*")) == ["v"]
