@@ -122,6 +122,27 @@ def test_sample_is_seeded_per_variable(small):
     )
 
 
+def test_sample_statistics_are_those_of_the_layers_sampled(small):
+    """The statistics are kept for the layers checked only (issue 9: not for every layer of
+    the variable): each level's errors, count and worst layer are those of the sampled
+    steps, read here with xarray, and every level is reported."""
+    src, dst = small
+    chosen, _ = _chosen_chunks(_reader(dst, "temperature"), (8, 1, 1, 1), 3, 0)
+    times = [coords[0] for coords in chosen]
+    check = dataset.verify(src, dst, variables=["temperature"], sample=3).variables["temperature"]
+    source = xr.open_zarr(src)["temperature"].isel(time=times)
+    back = xr.open_zarr(dst)["temperature"].isel(time=times)
+    assert [stats.level for stats in check.levels] == list(source["level"].values)
+    for stats in check.levels:
+        error = abs(back.sel(level=stats.level) - source.sel(level=stats.level))
+        per_step = error.max(["latitude", "longitude"])
+        assert stats.count == 3 * 24 * 48
+        assert stats.max_abs_error == pytest.approx(float(per_step.max()), rel=1e-6)
+        worst = per_step["time"].values[int(np.argmax(per_step.values))]
+        assert stats.worst_layer == {"time": worst}
+        assert stats.vmin == pytest.approx(float(source.sel(level=stats.level).min()))
+
+
 def test_sample_arguments_are_checked(small):
     src, dst = small
     with pytest.raises(dataset.RequestError, match="--sample must be a whole number"):
