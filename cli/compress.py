@@ -325,7 +325,8 @@ def compress(
         from layerquantizer import dataset
 
         chosen = selection()
-        with progress_reporter(enabled=True) as bar:
+        # With --json the output is a script's: no bar, even on a terminal.
+        with progress_reporter(enabled=not json_output) as bar:
             report = dataset.compress(
                 src,
                 dst,

@@ -30,6 +30,7 @@ from cli._common import (
     SchedulerOption,
     WorkerTimeoutOption,
     handle_errors,
+    listed,
     plural,
     print_json,
     stderr_console,
@@ -157,8 +158,11 @@ def verify(
     else:
         console = stdout_console()
         console.print(verify_table(report) if by_level else verify_summary_table(report))
-        for name, reason in report.skipped.items():
-            console.print(f"skipped {name}: {reason}")
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in sorted(report.skipped.items()):
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():  # one line each, as lq compress says them
+            console.print(listed(f"{reason}, skipped", names), markup=False, soft_wrap=True)
         for line in problem_lines(report):
             console.print(line, markup=False, soft_wrap=True)
         console.print(report.coverage(), markup=False, soft_wrap=True)

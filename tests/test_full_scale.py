@@ -419,3 +419,39 @@ def test_units_without_source_data_read_and_write_nothing(tmp_path, monkeypatch)
         "2.0.0.0"
     ]
     assert dataset.verify(str(src), str(dst)).ok
+
+
+#: What lq verify --sample may use on the full-size store (issue 9).
+VERIFY_MEMORY_LIMIT = 1e9
+
+
+def test_verify_sample_on_full_size_store_in_bounded_memory(full_store, tmp_path):
+    """Before: ``lq verify --sample 5`` on the full-size store peaked at 1.7 GB, most of it
+    per-layer statistics for all 93,544 steps of every variable (68 MB per pressure-level
+    variable) whatever the sample. Now they are kept for the layers checked only: a sample
+    of 2 chunks per variable stays well below 1 GB and still reports every level."""
+    # The peak of the lq process alone, measured by a parent of its own (this test's
+    # process has waited for other lq runs, whose peaks RUSAGE_CHILDREN would also hold).
+    measure = (
+        "import json, resource, subprocess, sys\n"
+        "result = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+        "print(json.dumps({'rc': result.returncode, 'peak': peak,"
+        " 'stdout': result.stdout, 'stderr': result.stderr}))\n"
+    )
+    command = [*lq_command(), "verify", str(full_store), str(full_store), "--sample", "2"]
+    run = subprocess.run(
+        [sys.executable, "-c", measure, *command, "--json"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["rc"] == 0, result["stderr"][-2000:]
+    peak = result["peak"]
+    assert peak < VERIFY_MEMORY_LIMIT, f"lq verify reached {peak / 2**30:.2f} GiB"
+    report = json.loads(result["stdout"])
+    assert report["ok"], report["problems"]
+    temperature = report["variables"]["temperature"]
+    # The sample, and as many chunks absent from the listing (this store has few chunks).
+    assert temperature["chunks"] == 93544 and temperature["chunks_checked"] == 4
+    assert len(temperature["levels"]) == 13

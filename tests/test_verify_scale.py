@@ -122,6 +122,27 @@ def test_sample_is_seeded_per_variable(small):
     )
 
 
+def test_sample_statistics_are_those_of_the_layers_sampled(small):
+    """The statistics are kept for the layers checked only (issue 9: not for every layer of
+    the variable): each level's errors, count and worst layer are those of the sampled
+    steps, read here with xarray, and every level is reported."""
+    src, dst = small
+    chosen, _ = _chosen_chunks(_reader(dst, "temperature"), (8, 1, 1, 1), 3, 0)
+    times = [coords[0] for coords in chosen]
+    check = dataset.verify(src, dst, variables=["temperature"], sample=3).variables["temperature"]
+    source = xr.open_zarr(src)["temperature"].isel(time=times)
+    back = xr.open_zarr(dst)["temperature"].isel(time=times)
+    assert [stats.level for stats in check.levels] == list(source["level"].values)
+    for stats in check.levels:
+        error = abs(back.sel(level=stats.level) - source.sel(level=stats.level))
+        per_step = error.max(["latitude", "longitude"])
+        assert stats.count == 3 * 24 * 48
+        assert stats.max_abs_error == pytest.approx(float(per_step.max()), rel=1e-6)
+        worst = per_step["time"].values[int(np.argmax(per_step.values))]
+        assert stats.worst_layer == {"time": worst}
+        assert stats.vmin == pytest.approx(float(source.sel(level=stats.level).min()))
+
+
 def test_sample_arguments_are_checked(small):
     src, dst = small
     with pytest.raises(dataset.RequestError, match="--sample must be a whole number"):
@@ -395,6 +416,47 @@ def test_progress_bar_on_a_terminal_and_none_with_json(small):
     assert code == 0 and "verifying" in stderr
     code, stderr = _stderr_on_a_terminal("verify", src, dst, "--vars", "temperature", "--json")
     assert code == 0 and stderr == ""
+
+
+@pytest.mark.slow
+def test_compress_progress_bar_on_a_terminal_and_none_with_json(small, tmp_path):
+    """Before: lq compress --json drew its bar on a terminal (into what a script captures
+    with 2>&1); now, as lq verify, a bar without --json and nothing on stderr with it."""
+    src, _ = small
+    args = ("compress", src, "--vars", "temperature", "--nbits", "12")
+    code, stderr = _stderr_on_a_terminal(*args[:2], tmp_path / "bar.zarr", *args[2:])
+    assert code == 0 and "writing" in stderr
+    code, stderr = _stderr_on_a_terminal(*args[:2], tmp_path / "json.zarr", *args[2:], "--json")
+    assert code == 0 and stderr == ""
+
+
+@pytest.mark.slow
+def test_many_skipped_variables_are_a_count_and_a_few_names(tmp_path):
+    """Before: lq verify printed one line per variable it skipped (a store of many
+    non-numeric variables filled the terminal). Now one line per reason, with the count and
+    the first few names, as lq compress says them; --json keeps them all."""
+    store = tmp_path / "dates.zarr"
+    stamps = np.array(["2020-01-01T00", "2020-01-01T06"], dtype="datetime64[ns]")
+    data = {f"date{i}": ("time", stamps) for i in range(7)}
+    data["temperature"] = (("time", "latitude", "longitude"), np.ones((2, 3, 4), "f4"))
+    xr.Dataset(data).to_zarr(store, zarr_format=3, consolidated=False)
+    text = subprocess.run(
+        [*lq_command(), "verify", str(store), str(store)], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert text.returncode == 0, text.stderr
+    [line] = [line for line in text.stdout.splitlines() if "not numeric" in line]
+    assert line == (
+        "not numeric (datetime64[ns], datetime64[ns]), skipped 7 variables: date0, date1, "
+        "date2, date3, date4 and 2 more (--json lists them all)"
+    )
+    report = json.loads(
+        subprocess.run(
+            [*lq_command(), "verify", str(store), str(store), "--json"],
+            capture_output=True, text=True, timeout=300,
+        ).stdout
+    )  # fmt: skip
+    assert sorted(report["skipped"]) == [f"date{i}" for i in range(7)]
 
 
 def test_sample_compares_at_most_n_absent_chunks_and_counts_the_rest(small, tmp_path):

@@ -555,17 +555,15 @@ def _layers(per_block: np.ndarray) -> np.ndarray:
 
 
 def _failing_chunks(
-    mask: np.ndarray, values: np.ndarray, lead_ids: list[np.ndarray], pad: int
+    mask: np.ndarray, values: np.ndarray, lead_chunks: np.ndarray, pad: int
 ) -> list[tuple[tuple[int, ...], float]]:
-    """The chunks where ``mask`` (leading dims x nby x nbx) holds, with the largest of
-    ``values`` in each, in chunk-grid order."""
+    """The chunks where ``mask`` (layers x nby x nbx) holds, with the largest of ``values``
+    in each, in chunk-grid order; ``lead_chunks`` is each layer's chunk index along the
+    leading dims (layers x leading dims)."""
     found = np.nonzero(mask)
     if not found[0].size:
         return []
-    ids = np.stack(
-        [lead_ids[axis][index] for axis, index in enumerate(found[:-2])] + list(found[-2:]),
-        axis=1,
-    )
+    ids = np.column_stack([lead_chunks[found[0]], found[1], found[2]])
     unique, inverse = np.unique(ids, axis=0, return_inverse=True)
     largest = np.full(len(unique), -np.inf)
     np.maximum.at(largest, inverse.reshape(-1), values[found])
@@ -589,7 +587,10 @@ def _check_variable(
     nbits = array.nbits if array is not None else None
     tolerance = array.tolerance if array is not None else None
     problems = tally.problems
-    lead_ids, pad, per_block = tally.lead_ids, tally.pad, tally.per_block
+    # Only the layers checked: the others hold no range, no error and nothing compared.
+    per_block, layer_index = tally.layers_checked()
+    pad = tally.pad
+    lead_chunks = layer_index // np.array(tally.sizes[:-2], dtype=np.int64)
     if array is not None:
         for problem in _metadata_problems(name, array):
             problems.add(problem)
@@ -623,7 +624,7 @@ def _check_variable(
         block_fs = np.where(span[..., None, None] > 0, block_err / span[..., None, None], 0.0)
     if tolerance is not None:
         units = f" {array.units}" if array.units else ""
-        for coords, err in _failing_chunks(beyond, block_err, lead_ids, pad):
+        for coords, err in _failing_chunks(beyond, block_err, lead_chunks, pad):
             problems.add(Problem(
                 "bound", f"{name}: chunk {coords}: errors up to {err:.3g}{units}, beyond the "
                 f"tolerance ({tolerance:.3g}{units} + one float32 ulp)", coords,
@@ -631,7 +632,7 @@ def _check_variable(
         beyond_fs = np.zeros_like(beyond)
     else:
         beyond_fs = beyond
-    for coords, fs in _failing_chunks(beyond_fs, block_fs, lead_ids, pad):
+    for coords, fs in _failing_chunks(beyond_fs, block_fs, lead_chunks, pad):
         limit = f"{bound:.3g} of the layer's range" if bound is not None else ""
         if abs_bound is not None:
             limit += (" and " if limit else "") + f"{abs_bound:.3g} absolute"
@@ -639,7 +640,7 @@ def _check_variable(
             "bound", f"{name}: chunk {coords}: errors up to {fs:.3g} of the layer's range, "
             f"beyond the bound ({limit})", coords,
         ))  # fmt: skip
-    for coords, count in _failing_chunks(bad, per_block[..., _BAD], lead_ids, pad):
+    for coords, count in _failing_chunks(bad, per_block[..., _BAD], lead_chunks, pad):
         problems.add(Problem(
             "nonfinite", f"{name}: chunk {coords}: NaN or infinite values differ from the "
             f"source's ({count:.0f} in one layer)", coords,
@@ -656,18 +657,18 @@ def _check_variable(
     failing = (beyond | differ | bad).any(axis=(-2, -1))
     dims = list(src_var.dims[:-2]) if src_var.ndim >= 2 else []
     if "level" in dims:
-        axis = dims.index("level")
-        per_level = np.moveaxis(stats, axis, 0).reshape(stats.shape[axis], -1, 7)
-        fails = np.moveaxis(failing, axis, 0).reshape(stats.shape[axis], -1)
+        level_of = layer_index[:, dims.index("level")]
         level_values = [v.item() for v in src_var["level"].values]
     else:
-        per_level = stats.reshape(1, -1, 7)
-        fails = failing.reshape(1, -1)
+        level_of = np.zeros(len(layer_index), dtype=np.int64)
         level_values = [None]
-    other_dims = [dim for dim in dims if dim != "level"]
-    other_shape = [src_var.sizes[dim] for dim in other_dims]
+    other_axes = [axis for axis, dim in enumerate(dims) if dim != "level"]
+    other_dims = [dims[axis] for axis in other_axes]
+    has_layers = all(src_var.sizes[dim] for dim in other_dims)
     levels = []
-    for value, layers, failed in zip(level_values, per_level, fails, strict=True):
+    for position, value in enumerate(level_values):
+        rows = level_of == position
+        layers, failed = stats[rows], failing[rows]
         lo, hi = layers[:, _LO], layers[:, _HI]
         has_range = np.isfinite(lo) & np.isfinite(hi)
         span = np.where(has_range, hi - lo, 0.0)
@@ -675,6 +676,10 @@ def _check_variable(
         with np.errstate(invalid="ignore", divide="ignore"):
             fs = np.where(span > 0, max_err / np.where(span > 0, span, 1.0), 0.0)
         count = layers[:, _COUNT].sum()
+        # The first layer of the largest error; the level's first layer if none has any.
+        worst = (0,) * len(other_axes)
+        if max_err.size and max_err.max() > 0:
+            worst = tuple(layer_index[rows][int(max_err.argmax())][other_axes])
         if tolerance is not None:
             fs_bound = None
             largest = np.maximum(np.abs(lo), np.abs(hi))[has_range]
@@ -703,11 +708,7 @@ def _check_variable(
                 nonfinite_mismatches=int(layers[:, _BAD].sum()),
                 ok=not failed.any(),
                 count=int(count),
-                worst_layer=_layer_labels(
-                    src_var, other_dims, np.unravel_index(int(max_err.argmax()), other_shape)
-                )
-                if max_err.size
-                else None,
+                worst_layer=_layer_labels(src_var, other_dims, worst) if has_layers else None,
             )
         )
     return VariableCheck(
@@ -895,20 +896,21 @@ class _ProblemList:
 
 class _Tally:
     """What the chunks of one variable checked so far add up to: the statistics per layer
-    and y/x block, the problems, the count."""
+    and y/x block of the layers checked, the problems, the count.
+
+    The statistics are kept per leading chunk (the chunk's index but for its y/x axes), from
+    its first chunk checked: memory grows with the layers checked, not with the variable's
+    (a sample of a few chunks of 93,544 steps x 13 levels holds a few dozen layers).
+    """
 
     def __init__(self, reader: _ChunkReader) -> None:
         pad = reader.pad
         self.pad = pad
         self.sizes = (1,) * pad + reader.chunk_sizes
-        shape = (1,) * pad + reader.shape
         self.grid = (1,) * pad + reader.grid
         self.chunks = math.prod(self.grid)
-        self.lead_ids = [
-            np.arange(n) // size for n, size in zip(shape[:-2], self.sizes[:-2], strict=True)
-        ]
-        self.per_block = np.empty((*shape[:-2], *self.grid[-2:], 7))
-        self.per_block[...] = _NEUTRAL
+        #: Per leading chunk index: its layers x nby x nbx x 7 (unchecked blocks _NEUTRAL).
+        self.blocks: dict[tuple[int, ...], np.ndarray] = {}
         self.problems = _ProblemList()
         self.checked = 0
         self.absent_unchecked = 0  # chunks absent from the listing, outside a sample
@@ -916,14 +918,32 @@ class _Tally:
     def add(self, coords: tuple[int, ...], stats: np.ndarray, problems: list[Problem]) -> None:
         """Take in the result of the block at ``coords`` (with the pad axes)."""
         lead = stats.shape[:-3]
-        where = tuple(
-            slice(c * size, c * size + n)
-            for c, size, n in zip(coords[:-2], self.sizes[:-2], lead, strict=True)
-        )
-        self.per_block[(*where, coords[-2], coords[-1])] = stats.reshape(*lead, 7)
+        block = self.blocks.get(coords[:-2])
+        if block is None:
+            block = self.blocks[coords[:-2]] = np.empty((*lead, *self.grid[-2:], 7))
+            block[...] = _NEUTRAL
+        block[..., coords[-2], coords[-1], :] = stats.reshape(*lead, 7)
         for problem in problems:
             self.problems.add(problem)
         self.checked += 1
+
+    def layers_checked(self) -> tuple[np.ndarray, np.ndarray]:
+        """The statistics of the layers checked (layers x nby x nbx x 7) and each layer's
+        index along the leading dims (layers x leading dims), in the variable's layer order."""
+        ndim = len(self.grid) - 2
+        stats = [np.empty((0, *self.grid[-2:], 7))]
+        index = [np.empty((0, ndim), dtype=np.int64)]
+        for lead_chunk, block in self.blocks.items():
+            lead = block.shape[:-3]
+            rows = math.prod(lead)
+            stats.append(block.reshape(rows, *block.shape[-3:]))
+            start = [c * size for c, size in zip(lead_chunk, self.sizes[:-2], strict=True)]
+            index.append(np.indices(lead, dtype=np.int64).reshape(ndim, rows).T + start)
+        stats, index = np.concatenate(stats), np.concatenate(index)
+        if ndim and len(index) > 1:
+            order = np.lexsort(index.T[::-1])
+            stats, index = stats[order], index[order]
+        return stats, index
 
 
 def _chosen_chunks(
