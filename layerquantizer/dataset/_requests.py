@@ -83,13 +83,10 @@ def parse_levels(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
-def parse_chunks(text: str) -> dict[str, int]:
-    """``"time=1,level=-1"`` -> ``{"time": 1, "level": -1}`` (-1: the whole dimension).
-
-    >>> parse_chunks("time=4, latitude=-1")
-    {'time': 4, 'latitude': -1}
-    """
-    chunks: dict[str, int] = {}
+def _dim_sizes(text: str, expected: str) -> dict[str, int]:
+    """``"DIM=SIZE,..."`` -> ``{DIM: SIZE}``, SIZE a positive integer or -1 (the whole
+    dimension); anything else a RequestError that begins with ``expected``."""
+    sizes: dict[str, int] = {}
     for part in text.split(","):
         dim, sep, size = part.partition("=")
         dim = dim.strip()
@@ -98,12 +95,22 @@ def parse_chunks(text: str) -> dict[str, int]:
         except ValueError:
             value = 0
         if not sep or not dim or value == 0 or value < -1:
-            raise RequestError(
-                f"expected DIM=SIZE pairs such as time=1,level=37 (SIZE a positive integer "
-                f"or -1 for the whole dimension), got {text!r}"
-            )
-        chunks[dim] = value
-    return chunks
+            raise RequestError(f"{expected}, got {text!r}")
+        sizes[dim] = value
+    return sizes
+
+
+def parse_chunks(text: str) -> dict[str, int]:
+    """``"time=1,level=-1"`` -> ``{"time": 1, "level": -1}`` (-1: the whole dimension).
+
+    >>> parse_chunks("time=4, latitude=-1")
+    {'time': 4, 'latitude': -1}
+    """
+    return _dim_sizes(
+        text,
+        "expected DIM=SIZE pairs such as time=1,level=37 (SIZE a positive integer or -1 for "
+        "the whole dimension)",
+    )
 
 
 def parse_shards(text: str) -> dict[str, int]:
@@ -113,22 +120,11 @@ def parse_shards(text: str) -> dict[str, int]:
     >>> parse_shards("time=28")
     {'time': 28}
     """
-    shards: dict[str, int] = {}
-    for part in text.split(","):
-        dim, sep, size = part.partition("=")
-        dim = dim.strip()
-        try:
-            value = int(size)
-        except ValueError:
-            value = 0
-        if not sep or not dim or value == 0 or value < -1:
-            raise RequestError(
-                f"--shards: expected DIM=SIZE pairs such as time=28 (SIZE time steps per "
-                f"shard, a multiple of the chunk size, or -1 for the whole dimension), got "
-                f"{text!r}"
-            )
-        shards[dim] = value
-    return shards
+    return _dim_sizes(
+        text,
+        "--shards: expected DIM=SIZE pairs such as time=28 (SIZE time steps per shard, a "
+        "multiple of the chunk size, or -1 for the whole dimension)",
+    )
 
 
 #: The ``--gcs-token`` values that name a way of finding credentials rather than a file.
