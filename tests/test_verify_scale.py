@@ -261,15 +261,22 @@ def test_workers_start_a_local_cluster_with_the_same_report(small):
 
 @pytest.mark.slow
 def test_chunks_are_checked_on_the_cluster_workers(dask_cluster, gcs_bucket, tmp_path):
-    """The dask cluster of tests/servers.py reaches the emulator: gs:// stores on both."""
+    """The dask cluster of tests/servers.py reaches the emulator: gs:// stores on both.
+    The stores are written and verified here in process (lq sample and compress to gs://
+    as subprocesses: tests/test_shards.py); lq verify on the cluster as a subprocess."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
     src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
-    assert lq("sample", src, "--levels", "3", "--grid", "48x24", "--times", "3").returncode == 0
-    assert lq("compress", src, dst, "--vars", "temperature").returncode == 0
+    dataset.write_sample(src, levels=3, grid=(24, 48), times=3)
+    dataset.compress(src, dst, variables=["temperature"])
     result = lq("verify", src, dst, "--scheduler", dask_cluster, "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["chunks_checked"] == 30
-    here = json.loads(lq("verify", src, dst, "--json").stdout)
-    assert _errors(json.loads(result.stdout)) == _errors(here)
+    here = CliRunner().invoke(app, ["verify", src, dst, "--json"])
+    assert here.exit_code == 0, here.stderr
+    assert _errors(json.loads(result.stdout)) == _errors(json.loads(here.stdout))
 
 
 # --------------------------------------------------------------------------------------
