@@ -41,6 +41,17 @@ def lq(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+def lq_here(*args):
+    """The same ``lq`` app run in this process (Typer's runner): for the runs a test
+    compares with, or whose message a subprocess of the test already shows as users see it;
+    no interpreter to start."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[str, str]:
     """A sample store of 8 time steps and its compressed copy (temperature quantized)."""
@@ -97,7 +108,7 @@ def test_sample_checks_n_chunks_per_variable_and_says_which(small):
     assert report["coverage"].startswith("sampled 3 of 8 chunks per variable, seed 7")
     for entry in report["variables"].values():
         assert (entry["chunks"], entry["chunks_checked"]) == (8, 3)
-    full = json.loads(lq("verify", src, dst, "--json").stdout)
+    full = json.loads(lq_here("verify", src, dst, "--json").stdout)
     assert full["sample"] is None and full["chunks_checked"] == full["chunks"] == 80
     assert full["coverage"] == "checked all 80 chunks"
     # A sample larger than the variable checks it whole.
@@ -180,7 +191,7 @@ def test_sample_finds_missing_chunks_outside_it_but_not_corrupt_ones(small, tmp_
     corrupt = _not_sampled(dst2, "geopotential", 2, 0)
     path = Path(dst2) / reader.key(corrupt)
     path.write_bytes(path.read_bytes()[:20])
-    assert lq("verify", src, dst2, "--sample", "2").returncode == 0
+    assert lq_here("verify", src, dst2, "--sample", "2").exit_code == 0
     result = lq("verify", src, dst2, "--json")
     assert result.returncode == 1
     problems = json.loads(result.stdout)["variables"]["geopotential"]["problems"]
@@ -251,7 +262,7 @@ def test_workers_start_a_local_cluster_with_the_same_report(small):
     """One local cluster: the same sample (same seed) checked there and here gives the same
     report (the full verify on a cluster is test_chunks_are_checked_on_the_cluster_workers)."""
     src, dst = small
-    here = json.loads(lq("verify", src, dst, "--sample", "4", "--json").stdout)
+    here = json.loads(lq_here("verify", src, dst, "--sample", "4", "--json").stdout)
     result = lq("verify", src, dst, "--workers", "2", "--sample", "4", "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     on_cluster = json.loads(result.stdout)
