@@ -41,6 +41,17 @@ def lq(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+def lq_here(*args):
+    """The same ``lq`` app run in this process (Typer's runner): for the runs a test
+    compares with, or whose message a subprocess of the test already shows as users see it;
+    no interpreter to start."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[str, str]:
     """A sample store of 8 time steps and its compressed copy (temperature quantized)."""
@@ -97,7 +108,7 @@ def test_sample_checks_n_chunks_per_variable_and_says_which(small):
     assert report["coverage"].startswith("sampled 3 of 8 chunks per variable, seed 7")
     for entry in report["variables"].values():
         assert (entry["chunks"], entry["chunks_checked"]) == (8, 3)
-    full = json.loads(lq("verify", src, dst, "--json").stdout)
+    full = json.loads(lq_here("verify", src, dst, "--json").stdout)
     assert full["sample"] is None and full["chunks_checked"] == full["chunks"] == 80
     assert full["coverage"] == "checked all 80 chunks"
     # A sample larger than the variable checks it whole.
@@ -180,7 +191,7 @@ def test_sample_finds_missing_chunks_outside_it_but_not_corrupt_ones(small, tmp_
     corrupt = _not_sampled(dst2, "geopotential", 2, 0)
     path = Path(dst2) / reader.key(corrupt)
     path.write_bytes(path.read_bytes()[:20])
-    assert lq("verify", src, dst2, "--sample", "2").returncode == 0
+    assert lq_here("verify", src, dst2, "--sample", "2").exit_code == 0
     result = lq("verify", src, dst2, "--json")
     assert result.returncode == 1
     problems = json.loads(result.stdout)["variables"]["geopotential"]["problems"]
@@ -193,26 +204,50 @@ def test_sample_finds_missing_chunks_outside_it_but_not_corrupt_ones(small, tmp_
 
 @pytest.mark.slow
 def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
+    """Each message as ``lq verify`` prints it. The unreachable scheduler is waited for
+    (the client's 10 s connect timeout) while the other spellings are checked: lq as a
+    subprocess for it and for an unknown scheduler, in process (Typer's runner, the same
+    app) for the other messages and for the schedulers that run here."""
     from servers import free_port
+    from typer.testing import CliRunner
+
+    from cli.main import app
 
     src, dst = small
-    result = lq("verify", src, dst, "--scheduler", "fast")
-    assert result.returncode == 2 and "unknown scheduler 'fast'" in result.stderr
-    assert result.stderr.count("\n") == 1
     address = f"tcp://127.0.0.1:{free_port()}"
-    result = lq("verify", src, dst, "--scheduler", address, timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("lq: error: cannot reach the dask scheduler at tcp://")
-    assert result.stderr.count("\n") == 1
-    result = lq("verify", src, dst, "--scheduler", address, "--workers", "2")
-    assert result.returncode == 2 and "--workers starts a local cluster" in result.stderr
-    result = lq("verify", src, dst, "--workers", "0")
-    assert result.returncode == 2
-    with pytest.raises(dataset.RequestError, match="memory:// stores live in one process"):
-        dataset.verify("memory://lq-verify/x.zarr", dst, workers=2)
-    for spelling in (["--scheduler", "threads", "--workers", "1"], ["--scheduler", "synchronous"]):
-        result = lq("verify", src, dst, "--vars", "temperature", "--json", *spelling)
-        assert result.returncode == 0, result.stderr
+    unreachable = subprocess.Popen(
+        [*lq_command(), "verify", src, dst, "--scheduler", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        result = lq("verify", src, dst, "--scheduler", "fast")
+        assert result.returncode == 2 and "unknown scheduler 'fast'" in result.stderr
+        assert result.stderr.count("\n") == 1
+        runner = CliRunner()
+        result = runner.invoke(app, ["verify", src, dst, "--scheduler", address, "--workers", "2"])
+        assert result.exit_code == 2 and "--workers starts a local cluster" in result.stderr
+        assert runner.invoke(app, ["verify", src, dst, "--workers", "0"]).exit_code == 2
+        with pytest.raises(dataset.RequestError, match="memory:// stores live in one process"):
+            dataset.verify("memory://lq-verify/x.zarr", dst, workers=2)
+        for spelling in (
+            ["--scheduler", "threads", "--workers", "1"],
+            ["--scheduler", "synchronous"],
+        ):
+            result = runner.invoke(
+                app, ["verify", src, dst, "--vars", "temperature", "--json", *spelling]
+            )
+            assert result.exit_code == 0, result.stderr
+            assert json.loads(result.stdout)["ok"]
+        _, stderr = unreachable.communicate(timeout=120)
+    finally:
+        if unreachable.poll() is None:
+            unreachable.kill()
+            unreachable.communicate()
+    assert unreachable.returncode == 2, stderr
+    assert stderr.startswith("lq: error: cannot reach the dask scheduler at tcp://")
+    assert stderr.count("\n") == 1
 
 
 def _errors(report: dict) -> dict:
@@ -224,27 +259,35 @@ def _errors(report: dict) -> dict:
 
 @pytest.mark.slow
 def test_workers_start_a_local_cluster_with_the_same_report(small):
+    """One local cluster: the same sample (same seed) checked there and here gives the same
+    report (the full verify on a cluster is test_chunks_are_checked_on_the_cluster_workers)."""
     src, dst = small
-    here = json.loads(lq("verify", src, dst, "--json").stdout)
+    here = json.loads(lq_here("verify", src, dst, "--sample", "4", "--json").stdout)
     result = lq("verify", src, dst, "--workers", "2", "--sample", "4", "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     on_cluster = json.loads(result.stdout)
-    assert on_cluster["chunks_checked"] == 40
-    full = json.loads(lq("verify", src, dst, "--workers", "2", "--json", timeout=600).stdout)
-    assert _errors(full) == _errors(here)
+    assert on_cluster["chunks_checked"] == here["chunks_checked"] == 40
+    assert _errors(on_cluster) == _errors(here)
 
 
 @pytest.mark.slow
 def test_chunks_are_checked_on_the_cluster_workers(dask_cluster, gcs_bucket, tmp_path):
-    """The dask cluster of tests/servers.py reaches the emulator: gs:// stores on both."""
+    """The dask cluster of tests/servers.py reaches the emulator: gs:// stores on both.
+    The stores are written and verified here in process (lq sample and compress to gs://
+    as subprocesses: tests/test_shards.py); lq verify on the cluster as a subprocess."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
     src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
-    assert lq("sample", src, "--levels", "3", "--grid", "48x24", "--times", "3").returncode == 0
-    assert lq("compress", src, dst, "--vars", "temperature").returncode == 0
+    dataset.write_sample(src, levels=3, grid=(24, 48), times=3)
+    dataset.compress(src, dst, variables=["temperature"])
     result = lq("verify", src, dst, "--scheduler", dask_cluster, "--json", timeout=600)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["chunks_checked"] == 30
-    here = json.loads(lq("verify", src, dst, "--json").stdout)
-    assert _errors(json.loads(result.stdout)) == _errors(here)
+    here = CliRunner().invoke(app, ["verify", src, dst, "--json"])
+    assert here.exit_code == 0, here.stderr
+    assert _errors(json.loads(result.stdout)) == _errors(json.loads(here.stdout))
 
 
 # --------------------------------------------------------------------------------------
@@ -377,11 +420,12 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
     sample_report = json.loads(sampled.stdout)
     assert sample_report["sample"] == {"chunks_per_variable": 1, "seed": 3}
     assert sample_report["chunks_checked"] == len(sample_report["variables"])
-    text = lq("verify", src, dst, "--sample", "1")
-    assert text.returncode == 0
-    assert f"sampled 1 of 3 chunks per variable, seed 0 ({len(report['variables'])} of" in (
-        text.stdout
-    )
+    if where == "local":  # the text is drawn from the same report wherever the stores are
+        text = lq("verify", src, dst, "--sample", "1")
+        assert text.returncode == 0
+        assert f"sampled 1 of 3 chunks per variable, seed 0 ({len(report['variables'])} of" in (
+            text.stdout
+        )
 
 
 def _stderr_on_a_terminal(*args) -> tuple[int, str]:
