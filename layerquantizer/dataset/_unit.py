@@ -543,23 +543,27 @@ def _float64_chunks_class():
     return Float64Chunks
 
 
+def _blocks(region: tuple[slice, ...], data: np.ndarray, shape: tuple[int, ...]):
+    """``(coords, block)`` of each object of ``shape`` (a chunk or a shard) the unit's
+    ``region`` covers, in the array's grid; an edge block is padded with NaN, the fill
+    value, as zarr pads it."""
+    pairs = list(zip(region, shape, strict=True))
+    counts = [-(-(where.stop - where.start) // n) for where, n in pairs]
+    first = [where.start // n for where, n in pairs]
+    for offset in np.ndindex(*counts):
+        block = data[tuple(slice(o * n, (o + 1) * n) for o, n in zip(offset, shape, strict=True))]
+        if block.shape != shape:
+            full = np.full(shape, np.nan, block.dtype)
+            full[tuple(slice(0, n) for n in block.shape)] = block
+            block = full
+        yield tuple(f + o for f, o in zip(first, offset, strict=True)), block
+
+
 def _write_shards(job: UnitJob, array, data: np.ndarray, encode) -> None:
     """Store each whole shard of the unit as one object made by ``encode`` (None: a shard
     of fill values only, which is not stored, as zarr does)."""
     store = array.store_path.store
-    shard_shape = tuple(array.shards)
-    pairs = list(zip(job.region, shard_shape, strict=True))
-    counts = [-(-(where.stop - where.start) // s) for where, s in pairs]
-    first = [where.start // s for where, s in pairs]
-    for offset in np.ndindex(*counts):
-        coords = tuple(f + o for f, o in zip(first, offset, strict=True))
-        block = data[
-            tuple(slice(o * s, (o + 1) * s) for o, s in zip(offset, shard_shape, strict=True))
-        ]
-        if block.shape != shard_shape:  # at the array's edge: padded as zarr pads
-            full = np.full(shard_shape, np.nan, block.dtype)
-            full[tuple(slice(0, n) for n in block.shape)] = block
-            block = full
+    for coords, block in _blocks(job.region, data, tuple(array.shards)):
         key = _join(array.path, array.metadata.encode_chunk_key(coords))
         encoded = encode(block)
         if encoded is None:
@@ -600,18 +604,7 @@ def write_region(job: UnitJob, data: np.ndarray) -> bool:
         array[tuple(job.region)] = data
         return False
     store = array.store_path.store
-    pairs = list(zip(job.region, chunk_shape, strict=True))
-    counts = [-(-(where.stop - where.start) // c) for where, c in pairs]
-    first = [where.start // c for where, c in pairs]
-    for offset in np.ndindex(*counts):
-        coords = tuple(f + o for f, o in zip(first, offset, strict=True))
-        block = data[
-            tuple(slice(o * c, (o + 1) * c) for o, c in zip(offset, chunk_shape, strict=True))
-        ]
-        if block.shape != chunk_shape:
-            full = np.full(chunk_shape, np.nan, block.dtype)
-            full[tuple(slice(0, n) for n in block.shape)] = block
-            block = full
+    for coords, block in _blocks(job.region, data, chunk_shape):
         key = _join(array.path, array.metadata.encode_chunk_key(coords))
         if _all_nan(block):
             _delete(store, key)  # as zarr does: no object for a chunk of fill values
