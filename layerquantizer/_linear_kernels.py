@@ -236,7 +236,10 @@ def fit_coefficients(layer, rows, offset, step, out):
             features[3] = x[j - 2] - w
             features[4] = b[j] - w
             target = x[j] - w
-            if not (np.isfinite(features).all() and np.isfinite(target)):
+            # (a sum is finite when all its terms are: one test, no array)
+            if not np.isfinite(
+                features[0] + features[1] + features[2] + features[3] + features[4] + target
+            ):
                 continue
             for k in range(5):
                 for m in range(5):

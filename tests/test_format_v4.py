@@ -117,10 +117,13 @@ def test_fitted_coefficients_add_up_to_one_and_are_chosen_on_smooth_layers():
     assert _linear_kernels.fit_coefficients(flat, np.arange(2, 8), 0.0, 1.0, out) == -np.inf
 
 
-@pytest.mark.parametrize("nbits", [13, 16, 20, 24])
-def test_linear_predictor_is_written_above_12_bits(nbits):
+@pytest.mark.parametrize(
+    ("nbits", "predictor"),
+    [(13, "linear"), (16, "linear"), (17, "auto"), (20, "auto"), (24, "auto")],
+)
+def test_linear_predictor_from_17_bits_or_when_asked(nbits, predictor):
     data = smooth_field()
-    encoded = chunk.encode(data, nbits, level=1)
+    encoded = chunk.encode(data, nbits, level=1, predictor=predictor)
     header = _format.parse(memoryview(encoded)).header
     assert encoded[4] == 4 and header.version == 4
     assert (header.predictors == _format.PREDICTOR_LINEAR).any()
@@ -130,6 +133,18 @@ def test_linear_predictor_is_written_above_12_bits(nbits):
     assert lorenzo[4] == 1 and len(encoded) < len(lorenzo)
 
 
+def test_16_bits_keeps_lorenzo_by_default():
+    # The default setting keeps its speed: a recurrence along the row decodes 3x slower.
+    data = smooth_field()
+    encoded = chunk.encode(data, 16, level=1)
+    assert encoded[4] == 1 and encoded == chunk.encode(data, 16, level=1, predictor="lorenzo")
+
+
+def test_linear_with_a_tolerance_is_refused():
+    with pytest.raises(ValueError, match="predictor='linear' works with nbits"):
+        chunk.encode(smooth_field(), None, level=1, tolerance=0.1, predictor="linear")
+
+
 def test_linear_layers_beside_lorenzo_and_exceptions():
     data = smooth_field()
     rng = np.random.default_rng(3)
@@ -137,7 +152,7 @@ def test_linear_layers_beside_lorenzo_and_exceptions():
     # A plane of integers: Lorenzo's residuals are all 0, nothing to gain.
     data[2] = np.add.outer(np.arange(61), 2 * np.arange(120)).astype(np.float32)
     data[0, 10, 10], data[0, 20, :5], data[0, 30, 7] = np.nan, np.inf, -np.inf
-    encoded = chunk.encode(data, 16, level=1)
+    encoded = chunk.encode(data, 16, level=1, predictor="linear")
     header = _format.parse(memoryview(encoded)).header
     assert header.predictors[0] == _format.PREDICTOR_LINEAR
     assert header.predictors[2] == _format.PREDICTOR_LORENZO
@@ -147,15 +162,15 @@ def test_linear_layers_beside_lorenzo_and_exceptions():
 
 
 def test_chunks_without_a_linear_layer_keep_their_version_1_bytes(real_fields):
-    # ERA-Interim u at 16 bits sits on its packing grid: Lorenzo's small residuals win.
+    # ERA-Interim u sits on its packing grid: Lorenzo's small residuals win.
     data = real_fields["eraint_u"][0]
-    encoded = chunk.encode(data, 16, level=1)
-    assert encoded[4] == 1 and encoded == chunk.encode(data, 16, level=1, predictor="lorenzo")
+    encoded = chunk.encode(data, 20, level=1)
+    assert encoded[4] == 1 and encoded == chunk.encode(data, 20, level=1, predictor="lorenzo")
 
 
 def test_version_1_fixtures_reencode_to_their_bytes_or_a_smaller_version_4():
     # The older forms' bytes do not change: a fixture re-encoded in version 1 is its bytes;
-    # where "auto" now picks the linear predictor (above 12 bits) the chunk is version 4,
+    # where "auto" now picks the linear predictor (17 bits on) the chunk is version 4,
     # and smaller. (Empty, scalar and 8-bit-or-fewer fixtures became version 3 before.)
     folder = FIXTURES / "layerquantizer1"
     versions = set()
@@ -169,7 +184,7 @@ def test_version_1_fixtures_reencode_to_their_bytes_or_a_smaller_version_4():
         if encoded[4] == 1:
             assert encoded == frozen, name
         elif encoded[4] == 4:
-            assert case["nbits"] > 12 and len(encoded) < len(frozen), name
+            assert case["nbits"] >= 17 and len(encoded) < len(frozen), name
             assert_within_bound(data, chunk.decode(encoded), case["nbits"])
     assert {1, 4} <= versions
 
@@ -201,7 +216,7 @@ def test_bound_holds_with_the_linear_predictor(nbits, seed, shape, specials, cod
     data = data.astype(np.float32)
     for _ in range(specials):
         data[tuple(rng.integers(0, n) for n in shape)] = rng.choice([np.nan, np.inf, -np.inf])
-    encoded = chunk.encode(data, nbits, level=1, coder=coder)
+    encoded = chunk.encode(data, nbits, level=1, coder=coder, predictor="linear")
     assert_within_bound(data, chunk.decode(encoded), nbits)
 
 
@@ -211,7 +226,7 @@ def linear_chunk(coder=1, exceptions=True) -> bytes:
     data = smooth_field(levels=(500.0, 850.0), grid=(32, 48))
     if exceptions:
         data[0, 3, 4] = np.nan
-    encoded = chunk.encode(data, 16, level=1)
+    encoded = chunk.encode(data, 16, level=1, predictor="linear")
     assert encoded[4] == 4
     if coder == 0:
         parsed = _format.parse(memoryview(encoded))
