@@ -1,7 +1,8 @@
 """Format versions 2 (the predictor table), 3 (range-coded blocks, stored chunks) and 4 (the
 linear predictor) are frozen too: chunks written when they were published decode to the
 same values forever (tests/fixtures/make_layerquantizer1_v2.py wrote them once; an index
-entry without a "version" is version 2). Version 1 has its own fixtures, in tests/test_frozen_format.py."""
+entry without a "version" is version 2). Version 1 has its own fixtures, in
+tests/test_frozen_format.py."""
 
 import json
 from pathlib import Path
