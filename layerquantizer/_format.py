@@ -5,7 +5,8 @@ A chunk is, all integers little-endian::
     offset  size     field
     0       4        magic b"\\x89LQZ"
     4       1        format version (1, or 2 with the predictor table, or 3: version 2 with
-                       range-coded blocks, or a stored chunk)
+                       range-coded blocks, or a stored chunk, or 4: version 3 with the
+                       linear predictor)
     5       1        flags: bit 0 exception section present, bit 1 Fortran order, bit 2
                        (version 3) stored: the values as they are (see below); others 0
     6       1        dtype code (1 = float32, 2 = float32 returned big-endian)
@@ -16,9 +17,11 @@ A chunk is, all integers little-endian::
     12      4        rows per block B (uint32, >= 1)
     16      8*ndim   shape (uint64 each)
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
-    ..      L        version 2 only: per layer, the predictor (0 Lorenzo, 1 interpolation,
+    ..      L        versions 2 to 4: per layer, the predictor (0 Lorenzo, 1 interpolation,
                        2 interpolation with the codes in coding order, 3 the same on the
-                       transposed layer)
+                       transposed layer; version 4: 6 linear)
+    ..      12*K     version 4 only: for each of the K layers of predictor 6, in order, its
+                       coefficients (int16 each: W, N, NW, NE, WW, NN, in 1/256)
     ..      8        residual section size R (uint64)
     ..      8        residual section size before coding U (uint64)
     ..      R        residual section, through the coder: seeing the chunk as L * ny rows
@@ -59,7 +62,10 @@ FORMAT_VERSION = 1
 FORMAT_VERSION_PREDICTORS = 2
 #: Version 3 is version 2 with blocks of mode 3 (range-coded codes) and the stored chunk.
 FORMAT_VERSION_RANGE = 3
-READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE)
+#: Version 4 is version 3 with more predictors: 6, the linear predictor, whose per-layer
+#: coefficients follow the predictor table (see docs/format.md).
+FORMAT_VERSION_4 = 4
+READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE, FORMAT_VERSION_4)
 #: Version 2 chunks of at most this many bits may hold blocks of bit planes (mode 2).
 BIT_PLANES_MAX_NBITS = 12
 #: Per-layer predictors of version 2; version 1 chunks use Lorenzo everywhere.
@@ -71,12 +77,22 @@ PREDICTOR_INTERPOLATION_ORDERED = 2
 #: The interpolation predictor on the transposed layer (columns first at every stride), its
 #: codes in that layer's coding order: what the encoder writes for interpolated layers.
 PREDICTOR_INTERPOLATION_TRANSPOSED = 3
+#: Version 4: a linear predictor of six neighbours whose coefficients the chunk stores per
+#: layer (:mod:`layerquantizer._linear_kernels`).
+PREDICTOR_LINEAR = 6
 PREDICTOR_NAMES = {
     PREDICTOR_LORENZO: "lorenzo",
     PREDICTOR_INTERPOLATION: "interpolation",
     PREDICTOR_INTERPOLATION_ORDERED: "interpolation, codes in coding order",
     PREDICTOR_INTERPOLATION_TRANSPOSED: "interpolation, transposed, codes in coding order",
+    PREDICTOR_LINEAR: "linear, six neighbours, coefficients per layer",
 }
+#: The predictors of versions 2 and 3; version 4 adds the others.
+PREDICTORS_V3 = (0, 1, 2, 3)
+#: Coefficients of a layer of the linear predictor (int16 each), and the most their
+#: magnitudes may add up to (in units of 2**-8: 4 in all).
+LINEAR_COEFFICIENTS = 6
+LINEAR_MAX_WEIGHT = 4 << 8
 FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2
 #: Version 3 only: the chunk holds the values themselves (see :func:`pack_stored`).
@@ -119,9 +135,14 @@ class Header:
     predictors: np.ndarray | None = None
     # Version 3: blocks of mode 3 may appear (the predictor table is that of version 2).
     range_coded: bool = False
+    # Version 4: int64[K, 6], the coefficients of the K layers of the linear predictor, in
+    # layer order (None when no layer uses it).
+    coefficients: np.ndarray | None = None
 
     @property
     def version(self) -> int:
+        if self.coefficients is not None:
+            return FORMAT_VERSION_4
         if self.range_coded:
             return FORMAT_VERSION_RANGE
         return FORMAT_VERSION if self.predictors is None else FORMAT_VERSION_PREDICTORS
@@ -272,6 +293,8 @@ def pack(
     ``exceptions``: (count, coded bitmap, coded values) or None."""
     flags = header.flags | (FLAG_EXCEPTIONS if exceptions else 0)
     predictors = [] if header.predictors is None else [header.predictors.astype("u1").tobytes()]
+    if header.coefficients is not None:
+        predictors.append(header.coefficients.astype("<i2").tobytes())
     parts = [
         _PREFIX.pack(
             MAGIC,
@@ -440,6 +463,7 @@ def parse(buf: memoryview) -> Chunk:
     if crc32c.crc32c(body) != stored_crc:
         raise CorruptChunkError("chunk checksum (CRC-32C) mismatch: the chunk is corrupted")
     # The checksum passed; still trust nothing (a chunk may have been crafted).
+    # The stored chunk is version 3's alone: version 4 adds predictors, not flags.
     if flags & ~(_KNOWN_FLAGS_V3 if version == FORMAT_VERSION_RANGE else _KNOWN_FLAGS) or reserved:
         raise CorruptChunkError(f"unknown flags {flags:#x} or reserved field {reserved}")
     if dtype_code not in DTYPE_CODES:
@@ -464,15 +488,18 @@ def parse(buf: memoryview) -> Chunk:
     offsets, steps = table[:, 0], table[:, 1]
     if not (np.isfinite(offsets).all() and np.isfinite(steps).all() and (steps >= 0).all()):
         raise CorruptChunkError("layer table holds a non-finite offset or a negative step")
-    predictors = None
-    if version in (FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE):
+    predictors = coefficients = None
+    if version != FORMAT_VERSION:
         predictors = np.frombuffer(reader.take(nlayers, "predictor table"), "u1")
-        unknown = np.setdiff1d(predictors, list(PREDICTOR_NAMES))
+        known = PREDICTOR_NAMES if version == FORMAT_VERSION_4 else PREDICTORS_V3
+        unknown = np.setdiff1d(predictors, list(known))
         if unknown.size:
             raise CorruptChunkError(
                 f"predictor table holds unknown predictor {unknown[0]} (upgrade "
                 "layerquantizer if the chunk is newer)"
             )
+    if version == FORMAT_VERSION_4:
+        coefficients = _coefficients(reader, int((predictors == PREDICTOR_LINEAR).sum()))
     header = Header(
         flags & FLAG_FORTRAN,
         dtype_code,
@@ -483,7 +510,8 @@ def parse(buf: memoryview) -> Chunk:
         offsets,
         steps,
         predictors,
-        version == FORMAT_VERSION_RANGE,
+        version >= FORMAT_VERSION_RANGE,
+        coefficients,
     )
     residual_size = reader.u64("residual section size")
     residual_bytes = reader.u64("residual section size before coding")
@@ -513,6 +541,19 @@ def parse(buf: memoryview) -> Chunk:
     if reader.pos != len(body):
         raise CorruptChunkError(f"{len(body) - reader.pos} stray bytes after the chunk's data")
     return Chunk(header, residuals, residual_bytes, count, bitmap, values)
+
+
+def _coefficients(reader: _Reader, layers: int) -> np.ndarray:
+    """The linear predictor's coefficients of ``layers`` layers (version 4), checked."""
+    size = 2 * LINEAR_COEFFICIENTS * layers
+    table = np.frombuffer(reader.take(size, "coefficient table"), "<i2")
+    table = table.reshape(layers, LINEAR_COEFFICIENTS).astype(np.int64)
+    weights = np.abs(table).sum(axis=1)
+    if (weights > LINEAR_MAX_WEIGHT).any():
+        raise CorruptChunkError(
+            f"coefficient table: weights adding up to {weights.max()} (at most {LINEAR_MAX_WEIGHT})"
+        )
+    return table
 
 
 def _parse_stored(reader, body, flags, dtype_code, nbits, coder, shape) -> Chunk:

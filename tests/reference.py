@@ -75,6 +75,49 @@ def lorenzo_decode(codes: np.ndarray, nbits: int) -> np.ndarray:
     return signed.cumsum(axis=1).cumsum(axis=2) % (1 << nbits)
 
 
+def _linear_prediction(q, i, j, coefficients) -> int:
+    """The linear predictor (format version 4) at ``(i, j)`` of the levels ``q`` (2-D):
+    six neighbours in 1/256, floor-rounded, where all exist; else Lorenzo, zeros outside."""
+    ny, nx = q.shape
+    if i >= 2 and 2 <= j <= nx - 2:
+        neighbours = [q[i, j - 1], q[i - 1, j], q[i - 1, j - 1], q[i - 1, j + 1], q[i, j - 2],
+                      q[i - 2, j]]  # fmt: skip
+        total = sum(int(c) * int(v) for c, v in zip(coefficients, neighbours, strict=True))
+        return (total + 128) // 256
+    up = int(q[i - 1, j]) if i else 0
+    left = int(q[i, j - 1]) if j else 0
+    corner = int(q[i - 1, j - 1]) if i and j else 0
+    return up + left - corner
+
+
+def linear_codes(levels, exceptions, nbits, coefficients) -> np.ndarray:
+    """Zigzag-coded residuals of one layer's levels (2-D) under the linear predictor,
+    modulo 2**nbits (exceptions take the prediction, modulo 2**nbits)."""
+    modulus = 1 << nbits
+    q = levels.copy()
+    codes = np.zeros_like(q)
+    for i in range(q.shape[0]):
+        for j in range(q.shape[1]):
+            prediction = _linear_prediction(q, i, j, coefficients)
+            if exceptions[i, j]:
+                q[i, j] = prediction % modulus
+            residual = (q[i, j] - prediction) % modulus
+            signed = residual - modulus if residual >= modulus // 2 else residual
+            codes[i, j] = 2 * signed if signed >= 0 else -2 * signed - 1
+    return codes
+
+
+def linear_decode(codes, nbits, coefficients) -> np.ndarray:
+    """Levels of one layer back from its codes under the linear predictor."""
+    modulus = 1 << nbits
+    signed = np.where(codes % 2 == 0, codes // 2, -(codes + 1) // 2)
+    q = np.zeros_like(codes)
+    for i in range(q.shape[0]):
+        for j in range(q.shape[1]):
+            q[i, j] = (_linear_prediction(q, i, j, coefficients) + signed[i, j]) % modulus
+    return q
+
+
 def dequantize(levels, offsets, steps) -> np.ndarray:
     return (offsets[:, None, None] + levels * steps[:, None, None]).astype(np.float32)
 

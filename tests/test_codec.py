@@ -458,7 +458,7 @@ def test_auto_keeps_version_1_where_lorenzo_wins_and_mixes_layers(real_fields):
 
 
 def test_predictor_is_validated():
-    with pytest.raises(ValueError, match="predictor must be 'auto', 'lorenzo' or"):
+    with pytest.raises(ValueError, match="predictor must be 'auto', 'lorenzo', 'interpolation' or"):
         chunk.encode(np.zeros((2, 2), np.float32), 8, level=1, predictor="cubic")
 
 

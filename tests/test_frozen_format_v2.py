@@ -1,7 +1,8 @@
-"""Format versions 2 (the predictor table) and 3 (range-coded blocks, stored chunks) are
-frozen too: chunks written when they were published decode to the same values forever
-(tests/fixtures/make_layerquantizer1_v2.py wrote them once; an index entry without a
-"version" is version 2). Version 1 has its own fixtures, in tests/test_frozen_format.py."""
+"""Format versions 2 (the predictor table), 3 (range-coded blocks, stored chunks) and 4 (the
+linear predictor) are frozen too: chunks written when they were published decode to the
+same values forever (tests/fixtures/make_layerquantizer1_v2.py wrote them once; an index
+entry without a "version" is version 2). Version 1 has its own fixtures, in
+tests/test_frozen_format.py."""
 
 import json
 from pathlib import Path
@@ -118,3 +119,19 @@ def test_stored_fixtures_are_exact_and_small(name):
     decoded = np.load(FIXTURES / f"{name}.decoded.npy")
     assert decoded.dtype == original.dtype
     assert decoded.tobytes() == original.tobytes()
+
+
+@pytest.mark.parametrize("name", [name for name in sorted(INDEX) if name.startswith("linear_")])
+def test_linear_fixtures_hold_the_linear_predictor(name):
+    from layerquantizer import _format
+
+    encoded = (FIXTURES / f"{name}.lq").read_bytes()
+    header = _format.parse(memoryview(encoded)).header
+    assert encoded[4] == 4 and _format.PREDICTOR_LINEAR in header.predictors.tolist()
+    assert len(header.coefficients) == (header.predictors == _format.PREDICTOR_LINEAR).sum()
+    if name == "linear_mixed_nb24_auto":
+        assert header.predictors[2] == _format.PREDICTOR_LORENZO
+    if name == "linear_geopotential_nb20_auto":
+        # Quantized on the values' float32 spacing, coarser than the step: exact.
+        original = np.load(FIXTURES / f"{name}.input.npy")
+        assert np.load(FIXTURES / f"{name}.decoded.npy").tobytes() == original.tobytes()
