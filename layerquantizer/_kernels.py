@@ -313,42 +313,36 @@ def decode_rows(planes, first, ny, nbits, offsets, steps, rows, prev, escaped, p
 
 
 @numba.njit(**_JIT)
-def _escape_flags(planes, upper):
-    """The bytes that are nonzero where a code has a nonzero byte above byte 0 (``planes[1]``
-    itself, or ``upper`` filled), and how many codes have one."""
-    nbytes, size = planes.shape
-    if nbytes == 2:
-        flags = planes[1]
-    else:
-        flags = upper[:size]
-        for n in range(size):
-            flags[n] = planes[1, n] | planes[2, n]
+def _compact_escapes(flags, positions, upper, keep_upper):
+    """Write the index of every nonzero flag into ``positions`` (and, when ``keep_upper``,
+    the flag itself into ``upper``) in order; returns how many.
+
+    One pass without a branch: every index is written and the count advances by the flag
+    (a quarter of the codes of a 16-bit chunk are escapes: a branch per code would be
+    mispredicted often, and skipping words of zero flags rarely pays at that density)."""
     count = 0
-    for n in range(size):
-        count += flags[n] != 0
-    return flags, count
+    if keep_upper:
+        for n in range(flags.size):
+            flag = flags[n]
+            positions[count] = n
+            upper[count] = flag
+            count += flag != 0
+    else:
+        for n in range(flags.size):
+            positions[count] = n
+            count += flags[n] != 0
+    return count
 
 
 @numba.njit(**_JIT)
-def _escape_positions(flags, positions):
-    """Fill ``positions`` with the indices of the nonzero ``flags``; returns how many.
-    Words of eight zero flags are skipped; within the others every index is written and
-    the count advances by the flag, without a branch (a quarter of the codes of a 16-bit
-    chunk are escapes: a branch per code would be mispredicted often)."""
-    size = flags.size
-    count = 0
-    words = size // 8
-    packed = flags[: words * 8].view(np.uint64)
-    for w in range(words):
-        if packed[w]:
-            first = w * 8
-            for n in range(first, first + 8):
-                positions[count] = n
-                count += flags[n] != 0
-    for n in range(words * 8, size):
-        positions[count] = n
-        count += flags[n] != 0
-    return count
+def _long_gaps(positions, escapes):
+    """How many gaps between escapes (the first counted from -1) reach 255 codes."""
+    long_gaps = 0
+    if escapes:
+        long_gaps += positions[0] >= 255
+    for e in range(1, escapes):
+        long_gaps += positions[e] - positions[e - 1] > 255
+    return long_gaps
 
 
 @numba.njit(**_JIT)
@@ -368,47 +362,68 @@ def pack_block(packed, nbytes, positions, upper):
 
     The gap before an escape (codes since the previous one) is written as ``gap // 255``
     bytes of 255, then ``gap % 255``. ``packed`` holds ``1 + nbytes * M`` bytes at least;
-    ``positions`` (int64[M]) and ``upper`` (uint8[M]) are scratch.
+    ``positions`` (int64[M]) and ``upper`` (uint8[2 * M]) are scratch.
     """
     size = (packed.size - 1) // nbytes
     planes = packed[1 : 1 + nbytes * size].reshape(nbytes, size)
     packed[0] = 0
     if nbytes == 1:
         return 1 + size
-    flags, escapes = _escape_flags(planes, upper)
+    if nbytes == 2:
+        # The flags are the upper plane itself: its nonzero bytes are the uppers, kept in
+        # the same pass that finds their positions.
+        escapes = _compact_escapes(planes[1], positions, upper, True)
+    else:
+        flags = upper[size : 2 * size]
+        for n in range(size):
+            flags[n] = planes[1, n] | planes[2, n]
+        escapes = _compact_escapes(flags, positions, upper, False)
     # Each escape costs its upper bytes and one gap byte at least: when that already
-    # reaches the planes' size, mode 0 it is, without finding the positions.
+    # reaches the planes' size, mode 0 it is.
     if 9 + size + nbytes * escapes >= 1 + nbytes * size:
         return 1 + nbytes * size
-    _escape_positions(flags, positions)
-    gap_bytes = 0
-    last = -1
-    for e in range(escapes):
-        gap_bytes += (positions[e] - last - 1) // 255 + 1
-        last = positions[e]
+    long_gaps = _long_gaps(positions, escapes)
+    gap_bytes = escapes
+    if long_gaps:
+        gap_bytes = 0
+        last = -1
+        for e in range(escapes):
+            gap_bytes += (positions[e] - last - 1) // 255 + 1
+            last = positions[e]
     escaped_size = 9 + size + gap_bytes + (nbytes - 1) * escapes
     if escaped_size >= 1 + nbytes * size:
         return 1 + nbytes * size
-    # Gather the escapes' upper bytes before their planes are overwritten.
-    for k in range(1, nbytes):
-        for e in range(escapes):
-            upper[(k - 1) * escapes + e] = planes[k, positions[e]]
+    if nbytes > 2:
+        # Gather the escapes' upper bytes before their planes are overwritten.
+        for k in range(1, nbytes):
+            source = planes[k]
+            target = upper[(k - 1) * escapes : k * escapes]
+            for e in range(escapes):
+                target[e] = source[positions[e]]
     packed[0] = 1
     cursor = 1 + size
     for k in range(4):
         packed[cursor + k] = (escapes >> (8 * k)) & 0xFF
         packed[cursor + 4 + k] = (gap_bytes >> (8 * k)) & 0xFF
     cursor += 8
-    last = -1
-    for e in range(escapes):
-        gap = positions[e] - last - 1
-        while gap >= 255:
-            packed[cursor] = 255
+    if not long_gaps and escapes:
+        # Every gap one byte: written in a loop that vectorizes.
+        gaps = packed[cursor : cursor + escapes]
+        gaps[0] = positions[0]
+        for e in range(1, escapes):
+            gaps[e] = positions[e] - positions[e - 1] - 1
+        cursor += escapes
+    else:
+        last = -1
+        for e in range(escapes):
+            gap = positions[e] - last - 1
+            while gap >= 255:
+                packed[cursor] = 255
+                cursor += 1
+                gap -= 255
+            packed[cursor] = gap
             cursor += 1
-            gap -= 255
-        packed[cursor] = gap
-        cursor += 1
-        last = positions[e]
+            last = positions[e]
     packed[cursor : cursor + (nbytes - 1) * escapes] = upper[: (nbytes - 1) * escapes]
     return escaped_size
 
