@@ -142,35 +142,79 @@ def _quantize_row(row, ulps, offset, step, scale, tolerance, max_level, cur, bad
 
 
 @numba.njit(**_JIT)
-def _store_residuals(cur, prev, mask, sign_shift, planes, base, nbytes):
+def _quantize_row_fast(row, bits, offset, step, scale, tolerance, max_level, cur):
+    """:func:`_quantize_row` without the flags: whether any value may miss the bound.
+
+    The ulp is taken from the exponent bits alone, exact for normal numbers from
+    ``2**-103`` on, 0 below (stricter), ``2**105`` for NaN and infinities (which miss any
+    bound anyway): never larger than :func:`_row_ulps`' for a finite value, so a row
+    it passes has no exception, and the row it does not is quantized again exactly. One
+    loop, no stores but the levels: 0.3 ns per value less than the ulps' own pass and
+    the flags' stores (at 16 bits most rows have no exception)."""
+    any_bad = np.uint8(0)
+    for j in range(row.size):
+        x = np.float64(row[j])
+        ulp_bits = max((bits[j] & 0x7F800000) - np.int32(23 << 23), np.int32(0))
+        ulp = np.float64(np.int32(ulp_bits).view(np.float32))
+        level = np.floor((x - offset) * scale + 0.5)
+        level = level if level >= 0.0 else 0.0  # NaN too: no undefined cast below
+        level = level if level <= max_level else max_level
+        rebuilt = np.float64(np.float32(offset + level * step))
+        error = abs(x - rebuilt)
+        any_bad |= np.uint8(0) if error <= tolerance + ulp else np.uint8(1)
+        cur[j + 1] = np.uint32(level)
+    return any_bad
+
+
+@numba.njit(**_JIT)
+def _store_residuals(cur, prev, mask, half, planes, base, nbytes):
     """Lorenzo residuals of a row of levels ``cur`` under ``prev`` (both after a zero
-    column), modulo ``2**nbits``, zigzag-coded, straight into ``planes`` from column
-    ``base``: one pass, one loop per byte count, so that each one vectorizes."""
+    column), modulo ``2**nbits`` (``mask``), zigzag-coded, straight into ``planes`` from
+    column ``base``: one pass, one loop per byte count, so that each one vectorizes.
+
+    In int32 throughout (levels are below ``2**24``): numba widens arithmetic on smaller
+    integers to 64 bits, which halves the values per vector and costs a narrowing per
+    store (2.6x slower). The residual, read as a signed ``nbits``-bit number by flipping
+    and subtracting its sign bit ``half``, is zigzag-coded by a shift of the int32's sign,
+    without the variable shift that kept the compiler in 64 bits."""
     nx = cur.size - 1
-    one = np.uint32(1)
-    zero = np.uint32(0)
+    mask, half = np.int32(mask), np.int32(half)
     # Slices indexed from 0: an index ``base + j`` could be negative as far as the compiler
     # knows, and its wraparound test stops the loop from vectorizing (4x slower).
     low = planes[0, base : base + nx]
     if nbytes == 1:
         for j in range(nx):
-            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
-            low[j] = ((residual << one) ^ (zero - (residual >> sign_shift))) & mask
+            residual = _residual(cur, prev, j, mask)
+            signed = np.int32((residual ^ half) - half)
+            low[j] = np.uint8(np.int32((signed << 1) ^ (signed >> 31)) & mask)
     elif nbytes == 2:
         high = planes[1, base : base + nx]
         for j in range(nx):
-            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
-            code = ((residual << one) ^ (zero - (residual >> sign_shift))) & mask
-            low[j] = code & 0xFF
-            high[j] = code >> 8
+            residual = _residual(cur, prev, j, mask)
+            signed = np.int32((residual ^ half) - half)
+            code = np.int32((signed << 1) ^ (signed >> 31)) & mask
+            low[j] = np.uint8(code & 0xFF)
+            high[j] = np.uint8((code >> 8) & 0xFF)
     else:
         middle, high = planes[1, base : base + nx], planes[2, base : base + nx]
         for j in range(nx):
-            residual = (cur[j + 1] - prev[j + 1] - cur[j] + prev[j]) & mask
-            code = ((residual << one) ^ (zero - (residual >> sign_shift))) & mask
-            low[j] = code & 0xFF
-            middle[j] = (code >> 8) & 0xFF
-            high[j] = code >> 16
+            residual = _residual(cur, prev, j, mask)
+            signed = np.int32((residual ^ half) - half)
+            code = np.int32((signed << 1) ^ (signed >> 31)) & mask
+            low[j] = np.uint8(code & 0xFF)
+            middle[j] = np.uint8((code >> 8) & 0xFF)
+            high[j] = np.uint8((code >> 16) & 0xFF)
+
+
+@numba.njit(**_JIT)
+def _residual(cur, prev, j, mask):
+    """``q[i, j] - q[i-1, j] - q[i, j-1] + q[i-1, j-1]`` modulo ``mask + 1``, in int32."""
+    return (
+        np.int32(
+            np.int32(cur[j + 1]) - np.int32(prev[j + 1]) - np.int32(cur[j]) + np.int32(prev[j])
+        )
+        & mask
+    )
 
 
 @numba.njit(**_JIT)
@@ -225,9 +269,8 @@ def encode_rows(
     nx = rows.shape[1]
     nbytes = planes.shape[0]
     mask = np.uint32((1 << nbits) - 1)
-    # The sign bit of an nbits-bit residual, by a shift: a division by a power of two
-    # unknown to the compiler would not vectorize.
-    sign_shift = np.uint32(nbits - 1)
+    # The sign bit of an nbits-bit residual.
+    half = np.uint32(1 << (nbits - 1))
     max_level = float((1 << nbits) - 1)
     # Index 0 of cur and prev is a zero column, so that j - 1 needs no test. The two
     # rows swap roles after each row instead of being copied; ``prev`` gets the last one.
@@ -246,8 +289,14 @@ def encode_rows(
         step = steps[layer]
         scale = 1.0 / step if step > 0.0 else 0.0
         tolerance = tolerances[layer]
-        _row_ulps(row_bits[r], ulp_bits)
-        any_bad = _quantize_row(rows[r], ulps, offset, step, scale, tolerance, max_level, cur, bad)
+        any_bad = _quantize_row_fast(
+            rows[r], row_bits[r], offset, step, scale, tolerance, max_level, cur
+        )
+        if any_bad:
+            _row_ulps(row_bits[r], ulp_bits)
+            any_bad = _quantize_row(
+                rows[r], ulps, offset, step, scale, tolerance, max_level, cur, bad
+            )
         if any_bad:
             for j in range(nx):
                 if not bad[j]:
@@ -258,7 +307,7 @@ def encode_rows(
                 n = r * nx + j
                 exception_bits[n >> 3] |= np.uint8(1 << (n & 7))
                 counts[layer] += 1
-        _store_residuals(cur, above, mask, sign_shift, planes, k * nx, nbytes)
+        _store_residuals(cur, above, mask, half, planes, k * nx, nbytes)
         cur, above = above, cur
     prev[:] = above
 
