@@ -382,24 +382,18 @@ def _unzigzag(code):
 
 
 @numba.njit(**_JIT)
-def _compact_escapes(flags, positions, upper, keep_upper):
-    """Write the index of every nonzero flag into ``positions`` (and, when ``keep_upper``,
-    the flag itself into ``upper``) in order; returns how many.
+def _compact_escapes(flags, positions):
+    """Write the index of every nonzero flag into ``positions``, in order; returns how many.
 
     One pass without a branch: every index is written and the count advances by the flag
     (a quarter of the codes of a 16-bit chunk are escapes: a branch per code would be
-    mispredicted often, and skipping words of zero flags rarely pays at that density)."""
+    mispredicted often, and skipping words of zero flags rarely pays at that density).
+    Keeping the flags (the upper bytes at 16 bits) in the same pass, or splitting it into
+    independent chains, measured slower than gathering them after."""
     count = 0
-    if keep_upper:
-        for n in range(flags.size):
-            flag = flags[n]
-            positions[count] = n
-            upper[count] = flag
-            count += flag != 0
-    else:
-        for n in range(flags.size):
-            positions[count] = n
-            count += flags[n] != 0
+    for n in range(flags.size):
+        positions[count] = n
+        count += flags[n] != 0
     return count
 
 
@@ -439,14 +433,12 @@ def pack_block(packed, nbytes, positions, upper):
     if nbytes == 1:
         return 1 + size
     if nbytes == 2:
-        # The flags are the upper plane itself: its nonzero bytes are the uppers, kept in
-        # the same pass that finds their positions.
-        escapes = _compact_escapes(planes[1], positions, upper, True)
+        escapes = _compact_escapes(planes[1], positions)
     else:
-        flags = upper[size : 2 * size]
+        flags = upper[:size]
         for n in range(size):
             flags[n] = planes[1, n] | planes[2, n]
-        escapes = _compact_escapes(flags, positions, upper, False)
+        escapes = _compact_escapes(flags, positions)
     # Each escape costs its upper bytes and one gap byte at least: when that already
     # reaches the planes' size, mode 0 it is.
     if 9 + size + nbytes * escapes >= 1 + nbytes * size:
@@ -462,13 +454,12 @@ def pack_block(packed, nbytes, positions, upper):
     escaped_size = 9 + size + gap_bytes + (nbytes - 1) * escapes
     if escaped_size >= 1 + nbytes * size:
         return 1 + nbytes * size
-    if nbytes > 2:
-        # Gather the escapes' upper bytes before their planes are overwritten.
-        for k in range(1, nbytes):
-            source = planes[k]
-            target = upper[(k - 1) * escapes : k * escapes]
-            for e in range(escapes):
-                target[e] = source[positions[e]]
+    # Gather the escapes' upper bytes before their planes are overwritten.
+    for k in range(1, nbytes):
+        source = planes[k]
+        target = upper[(k - 1) * escapes : k * escapes]
+        for e in range(escapes):
+            target[e] = source[positions[e]]
     packed[0] = 1
     cursor = 1 + size
     for k in range(4):
