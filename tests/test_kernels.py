@@ -128,6 +128,33 @@ def test_row_ulps_are_float32_ulp_of_every_kind_of_float():
     assert_array_equal(ulp_bits[~finite], 0)
 
 
+def test_fast_quantize_pass_flags_every_row_the_exact_one_does():
+    # encode_rows quantizes a row again exactly only when the fast pass (ulps from the
+    # exponent bits) flags it: it must flag every value the exact pass does, of every kind
+    # of float, with steps near the values' own ulp (where the ulp decides).
+    special = np.array([0.0, -0.0, 1e-45, 1e-40, 2.0**-126, 2.0**-104, 2.0**-103, 1.0,
+                        3.4028235e38, np.inf, -np.inf, np.nan], np.float32)  # fmt: skip
+    rng = np.random.default_rng(1)
+    values = np.concatenate(
+        [special, rng.integers(-(2**31), 2**31, 3000).astype(np.int32).view(np.float32)]
+    )
+    row, ulps, cur, bad = (np.empty(1, t) for t in (np.float32, np.int32, np.uint32, np.uint8))
+    flagged = 0
+    for x, spread in zip(values, rng.uniform(0.5, 6.0, values.size), strict=True):
+        row[0] = x
+        ulp = _kernels.float32_ulp(float(x)) if np.isfinite(x) else 1.0
+        step = ulp * spread
+        offset = float(x) - step * rng.integers(0, 50) - rng.uniform(0, step)
+        tolerance = step / 2 * rng.uniform(0.0, 1.0)
+        args = (offset, step, 1.0 / step, tolerance, 65535.0)
+        _kernels._row_ulps(row.view(np.int32), ulps)
+        exact = _kernels._quantize_row(row, ulps.view(np.float32), *args, cur, bad)
+        fast = _kernels._quantize_row_fast(row, row.view(np.int32), *args, cur)
+        assert fast or not exact, x
+        flagged += exact
+    assert 0 < flagged < values.size
+
+
 @pytest.mark.parametrize(
     ("nbits", "escaped"),
     [(n, False) for n in (1, 8, 9, 16, 17, 24)] + [(n, True) for n in (9, 16, 17, 24)],
