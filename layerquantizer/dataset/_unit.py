@@ -212,6 +212,32 @@ MALLOC_ENV_VALUES = {
 }
 
 
+def warm_codec() -> threading.Thread:
+    """Load the codec's compiled kernels on a background thread, and return it.
+
+    A process's first encode loads the numba kernels from their cache (0.4-0.6 s of one
+    core here, under numba's compiler lock: the other unit threads wait for it too), which
+    fell inside the writing time of every run: an eighth of a 2-time-step ERA5 sample's.
+    Started before the source is opened and planned, it runs on the core that planning
+    (one thread) leaves idle. Failures are left to the units' own encode, which raises them.
+    """
+    thread = threading.Thread(target=_warm_codec, name="lq-warm-codec", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm_codec() -> None:
+    try:
+        from layerquantizer import chunk
+
+        values = np.linspace(0, 1, 2 * 8 * 16, dtype=np.float32).reshape(2, 8, 16)
+        values[0, 0, 0] = np.nan  # the exceptions' kernels too
+        for nbits in (16, 12):  # Lorenzo; the predictor trial and version 2 kernels
+            chunk.encode(values, nbits=nbits, level=1)
+    except Exception:  # pragma: no cover - the units' encode reports whatever this met
+        pass
+
+
 def _cached(run: str, key: tuple, make):
     with _LOCK:
         opened = _OPENED.get(run)
