@@ -16,7 +16,8 @@
    fields, ``--wb2-times`` steps at ``--wb2-grid``), the codec's encode measured on its
    quantized variables (the config's nbits) and its copies counted in the logical bytes.
 6. Where the time goes (issue 9): each store's chunks once through the steps of a unit on
-   one core (read the stored object, decode it, encode or recompress it, store it), so
+   one core (read and decode the stored object, encode or recompress it, store it; with
+   lq's allocator settings and its own read and store of a unit), so
    that the end-to-end rate can be set against those steps at full use of the cores; the
    rest is the pipeline's own (bookkeeping, threads waiting on one another, the machine's
    other users).
@@ -68,20 +69,24 @@ nbits = json.loads(sys.argv[4])
 def first_chunk(array):
     timed = array.attrs.get("_ARRAY_DIMENSIONS", ["time"])[0] == "time"
     return array[0] if timed else array[...]
-best = {}
+best, best_cpu = {}, {}
 for name in QUANTIZED:
     field = first_chunk(group[name])
     codec = LayerQuantizer(nbits=nbits.get(name, 16))
     codec.encode(field)  # compile, warm up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         codec.encode(field)
         times.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
     best[name] = field.nbytes / min(times)
+    best_cpu[name] = field.nbytes / min(cpu)
 total = sum(first_chunk(group[name]).nbytes for name in best)
 seconds = sum(first_chunk(group[name]).nbytes / rate for name, rate in best.items())
+cpu_seconds = sum(first_chunk(group[name]).nbytes / rate for name, rate in best_cpu.items())
 print(json.dumps({"mib_per_s": total / seconds / 2**20,
+                  "mib_per_cpu_s": total / cpu_seconds / 2**20,
                   "per_variable": {k: v / 2**20 for k, v in best.items()}}))
 """
 
@@ -95,12 +100,18 @@ from numcodecs import Blosc
 numcodecs.blosc.set_nthreads(1)
 numba.set_num_threads(1)
 from layerquantizer import LayerQuantizer
+from layerquantizer.dataset import _unit
+# As lq does: its allocator settings, the source read and decoded as a unit reads it (into
+# a buffer the thread reuses), chunks stored as a unit stores them (a temporary file renamed).
+# Each step is timed in the thread's CPU time, which the machine's other users do not add to.
+_unit.keep_large_allocations()
 src, quantized = sys.argv[1], json.loads(sys.argv[2])
 group = zarr.open_group(src, mode="r")
+source = zarr.storage.LocalStore(src, read_only=True)
 lossless = Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE)
-seconds = {"read": 0.0, "decode": 0.0, "encode": 0.0, "copy": 0.0, "store": 0.0}
+seconds = {"read+decode": 0.0, "encode": 0.0, "copy": 0.0, "store": 0.0}
 logical = 0
-out = tempfile.mkdtemp()
+out = zarr.storage.LocalStore(tempfile.mkdtemp())
 for name, array in group.arrays():
     if array.ndim < 2 or name in ("latitude", "longitude", "level", "time"):
         continue
@@ -109,24 +120,17 @@ for name, array in group.arrays():
     if name in quantized:
         codec.encode(np.zeros(array.chunks, "f4"))  # compiled before the clock
     for coords in np.ndindex(*array.cdata_shape):
-        key = f"{src}/{name}/{'.'.join(map(str, coords))}"
-        start = time.perf_counter()
-        try:
-            with open(key, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
+        key = f"{name}/{'.'.join(map(str, coords))}"
+        values = _unit._buffer(tuple(array.chunks), meta.dtype.to_native_dtype())
+        start = time.thread_time()
+        if not _unit._decode_stored(source, key, meta.compressor, values):
             continue  # a chunk of fill values: lq reads and writes nothing for it
-        read = time.perf_counter()
-        values = np.empty(array.chunks, meta.dtype.to_native_dtype())
-        meta.compressor.decode(raw, out=values)
-        decoded = time.perf_counter()
+        decoded = time.thread_time()
         encoded_bytes = codec.encode(values)
-        encoded = time.perf_counter()
-        with open(f"{out}/chunk", "wb") as f:
-            f.write(bytes(encoded_bytes))
-        stored = time.perf_counter()
-        seconds["read"] += read - start
-        seconds["decode"] += decoded - read
+        encoded = time.thread_time()
+        _unit._set(out, "chunk", bytes(encoded_bytes))
+        stored = time.thread_time()
+        seconds["read+decode"] += decoded - start
         seconds["encode" if name in quantized else "copy"] += encoded - decoded
         seconds["store"] += stored - encoded
         logical += values.nbytes
@@ -169,7 +173,10 @@ def quantized_variables(src: Path) -> dict[str, int]:
 
 
 def compress(src: Path, dst: Path, extra: list[str]) -> dict:
+    import resource
+
     shutil.rmtree(dst, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
         [*lq(), "compress", str(src), str(dst), "--config", str(ROOT / "configs" / "era5.yaml"),
@@ -177,11 +184,15 @@ def compress(src: Path, dst: Path, extra: list[str]) -> dict:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     report = json.loads(out.stdout)
     return {
         "mib_per_s": report["timing"]["mib_per_s"],
         "seconds": report["timing"]["seconds"],
         "wall": wall,
+        "cpu": cpu,  # user + system seconds of the whole process (start-up included)
+        "logical_mib": report["timing"]["logical_bytes"] / MIB,
         "ratio": report["total"]["ratio"],
         "runner": report["runner"],
     }
@@ -222,16 +233,28 @@ def report(title: str, encodes: list[dict], runs: dict, steps: dict, cores: int)
           f"run (process start, planning, report included): {quickest['wall']:.1f} s, of "
           f"which {quickest['wall'] - quickest['seconds']:.1f} s outside its writing time "
           f"(not in its MiB/s)")  # fmt: skip
+    # CPU time, which the machine's other users do not add to: the run's whole process
+    # (start-up and planning included) against the codec's encode per CPU-second.
+    encode_cpu = statistics.median(e["mib_per_cpu_s"] for e in encodes)
+    for name, results in runs.items():
+        thrifty = max(results, key=lambda r: r["logical_mib"] / r["cpu"])
+        per_cpu = thrifty["logical_mib"] / thrifty["cpu"]
+        print(
+            f"CPU time, {name}: {thrifty['cpu']:.1f} CPU-s (user + system, whole process) "
+            f"for {thrifty['logical_mib']:.0f} MiB = {per_cpu:.0f} MiB per CPU-s, "
+            f"{per_cpu / encode_cpu:.2f} of the codec's encode per CPU-s ({encode_cpu:.0f})"
+        )
     # Where the time goes: the steps on one core, scaled to the cores, against the run.
     seconds, logical = steps["seconds"], steps["logical"] / MIB
     best = max(r["mib_per_s"] for r in first)
     per_core = logical / best * cores  # core-seconds the best default run took
-    print(f"\nwhere a default run's {per_core:.1f} core-seconds go ({logical:.0f} MiB):")
+    print(f"\nwhere a default run's {per_core:.1f} core-seconds go ({logical:.0f} MiB; the "
+          "steps in CPU time on one core):")  # fmt: skip
     for step, value in seconds.items():
-        print(f"  {step:<8} {value:6.1f} s  {value / per_core:5.0%}")
+        print(f"  {step:<11} {value:6.1f} s  {value / per_core:5.0%}")
     rest = per_core - sum(seconds.values())
     print(
-        f"  {'rest':<8} {rest:6.1f} s  {rest / per_core:5.0%}  (pipeline: threads, "
+        f"  {'rest':<11} {rest:6.1f} s  {rest / per_core:5.0%}  (pipeline: threads, "
         "bookkeeping, waiting; the machine's other users)"
     )
 

@@ -686,3 +686,17 @@ def test_unit_store_access_same_on_every_store(where, tmp_path):
     assert _unit._get(store, "v/0.0") is None
     if where == "local":  # written through a temporary file renamed over the key
         assert sorted(p.name for p in (tmp_path / "s.zarr").rglob("*")) == ["v"]
+
+
+def test_warm_codec_loads_the_kernels_in_the_background():
+    # compress starts it before planning when units run in this process, so that the first
+    # unit's encode finds the kernels loaded instead of loading them in the writing time
+    # (the other unit threads waiting on numba's lock meanwhile).
+    from layerquantizer import _kernels
+    from layerquantizer.dataset import _unit
+
+    thread = _unit.warm_codec()
+    assert thread.daemon  # never holds up the end of a run
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert _kernels.encode_rows.signatures and _kernels.finite_ranges.signatures

@@ -185,6 +185,10 @@ def compress(
     dst_token = _token(token, dst_storage_options, "dst_storage_options")
     _check_locations(src, dst, overwrite, resume)
     _check_scheduler(scheduler, workers, worker_timeout)
+    if scheduler in (None, "threads", "synchronous") and workers is None:
+        from layerquantizer.dataset._unit import warm_codec
+
+        warm_codec()  # units run in this process: their kernels load while it plans
     # Read the source and make the plan before touching DST: a source that cannot be
     # opened, or a request that does not fit it, must not cost an existing DST.
     ds = open_dataset(src, token=src_token)

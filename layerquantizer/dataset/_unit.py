@@ -212,6 +212,32 @@ MALLOC_ENV_VALUES = {
 }
 
 
+def warm_codec() -> threading.Thread:
+    """Load the codec's compiled kernels on a background thread, and return it.
+
+    A process's first encode loads the numba kernels from their cache (0.4-0.6 s of one
+    core here, under numba's compiler lock: the other unit threads wait for it too), which
+    fell inside the writing time of every run: an eighth of a 2-time-step ERA5 sample's.
+    Started before the source is opened and planned, it runs on the core that planning
+    (one thread) leaves idle. Failures are left to the units' own encode, which raises them.
+    """
+    thread = threading.Thread(target=_warm_codec, name="lq-warm-codec", daemon=True)
+    thread.start()
+    return thread
+
+
+def _warm_codec() -> None:
+    try:
+        from layerquantizer import chunk
+
+        values = np.linspace(0, 1, 2 * 8 * 16, dtype=np.float32).reshape(2, 8, 16)
+        values[0, 0, 0] = np.nan  # the exceptions' kernels too
+        for nbits in (16, 12):  # Lorenzo; the predictor trial and version 2 kernels
+            chunk.encode(values, nbits=nbits, level=1)
+    except Exception:  # pragma: no cover - the units' encode reports whatever this met
+        pass
+
+
 def _cached(run: str, key: tuple, make):
     with _LOCK:
         opened = _OPENED.get(run)
@@ -298,14 +324,21 @@ def read_region(job: UnitJob) -> tuple[np.ndarray, bool]:
         return np.asarray(array.get_orthogonal_selection(tuple(job.source))), False
     dtype = array.metadata.dtype.to_native_dtype()
     out = _buffer(tuple(array.chunks), dtype)
-    key = array.metadata.encode_chunk_key(coords)
-    raw = _get(array.store_path.store, _join(array.path, key))
-    if raw is None:
+    key = _join(array.path, array.metadata.encode_chunk_key(coords))
+    if not _decode_stored(array.store_path.store, key, decoder, out):
         fill = array.metadata.fill_value
         out[...] = fill if fill is not None else 0  # zarr's default for a v2 "null" fill
-    else:
-        decoder.decode(raw.as_numpy_array(), out=out)
     return out, True
+
+
+def _decode_stored(store, key: str, decoder, out: np.ndarray) -> bool:
+    """Decode the object at ``key`` by ``decoder`` into ``out``; False when no object is
+    there. (``benchmarks/bench_compress.py`` times a unit's read with it.)"""
+    raw = _get(store, key)
+    if raw is None:
+        return False
+    decoder.decode(raw.as_numpy_array(), out=out)
+    return True
 
 
 def _join(path: str, key: str) -> str:
