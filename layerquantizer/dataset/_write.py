@@ -237,15 +237,19 @@ def write_plan(
 
 
 @contextlib.contextmanager
-def destination_lock(dst: str, token: Any, *, break_lock: bool = False) -> Iterator[None]:
+def destination_lock(
+    dst: str, token: Any, *, break_lock: bool = False, writer: str = "lq compress"
+) -> Iterator[None]:
     """Hold the lock of ``dst`` (:class:`layerquantizer.dataset._destination.DestinationLock`)
     for the ``with`` block: :class:`DestinationExistsError` if another run holds it,
-    :class:`RequestError` for a destination that cannot have one (a bucket's root)."""
+    :class:`RequestError` for a destination that cannot have one (a bucket's root).
+    ``writer``, the command writing (``"lq compress"`` or ``"lq sample"``), is named to a run
+    that finds the lock."""
     from layerquantizer.dataset._destination import DestinationLock, DestinationLocked
     from layerquantizer.storage import open_store, store_errors
 
     try:
-        lock = DestinationLock(dst, token, break_lock=break_lock)
+        lock = DestinationLock(dst, token, break_lock=break_lock, writer=writer)
     except ValueError as exc:
         raise RequestError(str(exc)) from exc
     try:
