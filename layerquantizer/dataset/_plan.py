@@ -155,6 +155,21 @@ class Plan:
     own_chunks: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     shards: dict[str, int] = dataclasses.field(default_factory=dict)
     source_steps: dict[str, float] = dataclasses.field(default_factory=dict)
+    source_chunk_sizes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def unit_memory(self, name: str) -> int:
+        """Bytes one write unit of ``name`` holds at once, for its largest unit (see
+        :func:`unit_memory_bytes`): what each worker thread may hold at the same time."""
+        grid = self.unit_grid(name)
+        largest = math.prod(max(b - a for a, b in edges) for edges in grid.edges)
+        source = self.source_chunk_sizes.get(name)
+        return unit_memory_bytes(
+            largest * grid.itemsize, math.prod(source) * grid.itemsize if source else 0
+        )
+
+    def largest_unit_memory(self) -> int:
+        """The most bytes a write unit of any variable holds at once (:meth:`unit_memory`)."""
+        return max((self.unit_memory(str(name)) for name in self.source.data_vars), default=0)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         own = self.own_chunks.get(name)
@@ -324,6 +339,17 @@ def memory_bytes() -> int | None:
         return None
 
 
+def unit_memory_bytes(out_bytes: int, in_bytes: int) -> int:
+    """Bytes a write unit holds at once: its output region (a chunk, a shard, or whole
+    chunks grouped) decoded from the source, the source chunks it is read from, the
+    encoded region.
+
+    >>> unit_memory_bytes(4 * 2**30, 150 * 2**20) / 2**30  # a shard of 4 GiB
+    8.146484375
+    """
+    return 2 * out_bytes + in_bytes
+
+
 def _resolve_shards(
     requested: Mapping[str, int], sizes: Mapping, chunks: Mapping[str, int]
 ) -> dict[str, int]:
@@ -358,14 +384,16 @@ def _check_unit_memory(
 ) -> None:
     """Refuse a variable whose smallest write unit cannot fit in memory: a unit holds one
     output chunk (shard, ``option`` ``--shards``), the source chunks it is read from
-    (decoded whole) and the encoded chunk."""
+    (decoded whole) and the encoded chunk. One unit: a run holds one per worker thread,
+    and runs with fewer threads where that many do not fit (see
+    :func:`layerquantizer.dataset._parallel.threads_that_fit`)."""
     memory = memory_bytes()
     if memory is None:
         return
     itemsize = var.dtype.itemsize
     out_bytes = math.prod(out_chunks) * itemsize
     in_bytes = math.prod(source_chunks) * itemsize if source_chunks else 0
-    if 2 * out_bytes + in_bytes <= memory:
+    if unit_memory_bytes(out_bytes, in_bytes) <= memory:
         return
     if in_bytes > memory // 2:
         raise RequestError(
@@ -747,6 +775,7 @@ def plan_compress(
         token=token,
         tolerances=tolerances,
         source_steps=source_steps,
+        source_chunk_sizes=source_chunk_sizes,
     )
 
 

@@ -279,6 +279,7 @@ def _write_plan(
     import zarr
 
     import layerquantizer.dataset._parallel as _parallel
+    import layerquantizer.dataset._plan as _plan
     from layerquantizer.dataset._destination import write_marker
     from layerquantizer.dataset._resume import Ledger, Progress, describe_plan, differences
     from layerquantizer.storage import open_store, store_errors
@@ -426,7 +427,11 @@ def _write_plan(
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
     try:
-        runner_context = _parallel.open_runner(scheduler, workers, worker_timeout)
+        # Each worker thread holds a unit at once: no more threads than fit in memory.
+        runner_context = _parallel.open_runner(
+            scheduler, workers, worker_timeout, memory=_plan.memory_bytes(),
+            unit_bytes=plan.largest_unit_memory(),
+        )  # fmt: skip
         with _single_threaded_blosc(), runner_context as runner:
             try:
                 _parallel.run_jobs(itertools.chain(new_units(), checks()), runner, on_done)
