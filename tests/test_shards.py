@@ -295,6 +295,18 @@ def test_a_unit_covers_whole_shards_and_whole_source_chunks(tmp_path):
     )  # fmt: skip
     (task,) = plan.tasks(["temperature"])
     assert task.region["time"] == slice(0, 6) and task.chunks == 3
+    layer = 2 * 19 * 36 * 4
+    assert plan.unit_memory("temperature") == 2 * 6 * layer + 3 * layer  # and a source chunk
+    # Chunks of one step, no shards: a unit is a source chunk's 3 steps.
+    chunked = dataset.plan_compress(
+        dataset.open_dataset(str(src)), variables=["temperature"], chunks={"time": 1}
+    )
+    assert chunked.unit_memory("temperature") == 2 * 3 * layer + 3 * layer
+    for each in (plan, chunked):  # as the units themselves say
+        edges = each.unit_grid("temperature").edges
+        assert each._largest_unit("temperature", {}) == tuple(
+            max(b - a for a, b in along) for along in edges
+        )
     dst = tmp_path / "out.zarr"
     report = json.loads(
         lq("compress", src, dst, "--vars", "temperature", "--zarr-format", "3", "--shards",

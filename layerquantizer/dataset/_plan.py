@@ -157,19 +157,43 @@ class Plan:
     source_steps: dict[str, float] = dataclasses.field(default_factory=dict)
     source_chunk_sizes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
-    def unit_memory(self, name: str) -> int:
+    def unit_memory(self, name: str, _along: dict | None = None) -> int:
         """Bytes one write unit of ``name`` holds at once, for its largest unit (see
         :func:`unit_memory_bytes`): what each worker thread may hold at the same time."""
-        grid = self.unit_grid(name)
-        largest = math.prod(max(b - a for a, b in edges) for edges in grid.edges)
+        itemsize = self.source[name].dtype.itemsize
+        largest = math.prod(self._largest_unit(name, {} if _along is None else _along)) * itemsize
         source = self.source_chunk_sizes.get(name)
-        return unit_memory_bytes(
-            largest * grid.itemsize, math.prod(source) * grid.itemsize if source else 0
-        )
+        return unit_memory_bytes(largest, math.prod(source) * itemsize if source else 0)
+
+    def _largest_unit(self, name: str, along: dict) -> tuple[int, ...]:
+        """The largest extent of a unit of ``name`` along each dim: what :meth:`_units`
+        gives, worked out with numpy once per dim, output chunk and source chunk (kept in
+        ``along``): the units of a whole store one by one in Python took seconds."""
+        var = self.source[name]
+        out = self.variable_objects(name)
+        plain = tuple(min(c, n) for n, c in zip(var.shape, out, strict=True))
+        ids = self.source_chunk_ids.get(name)
+        if not ids:
+            return plain
+        grouped = []
+        for axis, (dim, n, c) in enumerate(zip(var.dims, var.shape, out, strict=True)):
+            key = (dim, c, self.source_chunk_sizes[name][axis])
+            if key not in along:
+                stops = np.minimum(np.arange(c, n + c, c), n)
+                source_chunk = ids[dim]
+                # A unit ends where an output chunk ends at the end of a source chunk.
+                ends = stops[(stops == n) | (source_chunk[stops - 1] != source_chunk[stops % n])]
+                along[key] = int(np.diff(ends, prepend=0).max())
+            grouped.append(along[key])
+        if math.prod(grouped) * var.dtype.itemsize <= MAX_UNIT_BYTES:
+            return tuple(grouped)
+        return plain
 
     def largest_unit_memory(self) -> int:
         """The most bytes a write unit of any variable holds at once (:meth:`unit_memory`)."""
-        return max((self.unit_memory(str(name)) for name in self.source.data_vars), default=0)
+        along: dict = {}  # the variables share their dims
+        names = self.source.data_vars
+        return max((self.unit_memory(str(name), along) for name in names), default=0)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         own = self.own_chunks.get(name)
