@@ -67,6 +67,16 @@ WorkerTimeoutOption = Annotated[
         "start (exit 2) or after losing them all mid-run (exit 1), before lq gives up.",
     ),
 ]
+# The lock of the run writing DST (layerquantizer.dataset._destination), for lq compress and
+# lq sample alike.
+BreakLockOption = Annotated[
+    bool,
+    typer.Option(
+        "--break-lock",
+        help="Take DST's lock (DST.lq-lock) even if another run holds it: for a run on "
+        "another host that is gone. A dead run on this host is recognised by itself.",
+    ),
+]
 GcsTokenOption = Annotated[
     str | None,
     typer.Option(

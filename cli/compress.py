@@ -35,6 +35,7 @@ from rich.progress import (
 from rich.text import Text
 
 from cli._common import (
+    BreakLockOption,
     ClusterWorkersOption,
     DebugOption,
     GcsTokenOption,
@@ -246,14 +247,7 @@ def compress(
             "not yet complete are written. A finished DST is left as it is.",
         ),
     ] = False,
-    break_lock: Annotated[
-        bool,
-        typer.Option(
-            "--break-lock",
-            help="Take DST's lock (DST.lq-lock) even if another run holds it: for a run on "
-            "another host that is gone. A dead run on this host is recognised by itself.",
-        ),
-    ] = False,
+    break_lock: BreakLockOption = False,
     dry_run: Annotated[
         bool,
         typer.Option(

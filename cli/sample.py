@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from cli._common import (
+    BreakLockOption,
     DebugOption,
     GcsTokenOption,
     JsonOption,
@@ -67,6 +68,7 @@ def sample(
         bool, typer.Option("--overwrite", help="Replace an existing DST.")
     ] = False,
     workers: WorkersOption = None,
+    break_lock: BreakLockOption = False,
     gcs_token: GcsTokenOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
@@ -85,6 +87,7 @@ def sample(
             seed=seed,
             overwrite=overwrite,
             workers=workers,
+            break_lock=break_lock,
             token=usage_value("--gcs-token", dataset.parse_gcs_token, gcs_token),
         )
     if json_output:

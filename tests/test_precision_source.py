@@ -221,3 +221,61 @@ def test_the_plan_finds_the_same_step_again(tmp_path):
     assert plans[0].source_steps == {"geopotential": 0.125, "temperature": 2.0**-10}
     assert plans[0].tolerances == {"geopotential": 0.0625, "temperature": 2.0**-11}
     assert describe_plan(plans[0], src) == describe_plan(plans[1], src)
+
+
+def _many_grids_dataset(count: int = 6) -> xr.Dataset:
+    """``count`` variables, each on a grid of its own (2**-k and decimal steps), in chunks of
+    one time step: more sampled chunks than the threads that read them."""
+    rng = np.random.default_rng(1)
+    dims = ("time", "level", "latitude", "longitude")
+    steps = [2.0**-9, 2.0**-6, 0.125, 0.01, 0.5, 2.0**-12][:count]
+    data = {
+        f"field_{i}": (dims, (250 + rng.integers(0, 4000, (5, 2, 19, 36)) * step).astype("f4"))
+        for i, step in enumerate(steps)
+    }
+    return xr.Dataset(data).chunk({"time": 1})
+
+
+def test_the_grids_read_at_once_are_those_read_one_by_one(tmp_path):
+    """precision: source reads the sampled chunks of all its variables concurrently (before:
+    one after another): the same chunks, the same grids, the same plan."""
+    from layerquantizer.dataset._source_grid import find_source_grids
+
+    src = tmp_path / "many.zarr"
+    _many_grids_dataset().to_zarr(src, zarr_format=2, consolidated=True)
+    ds = dataset.open_dataset(str(src))
+    variables = {str(name): ds[name] for name in ds.data_vars}
+    one_by_one = {name: find_source_grid(var) for name, var in variables.items()}
+    assert find_source_grids(variables, threads=1) == one_by_one
+    assert find_source_grids(variables, threads=8) == one_by_one
+    assert find_source_grids(variables, seed=3) != one_by_one  # the seed picks the chunks
+    plan = dataset.plan_compress(ds, variables=list(variables), precision="source")
+    assert plan.source_steps == {
+        "field_0": 2.0**-9, "field_1": 2.0**-6, "field_2": 0.125, "field_3": 0.01,
+        "field_4": 0.5, "field_5": 2.0**-12,
+    }  # fmt: skip
+    assert list(plan.quantized) == list(variables)  # in the order asked, as before
+
+
+@pytest.mark.slow
+def test_precision_source_on_gcs(gcs_bucket):
+    """The concurrent reads through gcsfs (the emulator of tests/servers.py)."""
+    src = f"gs://{gcs_bucket}/many.zarr"
+    _many_grids_dataset().to_zarr(src, zarr_format=2, consolidated=True,
+                                  storage_options={"token": "anon"})  # fmt: skip
+    ds = dataset.open_dataset(src, token="anon")
+    plan = dataset.plan_compress(ds, variables=list(ds.data_vars), precision="source")
+    assert plan.source_steps == {
+        "field_0": 2.0**-9, "field_1": 2.0**-6, "field_2": 0.125, "field_3": 0.01,
+        "field_4": 0.5, "field_5": 2.0**-12,
+    }  # fmt: skip
+    # A variable on no grid is still named, whatever the order the reads ended in.
+    noisy = _many_grids_dataset(2)
+    noisy["field_1"] = noisy["field_1"] + np.float32(1e-3) * np.sin(np.arange(36, dtype="f4"))
+    noisy.to_zarr(f"gs://{gcs_bucket}/noisy.zarr", zarr_format=2, consolidated=True,
+                  storage_options={"token": "anon"})  # fmt: skip
+    with pytest.raises(dataset.RequestError, match="source precision of 'field_1'"):
+        dataset.plan_compress(
+            dataset.open_dataset(f"gs://{gcs_bucket}/noisy.zarr", token="anon"),
+            variables=["field_0", "field_1"], precision="source",
+        )  # fmt: skip

@@ -295,6 +295,18 @@ def test_a_unit_covers_whole_shards_and_whole_source_chunks(tmp_path):
     )  # fmt: skip
     (task,) = plan.tasks(["temperature"])
     assert task.region["time"] == slice(0, 6) and task.chunks == 3
+    layer = 2 * 19 * 36 * 4
+    assert plan.unit_memory("temperature") == 2 * 6 * layer + 3 * layer  # and a source chunk
+    # Chunks of one step, no shards: a unit is a source chunk's 3 steps.
+    chunked = dataset.plan_compress(
+        dataset.open_dataset(str(src)), variables=["temperature"], chunks={"time": 1}
+    )
+    assert chunked.unit_memory("temperature") == 2 * 3 * layer + 3 * layer
+    for each in (plan, chunked):  # as the units themselves say
+        edges = each.unit_grid("temperature").edges
+        assert each._largest_unit("temperature", {}) == tuple(
+            max(b - a for a, b in along) for along in edges
+        )
     dst = tmp_path / "out.zarr"
     report = json.loads(
         lq("compress", src, dst, "--vars", "temperature", "--zarr-format", "3", "--shards",
@@ -321,6 +333,57 @@ def test_a_shard_that_cannot_fit_in_memory_is_refused(tmp_path):
     planned = json.loads(lq(*common, "--shards", "time=4", "--dry-run", "--json").stdout)
     assert planned["variables"]["temperature"]["chunks"] == 93544 // 4
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_the_threads_are_no_more_than_can_each_hold_a_shard(tmp_path):
+    """A unit holds a whole shard, once per worker thread. Before: the memory check counted
+    one unit, so 16 threads each holding 3 GB shards of the WB2 store ran on a 16 GiB
+    machine. Now the run starts only the threads whose units fit together, and says so."""
+    from layerquantizer.dataset._parallel import threads_that_fit
+    from layerquantizer.synthetic import write_wb2_metadata_store
+
+    src = tmp_path / "wb2-full.zarr"
+    write_wb2_metadata_store(str(src), zarr_format=3)
+    plan = dataset.plan_compress(
+        dataset.open_dataset(str(src)), variables=["temperature", "2m_temperature"],
+        zarr_format=3, shards={"time": 28},
+    )  # fmt: skip
+    step = 13 * 721 * 1440 * 4  # one time step of temperature: a source chunk
+    # The shard decoded and encoded, and a source chunk: the largest unit of the plan.
+    assert plan.largest_unit_memory() == plan.unit_memory("temperature") == 2 * 28 * step + step
+    gib = 2**30
+    assert threads_that_fit(16, plan.largest_unit_memory(), 16 * gib) == 5  # 2.9 GiB each
+    assert threads_that_fit(16, plan.largest_unit_memory(), 64 * gib) == 16
+    assert threads_that_fit(2, plan.largest_unit_memory(), None) == 2  # memory unknown
+    assert threads_that_fit(4, 5 * gib, 4 * gib) == 1  # one always (a larger unit is refused)
+
+
+def test_a_run_starts_fewer_threads_where_their_shards_do_not_fit(sample, tmp_path, monkeypatch):
+    """The memory of this machine cannot be set for a test: the check reads a small
+    figure instead, through the command a user runs (in process)."""
+    from typer.testing import CliRunner
+
+    import layerquantizer.dataset._plan as _plan
+    from cli.main import app
+
+    dst = tmp_path / "out.zarr"
+    args = ["compress", str(sample), str(dst), "--vars", "temperature", "--zarr-format", "3",
+            "--shards", "time=2", "--scheduler", "threads", "--workers", "3", "--json"]  # fmt: skip
+    step = 5 * 37 * 72 * 4
+    unit = 2 * 2 * step + step  # a shard of 2 steps, decoded and encoded, a source chunk
+    monkeypatch.setattr(_plan, "memory_bytes", lambda: 2 * unit + unit // 2)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["runner"] == (
+        "2 threads, not 3: 3 write units of up to 0.3 MiB at once would not fit in this "
+        "machine's 0.6 MiB of memory"
+    )
+    assert dataset.verify(str(sample), str(dst)).ok
+    # Where they fit, as many as asked.
+    monkeypatch.setattr(_plan, "memory_bytes", lambda: 3 * unit)
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert json.loads(result.stdout)["runner"] == "3 threads", result.output
 
 
 # --------------------------------------------------------------------------------------

@@ -333,6 +333,30 @@ def test_a_second_run_into_a_destination_being_written_is_refused(victim, tmp_pa
     assert not Path(f"{out}{LOCK_SUFFIX}").exists()
 
 
+def test_lq_sample_takes_the_lock_of_its_destination(tmp_path):
+    """Before: lq sample took no lock, so two lq sample runs, or lq sample while lq compress
+    wrote the same DST, interleaved their writes. Now it takes DST.lq-lock as compress does:
+    the same one-line error and exit code, and the lock it leaves behind is none."""
+    out = tmp_path / "s.zarr"
+    args = ("sample", out, "--levels", "1", "--grid", "16x8", "--times", "1")
+    with DestinationLock(str(out)) as held:  # this process is "the other run"
+        result = lq(*args, "--overwrite")
+        assert_one_line(result, 1, "is being written by another lq compress",
+                        f"pid {os.getpid()}", "--break-lock", f"{out}{LOCK_SUFFIX}")  # fmt: skip
+        assert not out.exists()
+    # What lq sample writes the lock names as its own, for a run that comes meanwhile.
+    with DestinationLock(str(out), writer="lq sample"):
+        result = lq(*args)
+        assert_one_line(result, 1, "is being written by another lq sample")
+    # Another host's lock cannot be judged: --break-lock takes it.
+    Path(f"{out}{LOCK_SUFFIX}").write_text(json.dumps({**held.info, "host": "elsewhere"}))
+    assert_one_line(lq(*args), 1, "host elsewhere", "--break-lock")
+    result = lq(*args, "--break-lock")
+    assert result.returncode == 0, result.stderr
+    assert not Path(f"{out}{LOCK_SUFFIX}").exists()
+    assert xr.open_zarr(out)["temperature"].sizes["longitude"] == 16
+
+
 def test_a_bucket_is_no_destination(victim):
     with pytest.raises(dataset.RequestError, match="name a store inside the bucket"):
         dataset.compress(str(victim), "gs://some-bucket/", variables=["temperature"])

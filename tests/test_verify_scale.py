@@ -154,6 +154,44 @@ def test_sample_statistics_are_those_of_the_layers_sampled(small):
         assert stats.vmin == pytest.approx(float(source.sel(level=stats.level).min()))
 
 
+def test_a_full_check_keeps_one_array_of_statistics(small):
+    """Without --sample every layer is checked: its statistics are one array in layer order,
+    as before issue 9's change, not an array and a dict entry per step sorted at the end
+    (which cost 40 % more while checking and four times the statistics at the end: 270
+    MiB, not 65, per pressure-level variable of the full-size store). The same results
+    either way."""
+    import tracemalloc
+    import types
+
+    from layerquantizer.dataset._verify import _Tally
+
+    steps, levels = 4000, 13
+    reader = types.SimpleNamespace(
+        pad=0, chunk_sizes=(1, levels, 721, 1440), grid=(steps, 1, 1, 1),
+        shape=(steps, levels, 721, 1440),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    stats = rng.random((steps, 1, levels, 1, 1, 7))
+    tallies = []
+    for every_chunk in (True, False):
+        tracemalloc.start()
+        tally = _Tally(reader, every_chunk=every_chunk)
+        for step in rng.permutation(steps):  # in the order chunks happen to finish
+            tally.add((int(step), 0, 0, 0), stats[step], [])
+        layers, index = tally.layers_checked()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        tallies.append((layers, index, peak))
+    (dense, dense_index, dense_peak), (blocks, blocks_index, _) = tallies
+    np.testing.assert_array_equal(dense, blocks)
+    np.testing.assert_array_equal(dense_index, blocks_index)
+    needed = steps * levels * 7 * 8  # the statistics, float64
+    assert dense_peak < 1.6 * needed, f"{dense_peak / needed:.2f} times the statistics"
+    src, dst = small
+    full = dataset.verify(src, dst, variables=["temperature"]).variables["temperature"]
+    assert full.ok and len(full.levels) == 3
+
+
 def test_sample_arguments_are_checked(small):
     src, dst = small
     with pytest.raises(dataset.RequestError, match="--sample must be a whole number"):

@@ -1,6 +1,6 @@
-"""What ``lq compress`` owns in a destination: the marker that says it wrote the store, the
-check before ``--overwrite`` removes anything, the lock of a run, and the check that a local
-source does not link out of itself.
+"""What ``lq compress`` (and ``lq sample``) owns in a destination: the marker that says it
+wrote the store, the check before ``--overwrite`` removes anything, the lock of a run, and the
+check that a local source does not link out of itself.
 
 A run of ``lq compress SRC DST`` works like this::
 
@@ -13,8 +13,9 @@ A run of ``lq compress SRC DST`` works like this::
 The lock sits beside DST rather than in it, so that it exists before DST does and outlives
 the removal of an old DST; it is made atomically (``O_CREAT | O_EXCL`` on a local disk,
 ``ifGenerationMatch=0`` on Google Cloud Storage), and holds the host, the pid and the start
-time of the run holding it. A lock whose process is gone on this host (``kill -9``) is stale
-and taken over; a lock of another host is only broken on request (``--break-lock``).
+time of the run holding it, and which command it is (one of :data:`WRITERS`). A lock whose
+process is gone on this host (``kill -9``) is stale and taken over; a lock of another host is
+only broken on request (``--break-lock``).
 """
 
 from __future__ import annotations
@@ -250,6 +251,8 @@ class DestinationLock:
     break_lock : bool
         Take the lock even if another run holds it (for a lock left by a run on another host
         that is gone).
+    writer : str
+        The command taking the lock (one of :data:`WRITERS`), named to a run that finds it.
 
     Examples
     --------
@@ -263,8 +266,14 @@ class DestinationLock:
     True
     """
 
-    def __init__(self, url: str, token: Any = None, *, break_lock: bool = False) -> None:
+    def __init__(
+        self, url: str, token: Any = None, *, break_lock: bool = False,
+        writer: str = "lq compress",
+    ) -> None:  # fmt: skip
         from layerquantizer.storage import _split_url, filesystem
+
+        if writer not in WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(WRITERS)}, got {writer!r}")
 
         protocol, root = _split_url(url)
         self.url = url
@@ -289,6 +298,7 @@ class DestinationLock:
             "process_start": _process_start(os.getpid()),
             "started": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": " ".join(sys.argv)[:500],
+            "writer": writer,
             "token": uuid.uuid4().hex,
         }
 
@@ -396,8 +406,11 @@ class DestinationLock:
             )
         else:
             who = "an unreadable lock"
+        # Locks of versions before lq sample took one name no writer: lq compress's.
+        writer = (holder or {}).get("writer")
+        writer = writer if writer in WRITERS else "lq compress"
         return (
-            f"{self.url} is being written by another lq compress ({who}); wait for it to end, "
+            f"{self.url} is being written by another {writer} ({who}); wait for it to end, "
             f"or if that run is gone, pass --break-lock (or delete {self.where})"
         )
 

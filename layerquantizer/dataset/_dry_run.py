@@ -26,7 +26,13 @@ import numpy as np
 
 from layerquantizer.config import Config
 from layerquantizer.dataset._errors import RequestError
-from layerquantizer.dataset._plan import Plan, _build_codec, _lossless_codec, plan_compress
+from layerquantizer.dataset._plan import (
+    Plan,
+    _build_codec,
+    _lossless_codec,
+    memory_bytes,
+    plan_compress,
+)
 from layerquantizer.dataset._stores import _token, open_dataset
 from layerquantizer.dataset._write import _check_locations, _source_selection
 
@@ -218,6 +224,8 @@ def dry_run(
     for name in plan.skipped:
         estimates[name] = VariableEstimate("skip", 0, 0, None)
     threads = workers if workers is not None else _parallel.default_threads()
+    # As the run will: no more threads than can each hold a unit at once.
+    threads = _parallel.threads_that_fit(threads, plan.largest_unit_memory(), memory_bytes())
     return DryRunReport(
         src=src, dst=dst, zarr_format=plan.zarr_format,
         variables=dict(sorted(estimates.items())), sampled_bytes=sampled_bytes,

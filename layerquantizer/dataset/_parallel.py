@@ -115,6 +115,40 @@ class _InlineExecutor(cf.Executor):
         return future
 
 
+def threads_that_fit(threads: int, unit_bytes: int, memory: int | None) -> int:
+    """How many of ``threads`` worker threads (or single-threaded processes of this machine)
+    can each hold a write unit of ``unit_bytes`` at the same time in ``memory`` bytes: at
+    least one, since :func:`~layerquantizer.dataset._plan.plan_compress` refuses a unit that
+    cannot fit alone. ``memory`` None (unknown): all of them.
+
+    >>> threads_that_fit(16, unit_bytes=9 * 2**30, memory=64 * 2**30)
+    7
+    >>> threads_that_fit(2, unit_bytes=300 * 2**20, memory=8 * 2**30)
+    2
+    """
+    if memory is None or unit_bytes <= 0:
+        return threads
+    return max(1, min(threads, memory // unit_bytes))
+
+
+def _fitted(
+    threads: int, unit_bytes: int, memory: int | None, what: str = "threads"
+) -> tuple[int, str]:
+    """The threads (``what``) to start and how to name them: ``"2 threads"``, or with
+    fewer than asked, how many were asked and why they were not started."""
+    fit = threads_that_fit(threads, unit_bytes, memory)
+    if fit == threads:
+        return threads, f"{threads} {what}"
+    return fit, (
+        f"{fit} {what}, not {threads}: {threads} write units of up to {_size(unit_bytes)} at "
+        f"once would not fit in this machine's {_size(memory)} of memory"
+    )
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def default_threads() -> int:
     """Threads of the default runner: the cores this process may use."""
     try:
@@ -128,6 +162,9 @@ def open_runner(
     scheduler: str | None = None,
     workers: int | None = None,
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+    *,
+    unit_bytes: int = 0,
+    memory: int | None = None,
 ) -> Iterator[Runner]:
     """A :class:`Runner` for the scheduler named, closed (and a local cluster stopped) on exit.
 
@@ -137,6 +174,11 @@ def open_runner(
 
     ``worker_timeout`` bounds the wait for a scheduler's first worker, and the time
     :func:`run_jobs` waits when the cluster has lost every worker.
+
+    Each thread here (or process of a local cluster) holds a unit of up to ``unit_bytes``
+    at once: where as many as asked do not fit in ``memory`` (this machine's bytes), fewer
+    are started (:func:`threads_that_fit`) and the description says so. The workers of a
+    scheduler's cluster have memory of their own, unknown here.
 
     Raises
     ------
@@ -154,12 +196,15 @@ def open_runner(
         yield Runner(_InlineExecutor(), 1, "synchronous", distributed=False)
         return
     if scheduler == "threads":
-        threads = workers or default_threads()
+        threads, description = _fitted(workers or default_threads(), unit_bytes, memory)
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="lq-unit") as executor:
-            yield Runner(executor, threads, f"{threads} threads", distributed=False)
+            yield Runner(executor, threads, description, distributed=False)
             return
     if scheduler == "processes":
-        with _local_cluster(workers or default_threads()) as runner:
+        processes, description = _fitted(
+            workers or default_threads(), unit_bytes, memory, "processes"
+        )
+        with _local_cluster(processes, f"local cluster of {description}") as runner:
             yield runner
         return
     if "://" not in scheduler:
@@ -191,7 +236,7 @@ def check_scheduler(
 
 
 @contextlib.contextmanager
-def _local_cluster(workers: int) -> Iterator[Runner]:
+def _local_cluster(workers: int, description: str) -> Iterator[Runner]:
     import dask
     from distributed import Client, LocalCluster
 
@@ -212,7 +257,7 @@ def _local_cluster(workers: int) -> Iterator[Runner]:
             yield Runner(
                 client.get_executor(pure=False),
                 workers,
-                f"local cluster of {workers} processes",
+                description,
                 distributed=True,
             )
     finally:

@@ -155,6 +155,45 @@ class Plan:
     own_chunks: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     shards: dict[str, int] = dataclasses.field(default_factory=dict)
     source_steps: dict[str, float] = dataclasses.field(default_factory=dict)
+    source_chunk_sizes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def unit_memory(self, name: str, _along: dict | None = None) -> int:
+        """Bytes one write unit of ``name`` holds at once, for its largest unit (see
+        :func:`unit_memory_bytes`): what each worker thread may hold at the same time."""
+        itemsize = self.source[name].dtype.itemsize
+        largest = math.prod(self._largest_unit(name, {} if _along is None else _along)) * itemsize
+        source = self.source_chunk_sizes.get(name)
+        return unit_memory_bytes(largest, math.prod(source) * itemsize if source else 0)
+
+    def _largest_unit(self, name: str, along: dict) -> tuple[int, ...]:
+        """The largest extent of a unit of ``name`` along each dim: what :meth:`_units`
+        gives, worked out with numpy once per dim, output chunk and source chunk (kept in
+        ``along``): the units of a whole store one by one in Python took seconds."""
+        var = self.source[name]
+        out = self.variable_objects(name)
+        plain = tuple(min(c, n) for n, c in zip(var.shape, out, strict=True))
+        ids = self.source_chunk_ids.get(name)
+        if not ids:
+            return plain
+        grouped = []
+        for axis, (dim, n, c) in enumerate(zip(var.dims, var.shape, out, strict=True)):
+            key = (dim, c, self.source_chunk_sizes[name][axis])
+            if key not in along:
+                stops = np.minimum(np.arange(c, n + c, c), n)
+                source_chunk = ids[dim]
+                # A unit ends where an output chunk ends at the end of a source chunk.
+                ends = stops[(stops == n) | (source_chunk[stops - 1] != source_chunk[stops % n])]
+                along[key] = int(np.diff(ends, prepend=0).max())
+            grouped.append(along[key])
+        if math.prod(grouped) * var.dtype.itemsize <= MAX_UNIT_BYTES:
+            return tuple(grouped)
+        return plain
+
+    def largest_unit_memory(self) -> int:
+        """The most bytes a write unit of any variable holds at once (:meth:`unit_memory`)."""
+        along: dict = {}  # the variables share their dims
+        names = self.source.data_vars
+        return max((self.unit_memory(str(name), along) for name in names), default=0)
 
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         own = self.own_chunks.get(name)
@@ -324,6 +363,17 @@ def memory_bytes() -> int | None:
         return None
 
 
+def unit_memory_bytes(out_bytes: int, in_bytes: int) -> int:
+    """Bytes a write unit holds at once: its output region (a chunk, a shard, or whole
+    chunks grouped) decoded from the source, the source chunks it is read from, the
+    encoded region.
+
+    >>> unit_memory_bytes(4 * 2**30, 150 * 2**20) / 2**30  # a shard of 4 GiB
+    8.146484375
+    """
+    return 2 * out_bytes + in_bytes
+
+
 def _resolve_shards(
     requested: Mapping[str, int], sizes: Mapping, chunks: Mapping[str, int]
 ) -> dict[str, int]:
@@ -358,14 +408,16 @@ def _check_unit_memory(
 ) -> None:
     """Refuse a variable whose smallest write unit cannot fit in memory: a unit holds one
     output chunk (shard, ``option`` ``--shards``), the source chunks it is read from
-    (decoded whole) and the encoded chunk."""
+    (decoded whole) and the encoded chunk. One unit: a run holds one per worker thread,
+    and runs with fewer threads where that many do not fit (see
+    :func:`layerquantizer.dataset._parallel.threads_that_fit`)."""
     memory = memory_bytes()
     if memory is None:
         return
     itemsize = var.dtype.itemsize
     out_bytes = math.prod(out_chunks) * itemsize
     in_bytes = math.prod(source_chunks) * itemsize if source_chunks else 0
-    if 2 * out_bytes + in_bytes <= memory:
+    if unit_memory_bytes(out_bytes, in_bytes) <= memory:
         return
     if in_bytes > memory // 2:
         raise RequestError(
@@ -396,6 +448,14 @@ def _build_codec(
 
     codec = LayerQuantizerCodec(nbits=nbits, tolerance=tolerance)
     return {"serializer": codec, "compressors": None, "filters": None}
+
+
+def _check_codec(name: str, nbits: int | None, zarr_format: int, tolerance: float | None) -> None:
+    """Refuse settings the codec refuses, naming the variable."""
+    try:
+        _build_codec(nbits, zarr_format, tolerance)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"{name}: {exc}") from exc
 
 
 def _lossless_codec(zarr_format: int) -> dict[str, Any]:
@@ -552,7 +612,7 @@ def plan_compress(
     grid = grid_dims(ds)
     quantized: dict[str, int | None] = {}
     tolerances: dict[str, float] = {}
-    source_steps: dict[str, float] = {}
+    keep_source: list[str] = []
     for name in quantize:
         var = ds[name]
         if var.dtype not in (np.float32, np.float64):
@@ -575,18 +635,21 @@ def plan_compress(
             bits, tol, keep = nbits, tolerance, precision
         else:
             (bits, tol), keep = config.setting_for(name), config.precision_for(name)
-        if keep == PRECISION_SOURCE:
-            source_steps[name] = _source_step(name, var)
-            tol = source_steps[name] / 2
-        elif bits is None and tol is None:
-            bits = DEFAULT_NBITS
-        try:
-            _build_codec(bits, zarr_format, tol)
-        except (TypeError, ValueError) as exc:
-            raise RequestError(f"{name}: {exc}") from exc
         quantized[name] = bits
+        if keep == PRECISION_SOURCE:
+            keep_source.append(name)  # its tolerance, from its packing grid, below
+            continue
+        if bits is None and tol is None:
+            quantized[name] = bits = DEFAULT_NBITS
+        _check_codec(name, bits, zarr_format, tol)
         if tol is not None:
             tolerances[name] = float(tol)
+    # The packing grids of all those variables at once: their sampled chunks are read
+    # concurrently (one after another, over GCS, took minutes for 50 variables).
+    source_steps = _source_steps({name: ds[name] for name in keep_source})
+    for name in keep_source:
+        tolerances[name] = source_steps[name] / 2
+        _check_codec(name, quantized[name], zarr_format, tolerances[name])
 
     listed = [("drop", name) for name in config.drop]
     listed += [("copy", name) for name in config.copy]
@@ -747,24 +810,44 @@ def plan_compress(
         token=token,
         tolerances=tolerances,
         source_steps=source_steps,
+        source_chunk_sizes=source_chunk_sizes,
     )
 
 
-def _source_step(name: str, var: xr.DataArray) -> float:
-    """The packing grid step of ``var`` in a few sampled chunks, for ``precision: source``;
-    a variable whose sample sits on no grid is a bad request."""
-    from layerquantizer.dataset._source_grid import find_source_grid
+def _source_steps(variables: Mapping[str, xr.DataArray]) -> dict[str, float]:
+    """The packing grid step of each variable in a few sampled chunks, for ``precision:
+    source``; a variable whose sample sits on no grid is a bad request (the first such one
+    named). The chunks of all of them are read concurrently, by as many threads as
+    :data:`~layerquantizer.dataset._source_grid.SOURCE_READS` and the memory allow."""
+    import layerquantizer.dataset._parallel as _parallel
+    from layerquantizer.dataset._source_grid import (
+        SOURCE_READS,
+        find_source_grids,
+        sample_block_bytes,
+    )
 
-    found = find_source_grid(var)
-    if found.step is not None:
-        return found.step
+    if not variables:
+        return {}
+    # A read holds its chunk as float32 and a few layer-sized copies: four chunks each.
+    largest = max(sample_block_bytes(var) for var in variables.values())
+    threads = _parallel.threads_that_fit(SOURCE_READS, 4 * largest, memory_bytes())
+    steps = {}
+    for name, found in find_source_grids(variables, threads=threads).items():
+        if found.step is None:
+            raise _no_source_grid(name, found)
+        steps[name] = found.step
+    return steps
+
+
+def _no_source_grid(name: str, found) -> RequestError:
+    """The error of a variable whose sampled chunks sit on no packing grid."""
     sampled = f"{_plural(len(found.chunks), 'sampled chunk')}"
     if found.layers == 0:
         what = f"no layer in {sampled} has finite values that vary"
     else:
         off = found.layers - found.layers_on_grid
         what = f"{off} of the {found.layers} layers in {sampled} sit on no packing grid"
-    raise RequestError(
+    return RequestError(
         f"cannot keep the source precision of {name!r}: {what} (no grid coarser than "
         "float32's spacing); give it a bound of its own (tolerance: X or nbits: N in the "
         f"config, or --tolerance/--nbits) or copy it losslessly (copy: [{name}])"

@@ -237,15 +237,19 @@ def write_plan(
 
 
 @contextlib.contextmanager
-def destination_lock(dst: str, token: Any, *, break_lock: bool = False) -> Iterator[None]:
+def destination_lock(
+    dst: str, token: Any, *, break_lock: bool = False, writer: str = "lq compress"
+) -> Iterator[None]:
     """Hold the lock of ``dst`` (:class:`layerquantizer.dataset._destination.DestinationLock`)
     for the ``with`` block: :class:`DestinationExistsError` if another run holds it,
-    :class:`RequestError` for a destination that cannot have one (a bucket's root)."""
+    :class:`RequestError` for a destination that cannot have one (a bucket's root).
+    ``writer``, the command writing (``"lq compress"`` or ``"lq sample"``), is named to a run
+    that finds the lock."""
     from layerquantizer.dataset._destination import DestinationLock, DestinationLocked
     from layerquantizer.storage import open_store, store_errors
 
     try:
-        lock = DestinationLock(dst, token, break_lock=break_lock)
+        lock = DestinationLock(dst, token, break_lock=break_lock, writer=writer)
     except ValueError as exc:
         raise RequestError(str(exc)) from exc
     try:
@@ -275,6 +279,7 @@ def _write_plan(
     import zarr
 
     import layerquantizer.dataset._parallel as _parallel
+    import layerquantizer.dataset._plan as _plan
     from layerquantizer.dataset._destination import write_marker
     from layerquantizer.dataset._resume import Ledger, Progress, describe_plan, differences
     from layerquantizer.storage import open_store, store_errors
@@ -422,7 +427,11 @@ def _write_plan(
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
     try:
-        runner_context = _parallel.open_runner(scheduler, workers, worker_timeout)
+        # Each worker thread holds a unit at once: no more threads than fit in memory.
+        runner_context = _parallel.open_runner(
+            scheduler, workers, worker_timeout, memory=_plan.memory_bytes(),
+            unit_bytes=plan.largest_unit_memory(),
+        )  # fmt: skip
         with _single_threaded_blosc(), runner_context as runner:
             try:
                 _parallel.run_jobs(itertools.chain(new_units(), checks()), runner, on_done)
