@@ -358,6 +358,29 @@ def test_the_threads_are_no_more_than_can_each_hold_a_shard(tmp_path):
     assert threads_that_fit(4, 5 * gib, 4 * gib) == 1  # one always (a larger unit is refused)
 
 
+def test_the_memory_figure_is_the_control_groups_limit_where_lower(tmp_path):
+    """In a container or a batch job the limit is the control group's, not the machine's:
+    cgroup v2 (``memory.max``, "max" where unlimited) and v1 (``memory.limit_in_bytes``)."""
+    from layerquantizer.dataset._plan import _cgroup_limit, memory_bytes
+
+    root, groups = tmp_path / "cgroup", tmp_path / "self-cgroup"
+    (root / "job").mkdir(parents=True)
+    groups.write_text("0::/job\n")
+    assert _cgroup_limit(str(root), str(groups)) is None  # no file: no limit known
+    (root / "job" / "memory.max").write_text("max\n")
+    assert _cgroup_limit(str(root), str(groups)) is None
+    (root / "job" / "memory.max").write_text("2147483648\n")
+    assert _cgroup_limit(str(root), str(groups)) == 2**31
+    groups.write_text("4:memory:/pod\n3:cpu,cpuacct:/pod\n")
+    (root / "memory" / "pod").mkdir(parents=True)
+    (root / "memory" / "pod" / "memory.limit_in_bytes").write_text("1073741824\n")
+    assert _cgroup_limit(str(root), str(groups)) == 2**30
+    # Never more than the machine's physical memory, whatever the group says.
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert memory_bytes(str(tmp_path / "none")) == physical
+    assert memory_bytes() <= physical
+
+
 def test_a_run_starts_fewer_threads_where_their_shards_do_not_fit(sample, tmp_path, monkeypatch):
     """The memory of this machine cannot be set for a test: the check reads a small
     figure instead, through the command a user runs (in process)."""

@@ -355,12 +355,43 @@ def select_subset(
     return ds
 
 
-def memory_bytes() -> int | None:
-    """Physical memory of this machine, None where the system does not say."""
+def memory_bytes(cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """Memory this process may use: the machine's physical memory, or less where its
+    control group (a container, a Kubernetes pod, a batch job) sets a limit; None where the
+    system says neither."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # pragma: no cover - not on Linux
-        return None
+        physical = None
+    limits = [x for x in (physical, _cgroup_limit(cgroup_root)) if x is not None]
+    return min(limits) if limits else None
+
+
+def _cgroup_limit(root: str, groups: str = "/proc/self/cgroup") -> int | None:
+    """The memory limit of this process's control group (v2 ``memory.max``, v1
+    ``memory.limit_in_bytes``), None where there is none or it cannot be read."""
+    candidates = []
+    try:
+        with open(groups) as lines:
+            for line in lines:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                path = path.rstrip("/")
+                if not controllers:  # v2: one unified hierarchy
+                    candidates.append(f"{root}{path}/memory.max")
+                elif "memory" in controllers.split(","):
+                    candidates.append(f"{root}/memory{path}/memory.limit_in_bytes")
+    except (OSError, ValueError):
+        pass
+    limits = []
+    for candidate in candidates:
+        try:
+            with open(candidate) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # v2 says "max" where there is no limit
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def unit_memory_bytes(out_bytes: int, in_bytes: int) -> int:
