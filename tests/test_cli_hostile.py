@@ -392,6 +392,24 @@ def test_help_shows_every_option_text_whole():
             assert " ".join(text.split()) in " ".join(shown.split()), (name, text)
 
 
+def test_command_list_flows_each_summary_as_one_paragraph():
+    # `lq --help` kept the docstrings' line breaks: at 80 columns "every other" ended one
+    # line and "variable is copied" stood alone on the next. Summaries reflow to the width.
+    import inspect as inspect_module
+
+    import typer
+
+    from cli.main import app
+
+    wide = {**os.environ, "COLUMNS": "2000"}
+    shown = subprocess.run(
+        [*lq_command(), "--help"], capture_output=True, text=True, env=wide, timeout=60
+    ).stdout
+    for name, command in typer.main.get_command(app).commands.items():
+        summary = " ".join(inspect_module.getdoc(command.callback).split("\n\n")[0].split())
+        assert any(summary in line for line in shown.splitlines()), (name, summary)
+
+
 def test_every_command_has_json_and_counts_read_right(tmp_path):
     from typer.testing import CliRunner
 
