@@ -94,8 +94,8 @@ def advise(
         str | None,
         typer.Option(
             "--vars",
-            help="Variables, comma-separated [default: the config's, else every float "
-            "variable on a latitude/longitude grid].",
+            help="Variables, comma-separated (default: the config's, else every float "
+            "variable on a latitude/longitude grid).",
         ),
     ] = None,
     config: Annotated[

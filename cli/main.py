@@ -8,6 +8,7 @@ Example, on a synthetic dataset and without network::
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import typer
@@ -63,11 +64,22 @@ class _Command(TyperCommand):
         ]
 
 
-app.command("compress", no_args_is_help=True, cls=_Command)(compress.compress)
-app.command("verify", no_args_is_help=True, cls=_Command)(verify.verify)
-app.command("inspect", no_args_is_help=True, cls=_Command)(inspect_cmd.inspect)
-app.command("sample", no_args_is_help=True, cls=_Command)(sample.sample)
-app.command("advise", no_args_is_help=True, cls=_Command)(advise.advise)
+def _summary(function) -> str:
+    """The first paragraph of ``function``'s docstring on one line: the command list of
+    ``lq --help`` keeps a docstring's line breaks (the command's own help reflows them)."""
+    return " ".join(inspect.getdoc(function).split("\n\n")[0].split())
+
+
+for _name, _function in [
+    ("compress", compress.compress),
+    ("verify", verify.verify),
+    ("inspect", inspect_cmd.inspect),
+    ("sample", sample.sample),
+    ("advise", advise.advise),
+]:
+    app.command(_name, no_args_is_help=True, cls=_Command, short_help=_summary(_function))(
+        _function
+    )
 
 if __name__ == "__main__":
     app()

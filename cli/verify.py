@@ -66,7 +66,7 @@ def verify(
     dst: Annotated[str, typer.Argument(metavar="DST", help="The store to check: a path or URL.")],
     vars: Annotated[
         str | None,
-        typer.Option("--vars", help="Variables to check, comma-separated [default: all shared]."),
+        typer.Option("--vars", help="Variables to check, comma-separated (default: all shared)."),
     ] = None,
     max_abs_error: Annotated[
         float | None,

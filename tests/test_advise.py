@@ -273,3 +273,33 @@ def test_advise_on_nan_layers_and_constant_fields(tmp_path):
     sst_advice = report.variables["sst"]
     assert 1 <= sst_advice.recommendation.nbits <= 24
     assert all(math.isfinite(t.ratio) for t in sst_advice.trials)
+
+
+def test_verify_picture_measures_a_tolerance_against_its_absolute_bound(
+    sample_v2, tmp_path, monkeypatch
+):
+    """Before: a tolerance variable has no full-scale bound, so the picture left its levels
+    blank ("no bound") and drew no error map ("no lossy variable with an error"). Now its
+    max absolute error over the absolute bound, as verify checks it."""
+    from layerquantizer.dataset import _plots
+
+    dst = str(tmp_path / "out.zarr")
+    dataset.compress(sample_v2, dst, variables=["temperature"], tolerance=0.05)
+    report = dataset.verify(sample_v2, dst, variables=["temperature", "2m_temperature"])
+    figures = []
+    monkeypatch.setattr(_plots, "_save", lambda fig, path: figures.append(fig))
+    _plots.plot_verify(report, tmp_path / "verify.png")
+    (figure,) = figures
+    heatmap, error_map = figure.axes[:2]  # then their colour bars
+    shares = np.ma.filled(heatmap.images[0].get_array(), np.nan)
+    rows = [label.get_text() for label in heatmap.get_yticklabels()]
+    temperature = shares[rows.index("temperature")]
+    levels = report.variables["temperature"].levels
+    expected = [lev.max_abs_error / lev.bound_abs for lev in levels]
+    np.testing.assert_allclose(temperature[: len(levels)], expected, rtol=1e-6)
+    assert 0.9 < max(expected) <= 1.0
+    copied = shares[rows.index("2m_temperature")]
+    assert (copied[np.isfinite(copied)] == 0).all() and np.isfinite(copied).any()  # lossless
+    assert error_map.images and error_map.get_title().startswith(
+        "error of the worst layer: temperature"
+    )

@@ -374,6 +374,42 @@ def test_version_and_usage_lines():
         assert f"Usage: lq {command} [OPTIONS] {usage}" in result.stdout, result.stdout
 
 
+def test_help_shows_every_option_text_whole():
+    # Rich reads "[default: all shared]" in a help text as markup and drops it: `lq verify
+    # --help` said "Variables to check, comma-separated ." Every text must reach the screen.
+    import typer
+
+    from cli.main import app
+
+    wide = {**os.environ, "COLUMNS": "2000"}  # one line per option: no wrapping to undo
+    for name, command in typer.main.get_command(app).commands.items():
+        shown = subprocess.run(
+            [*lq_command(), name, "--help"], capture_output=True, text=True, env=wide, timeout=60
+        ).stdout
+        texts = [command.help.split("\n\n")[0]]
+        texts += [param.help for param in command.params if getattr(param, "help", None)]
+        for text in texts:
+            assert " ".join(text.split()) in " ".join(shown.split()), (name, text)
+
+
+def test_command_list_flows_each_summary_as_one_paragraph():
+    # `lq --help` kept the docstrings' line breaks: at 80 columns "every other" ended one
+    # line and "variable is copied" stood alone on the next. Summaries reflow to the width.
+    import inspect as inspect_module
+
+    import typer
+
+    from cli.main import app
+
+    wide = {**os.environ, "COLUMNS": "2000"}
+    shown = subprocess.run(
+        [*lq_command(), "--help"], capture_output=True, text=True, env=wide, timeout=60
+    ).stdout
+    for name, command in typer.main.get_command(app).commands.items():
+        summary = " ".join(inspect_module.getdoc(command.callback).split("\n\n")[0].split())
+        assert any(summary in line for line in shown.splitlines()), (name, summary)
+
+
 def test_every_command_has_json_and_counts_read_right(tmp_path):
     from typer.testing import CliRunner
 

@@ -297,6 +297,39 @@ def test_dry_run_plans_with_the_tolerance_asked_for(tmp_path, zarr_format):
     assert coarse["estimated_stored_bytes"] < fine["estimated_stored_bytes"]
 
 
+def test_dry_run_json_names_each_of_the_four_treatments(tmp_path):
+    """The schema of issue 9: per variable treatment (quantize, copy, drop, skip), chunks,
+    logical_bytes and estimated_stored_bytes; a dropped or skipped variable writes nothing."""
+    src = tmp_path / "src.zarr"
+    write_wb2_sample_store(str(src), times=2, grid=(7, 12))
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "on_missing: skip\nvariables: {temperature: , ozone_mass_mixing_ratio: }\n"
+        "copy: [soil_type]\ndrop: [geopotential]\n"
+    )
+    result = lq("compress", src, tmp_path / "out.zarr", "--config", config, "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    variables = report["variables"]
+    expected = {"temperature": "quantize", "soil_type": "copy", "2m_temperature": "copy",
+                "geopotential": "drop", "ozone_mass_mixing_ratio": "skip"}  # fmt: skip
+    assert {name: variables[name]["treatment"] for name in expected} == expected
+    for entry in variables.values():
+        assert isinstance(entry["chunks"], int) and isinstance(entry["logical_bytes"], int)
+        assert entry["estimated_stored_bytes"] is None or isinstance(
+            entry["estimated_stored_bytes"], int
+        )
+    assert variables["temperature"]["chunks"] == 2
+    assert 0 < variables["temperature"]["estimated_stored_bytes"]
+    dropped = variables["geopotential"]
+    assert (dropped["chunks"], dropped["estimated_stored_bytes"]) == (0, 0)
+    ozone = variables["ozone_mass_mixing_ratio"]  # in the 37-level stores only
+    assert (ozone["chunks"], ozone["estimated_stored_bytes"]) == (0, None)
+    written = [e for e in variables.values() if e["treatment"] in ("quantize", "copy")]
+    assert report["total"]["chunks"] == sum(e["chunks"] for e in written)
+    assert not (tmp_path / "out.zarr").exists()
+
+
 # --------------------------------------------------------------------------------------
 # Resume at a million units, units without data
 

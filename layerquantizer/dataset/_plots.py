@@ -126,14 +126,29 @@ def plot_inspect(report, path: str | Path) -> None:
     _save(fig, path)
 
 
+def _share_of_bound(level) -> float | None:
+    """The max error of one level as a share of the bound verify checks it against: full
+    scale for nbits, absolute for a tolerance (which has no full-scale bound) or a stated
+    ``--max-abs-error``; 0 for a lossless copy without error, None without a bound."""
+    if level.bound:
+        return level.max_fs_error / level.bound
+    if level.bound_abs:
+        return level.max_abs_error / level.bound_abs
+    if level.bound == 0 or level.bound_abs == 0:
+        return 0.0 if level.max_abs_error == 0 else math.inf
+    return None
+
+
 def _worst(report):
     """The variable and level whose max error is the largest share of its bound."""
     best = None
     for name, check in report.variables.items():
         for index, level in enumerate(check.levels):
-            if level.bound is None or level.bound <= 0 or not math.isfinite(level.max_fs_error):
+            if not (level.bound or level.bound_abs):  # no bound, or a lossless copy
                 continue
-            share = level.max_fs_error / level.bound
+            share = _share_of_bound(level)
+            if not math.isfinite(share):
+                continue
             if best is None or share > best[0]:
                 best = (share, name, index)
     return best
@@ -185,9 +200,9 @@ def _coordinate_text(value) -> str:
 
 
 def plot_verify(report, path: str | Path, token=None) -> None:
-    """Left: per variable and level, the max full-scale error as a share of its bound
-    (heatmap; 1 is the bound). Right: the error map of the worst layer, read again from
-    both stores."""
+    """Left: per variable and level, the max error as a share of its bound (heatmap; 1 is
+    the bound): full scale for nbits, absolute for a tolerance. Right: the error map of the
+    worst layer, read again from both stores."""
     plt = _pyplot()
     names = [n for n, c in report.variables.items() if c.levels]
     labels = sorted(
@@ -197,11 +212,9 @@ def plot_verify(report, path: str | Path, token=None) -> None:
     shares = np.full((len(names), len(labels)), np.nan)
     for i, name in enumerate(names):
         for lev in report.variables[name].levels:
-            j = labels.index(str(lev.level))
-            if lev.bound:
-                shares[i, j] = lev.max_fs_error / lev.bound
-            elif lev.bound == 0:
-                shares[i, j] = 0.0 if lev.max_abs_error == 0 else np.inf
+            share = _share_of_bound(lev)
+            if share is not None:
+                shares[i, labels.index(str(lev.level))] = share
     fig, (left, right) = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 1.4, FIGSIZE[1]))
     shown = np.where(np.isfinite(shares), shares, np.nan)
     image = left.imshow(shown, aspect="auto", cmap="viridis", vmin=0, vmax=max(1.0, np.nanmax(
@@ -216,7 +229,7 @@ def plot_verify(report, path: str | Path, token=None) -> None:
     left.set_xlabel("level")
     left.set_title("max error / bound per variable and level\n(1 = at the bound; blank: no "
                    "bound, lossless: 0)", fontsize=9)  # fmt: skip
-    fig.colorbar(image, ax=left, label="max full-scale error / full-scale bound")
+    fig.colorbar(image, ax=left, label="max error / bound (nbits: full scale; tolerance: absolute)")
 
     worst = _worst(report)
     if worst is None or worst[0] == 0:
