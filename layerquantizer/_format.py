@@ -59,7 +59,14 @@ FORMAT_VERSION = 1
 FORMAT_VERSION_PREDICTORS = 2
 #: Version 3 is version 2 with blocks of mode 3 (range-coded codes) and the stored chunk.
 FORMAT_VERSION_RANGE = 3
-READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE)
+#: Version 4 is version 3 with predictor 4 (narrow bins at the coarse strides).
+FORMAT_VERSION_NARROW = 4
+READ_VERSIONS = (
+    FORMAT_VERSION,
+    FORMAT_VERSION_PREDICTORS,
+    FORMAT_VERSION_RANGE,
+    FORMAT_VERSION_NARROW,
+)
 #: Version 2 chunks of at most this many bits may hold blocks of bit planes (mode 2).
 BIT_PLANES_MAX_NBITS = 12
 #: Per-layer predictors of version 2; version 1 chunks use Lorenzo everywhere.
@@ -71,12 +78,19 @@ PREDICTOR_INTERPOLATION_ORDERED = 2
 #: The interpolation predictor on the transposed layer (columns first at every stride), its
 #: codes in that layer's coding order: what the encoder writes for interpolated layers.
 PREDICTOR_INTERPOLATION_TRANSPOSED = 3
+#: Version 4 only: predictor 3 with the bins of the strides of 4 and more narrowed
+#: (``_kernels.NARROW_BINS``): what the encoder writes for interpolated layers with a
+#: tolerance.
+PREDICTOR_INTERPOLATION_NARROW = 4
 PREDICTOR_NAMES = {
     PREDICTOR_LORENZO: "lorenzo",
     PREDICTOR_INTERPOLATION: "interpolation",
     PREDICTOR_INTERPOLATION_ORDERED: "interpolation, codes in coding order",
     PREDICTOR_INTERPOLATION_TRANSPOSED: "interpolation, transposed, codes in coding order",
+    PREDICTOR_INTERPOLATION_NARROW: "interpolation, transposed, coding order, narrow coarse bins",
 }
+#: The predictors a chunk of version 2 or 3 may hold (version 4: all of PREDICTOR_NAMES).
+_PREDICTORS_V2 = (0, 1, 2, 3)
 FLAG_EXCEPTIONS = 1
 FLAG_FORTRAN = 2
 #: Version 3 only: the chunk holds the values themselves (see :func:`pack_stored`).
@@ -122,6 +136,9 @@ class Header:
 
     @property
     def version(self) -> int:
+        predictors = self.predictors
+        if predictors is not None and (predictors >= PREDICTOR_INTERPOLATION_NARROW).any():
+            return FORMAT_VERSION_NARROW
         if self.range_coded:
             return FORMAT_VERSION_RANGE
         return FORMAT_VERSION if self.predictors is None else FORMAT_VERSION_PREDICTORS
@@ -440,7 +457,7 @@ def parse(buf: memoryview) -> Chunk:
     if crc32c.crc32c(body) != stored_crc:
         raise CorruptChunkError("chunk checksum (CRC-32C) mismatch: the chunk is corrupted")
     # The checksum passed; still trust nothing (a chunk may have been crafted).
-    if flags & ~(_KNOWN_FLAGS_V3 if version == FORMAT_VERSION_RANGE else _KNOWN_FLAGS) or reserved:
+    if flags & ~(_KNOWN_FLAGS_V3 if version >= FORMAT_VERSION_RANGE else _KNOWN_FLAGS) or reserved:
         raise CorruptChunkError(f"unknown flags {flags:#x} or reserved field {reserved}")
     if dtype_code not in DTYPE_CODES:
         raise CorruptChunkError(f"unknown dtype code {dtype_code}")
@@ -465,9 +482,10 @@ def parse(buf: memoryview) -> Chunk:
     if not (np.isfinite(offsets).all() and np.isfinite(steps).all() and (steps >= 0).all()):
         raise CorruptChunkError("layer table holds a non-finite offset or a negative step")
     predictors = None
-    if version in (FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE):
+    if version >= FORMAT_VERSION_PREDICTORS:
         predictors = np.frombuffer(reader.take(nlayers, "predictor table"), "u1")
-        unknown = np.setdiff1d(predictors, list(PREDICTOR_NAMES))
+        known = list(PREDICTOR_NAMES) if version >= FORMAT_VERSION_NARROW else _PREDICTORS_V2
+        unknown = np.setdiff1d(predictors, known)
         if unknown.size:
             raise CorruptChunkError(
                 f"predictor table holds unknown predictor {unknown[0]} (upgrade "
@@ -483,7 +501,7 @@ def parse(buf: memoryview) -> Chunk:
         offsets,
         steps,
         predictors,
-        version == FORMAT_VERSION_RANGE,
+        version >= FORMAT_VERSION_RANGE,
     )
     residual_size = reader.u64("residual section size")
     residual_bytes = reader.u64("residual section size before coding")
@@ -577,7 +595,7 @@ def peek_steps(prefix: bytes) -> tuple[tuple[int, ...], np.ndarray] | None:
     magic, version, flags, _, _, _, ndim, *_ = _PREFIX.unpack(prefix[: _PREFIX.size])
     if magic != MAGIC or version not in READ_VERSIONS or ndim > MAX_NDIM:
         return None
-    if version == FORMAT_VERSION_RANGE and flags & FLAG_STORED:
+    if version >= FORMAT_VERSION_RANGE and flags & FLAG_STORED:
         return None  # no layer table: the values are exact
     end = _PREFIX.size + 8 * ndim
     if len(prefix) < end:

@@ -174,9 +174,12 @@ def encode(
                 candidates = ~snapped
             wide = np.ones_like(snapped) if candidates is None else candidates
             nbits = max(nbits, _levels_bits(maxs[wide], mins[wide], plain_steps[wide]))
+        # With a tolerance (and range coding, which readers of version 3 have), interpolated
+        # layers narrow the bins of their coarse strides (predictor 4, format version 4).
+        narrow = tolerance is not None and range_coding
         predicted = _encode_predicted(
             layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level,
-            predictor, range_coding, candidates,
+            predictor, range_coding, candidates, narrow,
         )  # fmt: skip
         # A chunk of Lorenzo layers whose blocks all kept bit planes is written in version
         # 1 (byte for byte as before version 3): only range coding made it worth version 3.
@@ -477,8 +480,9 @@ def _interpolation_order(ny: int, nx: int) -> np.ndarray:
 
 
 def _prefers_interpolation(
-    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None
-) -> bool:
+    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None,
+    bins=_kernels.WIDE_BINS,
+) -> bool:  # fmt: skip
     """Whether the interpolation predictor codes the trial tiles of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
     bytes each), unless the tiles' values all sit on Lorenzo's levels: Lorenzo then keeps
@@ -486,7 +490,8 @@ def _prefers_interpolation(
     on the grid it is quantized on, a coarse grid found or a tolerance of half its step, is
     returned losslessly). When the trial codes the whole layer, its interpolation codes (in
     coding order), exception bitmap, exception count and tolerance are put in the list
-    ``whole``, for the encoder to use instead of coding the layer again."""
+    ``whole``, for the encoder to use instead of coding the layer again. ``bins``: the
+    interpolation's bin widths (:data:`_kernels.NARROW_BINS` for predictor 4)."""
     ny, nx = layer.shape
     half = TRIAL_SIDE // 2
     if ny < 4 * TRIAL_SIDE or nx < 4 * TRIAL_SIDE:
@@ -536,7 +541,7 @@ def _prefers_interpolation(
         lorenzo += 5 * int(counts[0])
         bits[:] = 0
         exceptions = _kernels.interpolation_encode(
-            np.ascontiguousarray(band.T), low, unit, tolerance, nbits, fine, planes, bits, 0
+            np.ascontiguousarray(band.T), low, unit, tolerance, nbits, fine, planes, bits, 0, bins
         )
         _kernels.gather_codes(planes, order, ordered)
         interpolation += _coded_size(ordered, scratch, positions, upper, compressor)
@@ -548,7 +553,7 @@ def _prefers_interpolation(
 
 def _encode_predicted(
     layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how,
-    range_coding=False, candidates=None,
+    range_coding=False, candidates=None, narrow=False,
 ):  # fmt: skip
     """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
     picks per layer by a trial on a band of rows, see :func:`_prefers_interpolation`), into
@@ -558,7 +563,9 @@ def _encode_predicted(
     a block is range-coded (format version 3). ``allowed`` is each layer's largest error
     before a value is stored exactly. With ``range_coding``, a chunk of Lorenzo layers
     only is coded here too: range-coded Lorenzo codes often beat version 1's blocks.
-    ``candidates`` (bool per layer; None: all) are the layers "auto" may interpolate."""
+    ``candidates`` (bool per layer; None: all) are the layers "auto" may interpolate.
+    ``narrow``: interpolated layers use predictor 4 (format version 4), else 3."""
+    bins = _kernels.NARROW_BINS if narrow else _kernels.WIDE_BINS
     nlayers, ny, nx = layers.shape
     if how == "auto":
         # One per call: a zstandard compressor must not be shared between threads.
@@ -576,6 +583,7 @@ def _encode_predicted(
                     nbits,
                     compressor,
                     trials[layer],
+                    bins,
                 )
                 if candidates is None or candidates[layer]
                 else False
@@ -630,6 +638,7 @@ def _encode_predicted(
                 planes,
                 layer_bits,
                 0,
+                bins,
             )
             if counts[layer]:
                 _kernels.transpose_bits(layer_bits, nx, ny, bitmap, layer * size)
@@ -653,9 +662,12 @@ def _encode_predicted(
                 counts,
             )
             stream.write(planes)
-    predictors = np.where(
-        choices, _format.PREDICTOR_INTERPOLATION_TRANSPOSED, _format.PREDICTOR_LORENZO
-    ).astype(np.uint8)
+    interpolated = (
+        _format.PREDICTOR_INTERPOLATION_NARROW
+        if narrow
+        else _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+    )
+    predictors = np.where(choices, interpolated, _format.PREDICTOR_LORENZO).astype(np.uint8)
     return (
         writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps,
         stream.range_coded,
@@ -781,7 +793,9 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
     blocks = _BlockReader(chunk, len(rows), nx)
     layer_planes = np.empty((header.plane_count, size), np.uint8)
     ordered = header.predictors == _format.PREDICTOR_INTERPOLATION_ORDERED
-    transposed = header.predictors == _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+    # Predictor 4 is predictor 3 with narrower bins at the coarse strides.
+    narrow = header.predictors == _format.PREDICTOR_INTERPOLATION_NARROW
+    transposed = narrow | (header.predictors == _format.PREDICTOR_INTERPOLATION_TRANSPOSED)
     if ordered.any() or transposed.any():
         row_planes = np.empty_like(layer_planes)
     if ordered.any():
@@ -815,6 +829,7 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
                         header.steps[layer],
                         transposed_fine,
                         layers[layer].T,
+                        _kernels.NARROW_BINS if narrow[layer] else _kernels.WIDE_BINS,
                     )
                 elif ordered[layer]:
                     _kernels.scatter_codes(layer_planes, order, row_planes)

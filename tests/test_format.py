@@ -62,8 +62,8 @@ def test_header_layout():
         (b"\x89LQZ", "shorter than any chunk"),
         (b"PK\x03\x04" + bytes(40), "not a layerquantizer1 chunk: magic"),
         (
-            MAGIC + b"\x04" + bytes(40),
-            "format version 4; this layerquantizer reads versions 1, 2 and 3 \\(upgrade",
+            MAGIC + b"\x05" + bytes(40),
+            "format version 5; this layerquantizer reads versions 1, 2, 3 and 4 \\(upgrade",
         ),
     ],
 )
