@@ -167,7 +167,7 @@ def test_mode_3_outside_version_3_is_refused():
 @pytest.mark.parametrize("nbits", [13, 16, 24])
 def test_range_coded_blocks_above_12_bits(nbits):
     # Above 12 bits mode 3 replaces modes 0 and 1 where smaller; at most their size. (The
-    # encoder tries it there with a tolerance only, up to 16 bits, or when told to.)
+    # encoder tries it there with a tolerance only, or when told to.)
     data, _ = smooth(with_exceptions=True)
     encoded = chunk.encode(
         data, nbits, level=1, coder=0, predictor="interpolation", range_coding=True

@@ -395,7 +395,7 @@ def test_packed_data_on_the_tolerance_step_stays_exact(real_fields):
     # ERA5 ensemble geopotential sits on a packing grid of 0.125: at a tolerance of 0.0625
     # the step 2X is that grid (no coarser grid), and Lorenzo's levels from each layer's
     # minimum are the grid's. "auto" keeps Lorenzo there (interpolation, which a tolerance
-    # tries up to 16 bits, would move values by up to X), so they come back exactly, as
+    # tries at any nbits, would move values by up to X), so they come back exactly, as
     # lq advise promises.
     data = real_fields["era5ens_z"][:2, :2]
     encoded, decoded = round_trip(data, 0.0625)
