@@ -446,6 +446,13 @@ TRIAL_SIDE = 128
 # bits (temperature at 12 bits: 1.025 on tiles, 0.945 on the layer). Tiles' sizes are
 # compared after this correction; a whole layer's as they are.
 TRIAL_TILE_BIAS = 1.07
+# Tiles favour predictor 3 over 4: they miss where the whole layer's coarse strides gain
+# (synthetic geopotential at the tolerance of 8 bits: 11 layers whose tiles range-coded to
+# their floor, 72 bytes with predictor 3 and 74-86 with 4, took 3, and the chunk grew from
+# 9.7 to 12.9 KB). Predictor 4 is kept unless 3 codes the tiles smaller by this share and
+# these bytes a tile.
+NARROW_TILE_BIAS = 1.03
+NARROW_TILE_SLACK = 8
 #: "auto" tries the interpolation predictor up to this many bits only: above, Lorenzo on the
 #: integers won on every field measured (bench_codec.py), and the trial would cost encode
 #: time for nothing.
@@ -483,9 +490,8 @@ def _interpolation_order(ny: int, nx: int) -> np.ndarray:
 
 
 def _prefers_interpolation(
-    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None,
-    bins=_kernels.WIDE_BINS,
-) -> bool:  # fmt: skip
+    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None, narrow=False,
+) -> int:  # fmt: skip
     """Whether the interpolation predictor codes the trial tiles of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
     bytes each), unless the tiles' values all sit on Lorenzo's levels: Lorenzo then keeps
@@ -493,8 +499,12 @@ def _prefers_interpolation(
     on the grid it is quantized on, a coarse grid found or a tolerance of half its step, is
     returned losslessly). When the trial codes the whole layer, its interpolation codes (in
     coding order), exception bitmap, exception count and tolerance are put in the list
-    ``whole``, for the encoder to use instead of coding the layer again. ``bins``: the
-    interpolation's bin widths (:data:`_kernels.NARROW_BINS` for predictor 4)."""
+    ``whole``, for the encoder to use instead of coding the layer again.
+
+    Returns the predictor: Lorenzo (0) or the interpolation (3); with ``narrow``, 4 where
+    the narrow coarse bins range-code the tiles smaller (they gain much at coarse
+    tolerances, and lose a little at fine ones and on small layers: era5ens_z at the
+    tolerance of 12 bits, 8.18 with predictor 3, 7.67 with 4)."""
     ny, nx = layer.shape
     half = TRIAL_SIDE // 2
     if ny < 4 * TRIAL_SIDE or nx < 4 * TRIAL_SIDE:
@@ -506,7 +516,7 @@ def _prefers_interpolation(
             for j in (nx // 4, 3 * nx // 4)
         ]
     if step > 0 and all(_on_levels(band, offset, step) for band in bands):
-        return False
+        return _format.PREDICTOR_LORENZO
     rows, nx = bands[0].shape
     plane_count = (nbits + 7) // 8
     planes = np.empty((plane_count, rows * nx), np.uint8)
@@ -520,6 +530,10 @@ def _prefers_interpolation(
     tolerance = plain_step / 2.0
     unit = plain_step / (1 << _kernels.FINE_BITS)
     lorenzo = interpolation = 0
+    if narrow:
+        narrowed, narrow_bits = np.empty_like(planes), np.zeros_like(bits)
+        range_out = np.empty(2 * planes.size + 64, np.uint8)
+        wide_size = narrow_size = lorenzo_size = 0
     for band in bands:
         band = np.ascontiguousarray(band)
         counts = np.zeros(1, np.int64)
@@ -540,18 +554,55 @@ def _prefers_interpolation(
             np.zeros(nx + 1, np.uint32),
             counts,
         )
+        if narrow:
+            lorenzo_size += _range_coded_size(planes, nbits, range_out) + 5 * int(counts[0])
         lorenzo += _coded_size(planes, scratch, positions, upper, compressor)
         lorenzo += 5 * int(counts[0])
         bits[:] = 0
+        transposed = np.ascontiguousarray(band.T)
         exceptions = _kernels.interpolation_encode(
-            np.ascontiguousarray(band.T), low, unit, tolerance, nbits, fine, planes, bits, 0, bins
+            transposed, low, unit, tolerance, nbits, fine, planes, bits, 0
         )
         _kernels.gather_codes(planes, order, ordered)
         interpolation += _coded_size(ordered, scratch, positions, upper, compressor)
         interpolation += 5 * exceptions
+        if narrow:
+            wide_size += _range_coded_size(ordered, nbits, range_out) + 5 * exceptions
+            narrow_bits[:] = 0
+            narrow_exceptions = _kernels.interpolation_encode(
+                transposed, low, unit, tolerance, nbits, fine, planes, narrow_bits, 0,
+                _kernels.NARROW_BINS,
+            )  # fmt: skip
+            _kernels.gather_codes(planes, order, narrowed)
+            narrow_size += _range_coded_size(narrowed, nbits, range_out) + 5 * narrow_exceptions
+    bias = 1.0 if len(bands) == 1 else TRIAL_TILE_BIAS
+    pick_narrow = narrow and (
+        narrow_size < wide_size
+        if len(bands) == 1
+        else narrow_size < NARROW_TILE_BIAS * wide_size + NARROW_TILE_SLACK * len(bands)
+    )
+    if pick_narrow:
+        # Against Lorenzo through the same range coder: zstd's estimate misjudged layers
+        # of a few levels (synthetic geopotential at the tolerance of 8 bits, 4 layers that
+        # Lorenzo range-codes in 3 KB less).
+        if narrow_size >= bias * lorenzo_size:
+            return _format.PREDICTOR_LORENZO
+    elif interpolation >= bias * lorenzo:
+        return _format.PREDICTOR_LORENZO
+    if pick_narrow:
+        if whole is not None and len(bands) == 1:
+            whole += [narrowed, narrow_bits, narrow_exceptions, tolerance]
+        return _format.PREDICTOR_INTERPOLATION_NARROW
     if whole is not None and len(bands) == 1:
         whole += [ordered, bits, exceptions, tolerance]
-    return interpolation < (lorenzo if len(bands) == 1 else TRIAL_TILE_BIAS * lorenzo)
+    return _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+
+
+def _range_coded_size(planes: np.ndarray, nbits: int, out: np.ndarray) -> float:
+    """Bytes of ``planes`` through the range coder of block mode 3 (infinite when they do
+    not fit ``out``)."""
+    size = _range_kernels.range_encode(planes, nbits, out)
+    return float(size) if size >= 0 else np.inf
 
 
 def _encode_predicted(
@@ -567,14 +618,14 @@ def _encode_predicted(
     before a value is stored exactly. With ``range_coding``, a chunk of Lorenzo layers
     only is coded here too: range-coded Lorenzo codes often beat version 1's blocks.
     ``candidates`` (bool per layer; None: all) are the layers "auto" may interpolate.
-    ``narrow``: interpolated layers use predictor 4 (format version 4), else 3."""
-    bins = _kernels.NARROW_BINS if narrow else _kernels.WIDE_BINS
+    ``narrow``: interpolated layers may use predictor 4 (format version 4; "auto" picks it
+    per layer), else they use 3."""
     nlayers, ny, nx = layers.shape
     if how == "auto":
         # One per call: a zstandard compressor must not be shared between threads.
         compressor = zstandard.ZstdCompressor(level=1)
         trials = [[] for _ in range(nlayers)]
-        choices = np.array(
+        predictors = np.array(
             [
                 _prefers_interpolation(
                     layers[layer],
@@ -586,18 +637,26 @@ def _encode_predicted(
                     nbits,
                     compressor,
                     trials[layer],
-                    bins,
+                    narrow,
                 )
                 if candidates is None or candidates[layer]
-                else False
+                else _format.PREDICTOR_LORENZO
                 for layer in range(nlayers)
-            ]
+            ],
+            np.uint8,
         )
+        choices = predictors != _format.PREDICTOR_LORENZO
         if not choices.any() and not range_coding:
             return None
     else:
         choices = np.ones(nlayers, bool)
         trials = [[] for _ in range(nlayers)]
+        interpolated = (
+            _format.PREDICTOR_INTERPOLATION_NARROW
+            if narrow
+            else _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+        )
+        predictors = np.full(nlayers, interpolated, np.uint8)
     rows = layers.reshape(nlayers * ny, nx)
     size = ny * nx
     plane_count = (nbits + 7) // 8
@@ -641,7 +700,11 @@ def _encode_predicted(
                 planes,
                 layer_bits,
                 0,
-                bins,
+                (
+                    _kernels.NARROW_BINS
+                    if predictors[layer] == _format.PREDICTOR_INTERPOLATION_NARROW
+                    else _kernels.WIDE_BINS
+                ),
             )
             if counts[layer]:
                 _kernels.transpose_bits(layer_bits, nx, ny, bitmap, layer * size)
@@ -665,12 +728,6 @@ def _encode_predicted(
                 counts,
             )
             stream.write(planes)
-    interpolated = (
-        _format.PREDICTOR_INTERPOLATION_NARROW
-        if narrow
-        else _format.PREDICTOR_INTERPOLATION_TRANSPOSED
-    )
-    predictors = np.where(choices, interpolated, _format.PREDICTOR_LORENZO).astype(np.uint8)
     return (
         writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps,
         stream.range_coded,

@@ -183,12 +183,13 @@ def test_range_coded_blocks_above_12_bits(nbits):
 
 def test_tolerance_up_to_16_bits_interpolates_and_range_codes(real_fields):
     # eraint_z at a tolerance of 1 needs 14 bits: before, Lorenzo in version 1 (12.35,
-    # SZ3 16.6); now interpolation, range-coded (with the narrow coarse bins of version 4).
+    # SZ3 16.6); now interpolation, range-coded (predictor 3: at so fine a tolerance the
+    # narrow coarse bins of predictor 4, version 4, do not pay).
     field = real_fields["eraint_z"]
     encoded = chunk.encode(field, None, level=1, tolerance=1.0)
     parsed = _format.parse(memoryview(encoded))
-    assert encoded[4] == 4 and parsed.header.nbits == 14
-    assert _format.PREDICTOR_INTERPOLATION_NARROW in parsed.header.predictors
+    assert encoded[4] == 3 and parsed.header.nbits == 14
+    assert _format.PREDICTOR_INTERPOLATION_TRANSPOSED in parsed.header.predictors
     lorenzo = chunk.encode(field, None, level=1, tolerance=1.0, predictor="lorenzo")
     assert len(encoded) < 0.8 * len(lorenzo)
     decoded = chunk.decode(encoded).astype(np.float64)
@@ -368,5 +369,4 @@ def test_range_coding_by_default_at_8_bits_or_fewer_or_with_a_tolerance(real_fie
     assert chunk.encode(field, 8, level=1)[4] == 3
     assert chunk.encode(field, 12, level=1)[4] == 2
     assert chunk.encode(field, 12, level=1, range_coding=True)[4] == 3
-    # 13 bits, range-coded; version 4: the interpolated layers take predictor 4.
-    assert chunk.encode(field, None, level=1, tolerance=0.01)[4] == 4
+    assert chunk.encode(field, None, level=1, tolerance=0.01)[4] == 3  # 13 bits

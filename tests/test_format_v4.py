@@ -30,11 +30,15 @@ def smooth_layers(shape=(2, 40, 40)) -> np.ndarray:
 
 
 def narrow_chunk(coder=1, with_exceptions=True, tolerance=2.0) -> tuple[np.ndarray, bytes]:
-    """A version 4 chunk: smooth layers at a coarse tolerance, predictor 4."""
+    """A version 4 chunk: smooth layers at a coarse tolerance, predictor 4 (told to
+    interpolate: "auto" compares predictors 3 and 4 on layers this small, and may keep 3)."""
     data = smooth_layers()
     if with_exceptions:
         data[1, 3, 4] = np.nan
-    return data, chunk.encode(data, None, level=1, coder=coder, tolerance=tolerance)
+    encoded = chunk.encode(
+        data, None, level=1, coder=coder, tolerance=tolerance, predictor="interpolation"
+    )
+    return data, encoded
 
 
 @pytest.mark.parametrize("coder", [0, 1])
@@ -67,7 +71,9 @@ def test_narrow_bins_code_coarse_tolerances_smaller():
     tolerance = float(np.ptp(field)) / 255 / 2
     narrow = chunk.encode(field, None, level=1, tolerance=tolerance)
     wide = chunk.encode(field, None, level=1, tolerance=tolerance, range_coding=False)
-    assert narrow[4] == 4
+    assert narrow[4] == 4  # "auto" picked predictor 4
+    predictors = _format.parse(memoryview(narrow)).header.predictors
+    assert (predictors == _format.PREDICTOR_INTERPOLATION_NARROW).any()
     assert len(narrow) < 0.8 * len(wide)
     assert_within_tolerance(field, chunk.decode(narrow), tolerance)
 
