@@ -5,9 +5,9 @@ A chunk is, all integers little-endian::
     offset  size     field
     0       4        magic b"\\x89LQZ"
     4       1        format version (1, or 2 with the predictor table, or 3: version 2 with
-                       range-coded blocks, or a stored chunk)
+                       range-coded blocks, or a stored chunk, or 4: version 3 with predictor 4)
     5       1        flags: bit 0 exception section present, bit 1 Fortran order, bit 2
-                       (version 3) stored: the values as they are (see below); others 0
+                       (versions 3 and 4) stored: the values as they are (see below); others 0
     6       1        dtype code (1 = float32, 2 = float32 returned big-endian)
     7       1        nbits (1-24 for float32)
     8       1        entropy coder (0 = none, 1 = zstd)
@@ -16,9 +16,9 @@ A chunk is, all integers little-endian::
     12      4        rows per block B (uint32, >= 1)
     16      8*ndim   shape (uint64 each)
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
-    ..      L        version 2 only: per layer, the predictor (0 Lorenzo, 1 interpolation,
+    ..      L        versions 2 to 4: per layer, the predictor (0 Lorenzo, 1 interpolation,
                        2 interpolation with the codes in coding order, 3 the same on the
-                       transposed layer)
+                       transposed layer, 4 (version 4) 3 with narrow bins at coarse strides)
     ..      8        residual section size R (uint64)
     ..      8        residual section size before coding U (uint64)
     ..      R        residual section, through the coder: seeing the chunk as L * ny rows
