@@ -5,8 +5,8 @@ A chunk is, all integers little-endian::
     offset  size     field
     0       4        magic b"\\x89LQZ"
     4       1        format version (1, or 2 with the predictor table, or 3: version 2 with
-                       range-coded blocks, or a stored chunk, or 4: version 3 with the
-                       linear predictor)
+                       range-coded blocks, or a stored chunk, or 4: version 3 with
+                       predictors 4 and 6)
     5       1        flags: bit 0 exception section present, bit 1 Fortran order, bit 2
                        (version 3) stored: the values as they are (see below); others 0
     6       1        dtype code (1 = float32, 2 = float32 returned big-endian)
@@ -19,7 +19,8 @@ A chunk is, all integers little-endian::
     ..      16*L     per layer: offset, step (float64 each); L = prod(shape[:-2]), 1 if ndim < 2
     ..      L        versions 2 to 4: per layer, the predictor (0 Lorenzo, 1 interpolation,
                        2 interpolation with the codes in coding order, 3 the same on the
-                       transposed layer; version 4: 6 linear)
+                       transposed layer; version 4: 4 the same with narrow bins at the
+                       coarse strides, 6 linear)
     ..      12*K     version 4 only: for each of the K layers of predictor 6, in order, its
                        coefficients (int16 each: W, N, NW, NE, WW, NN, in 1/256)
     ..      8        residual section size R (uint64)
@@ -62,8 +63,9 @@ FORMAT_VERSION = 1
 FORMAT_VERSION_PREDICTORS = 2
 #: Version 3 is version 2 with blocks of mode 3 (range-coded codes) and the stored chunk.
 FORMAT_VERSION_RANGE = 3
-#: Version 4 is version 3 with more predictors: 6, the linear predictor, whose per-layer
-#: coefficients follow the predictor table (see docs/format.md).
+#: Version 4 is version 3 with more predictors: 4, interpolation with narrow bins at the
+#: coarse strides, and 6, the linear predictor, whose per-layer coefficients follow the
+#: predictor table (see docs/format.md).
 FORMAT_VERSION_4 = 4
 READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_PREDICTORS, FORMAT_VERSION_RANGE, FORMAT_VERSION_4)
 #: Version 2 chunks of at most this many bits may hold blocks of bit planes (mode 2).
@@ -77,6 +79,10 @@ PREDICTOR_INTERPOLATION_ORDERED = 2
 #: The interpolation predictor on the transposed layer (columns first at every stride), its
 #: codes in that layer's coding order: what the encoder writes for interpolated layers.
 PREDICTOR_INTERPOLATION_TRANSPOSED = 3
+#: Version 4 only: predictor 3 with the bins of the strides of 4 and more narrowed
+#: (``_kernels.NARROW_BINS``): what the encoder writes for interpolated layers with a
+#: tolerance.
+PREDICTOR_INTERPOLATION_NARROW = 4
 #: Version 4: a linear predictor of six neighbours whose coefficients the chunk stores per
 #: layer (:mod:`layerquantizer._linear_kernels`).
 PREDICTOR_LINEAR = 6
@@ -85,6 +91,7 @@ PREDICTOR_NAMES = {
     PREDICTOR_INTERPOLATION: "interpolation",
     PREDICTOR_INTERPOLATION_ORDERED: "interpolation, codes in coding order",
     PREDICTOR_INTERPOLATION_TRANSPOSED: "interpolation, transposed, codes in coding order",
+    PREDICTOR_INTERPOLATION_NARROW: "interpolation, transposed, coding order, narrow coarse bins",
     PREDICTOR_LINEAR: "linear, six neighbours, coefficients per layer",
 }
 #: The predictors of versions 2 and 3; version 4 adds the others.
@@ -141,7 +148,10 @@ class Header:
 
     @property
     def version(self) -> int:
-        if self.coefficients is not None:
+        predictors = self.predictors
+        if self.coefficients is not None or (
+            predictors is not None and (predictors == PREDICTOR_INTERPOLATION_NARROW).any()
+        ):
             return FORMAT_VERSION_4
         if self.range_coded:
             return FORMAT_VERSION_RANGE
@@ -618,7 +628,7 @@ def peek_steps(prefix: bytes) -> tuple[tuple[int, ...], np.ndarray] | None:
     magic, version, flags, _, _, _, ndim, *_ = _PREFIX.unpack(prefix[: _PREFIX.size])
     if magic != MAGIC or version not in READ_VERSIONS or ndim > MAX_NDIM:
         return None
-    if version == FORMAT_VERSION_RANGE and flags & FLAG_STORED:
+    if version >= FORMAT_VERSION_RANGE and flags & FLAG_STORED:
         return None  # no layer table: the values are exact
     end = _PREFIX.size + 8 * ndim
     if len(prefix) < end:

@@ -45,45 +45,46 @@ CONTEXTS = _SUFFIX + 24 * 3
 MIN_BYTES = 5
 
 
-@numba.njit(**_JIT)
-def _shift_low(state, out):
-    """LZMA's ShiftLow: emit the top byte of ``low`` once no carry can reach it. Returns
-    False when ``out`` is full (the caller gives up: this form would not be smaller)."""
-    low = state[0]
+@numba.njit(inline="always", **_JIT)
+def _shift_low(low, cache, cache_size, written, out):
+    """LZMA's ShiftLow: emit the top byte of ``low`` once no carry can reach it. Returns the
+    new ``low, cache, cache size, bytes written``; bytes written -1 when ``out`` is full (the
+    caller gives up: this form would not be smaller). The coder's state is passed as
+    scalars, not an array, so that it stays in registers (three times faster)."""
     if (low & 0xFFFFFFFF) < 0xFF000000 or (low >> 32) != 0:
         carry = low >> 32
-        byte = state[2]
+        byte = cache
         while True:
-            if state[4] >= out.size:
-                return False
-            out[state[4]] = (byte + carry) & 0xFF
-            state[4] += 1
+            if written >= out.size:
+                return low, cache, cache_size, -1
+            out[written] = (byte + carry) & 0xFF
+            written += 1
             byte = 0xFF
-            state[3] -= 1
-            if state[3] == 0:
+            cache_size -= 1
+            if cache_size == 0:
                 break
-        state[2] = (low >> 24) & 0xFF
-    state[3] += 1
-    state[0] = (low & 0x00FFFFFF) << 8
-    return True
+        cache = (low >> 24) & 0xFF
+    cache_size += 1
+    low = (low & 0x00FFFFFF) << 8
+    return low, cache, cache_size, written
 
 
-@numba.njit(**_JIT)
-def _encode_bit(state, out, probabilities, context, bit):
+@numba.njit(inline="always", **_JIT)
+def _encode_bit(low, range_, cache, cache_size, written, out, probabilities, context, bit):
+    """One decision; returns the new state (``written`` -1 once ``out`` is full)."""
     p = probabilities[context]
-    bound = (state[1] >> PROBABILITY_BITS) * p
+    bound = (range_ >> PROBABILITY_BITS) * p
     if bit == 0:
-        state[1] = bound
+        range_ = bound
         probabilities[context] = p + (((1 << PROBABILITY_BITS) - p) >> MOVE_BITS)
     else:
-        state[0] += bound
-        state[1] -= bound
+        low += bound
+        range_ -= bound
         probabilities[context] = p - (p >> MOVE_BITS)
-    ok = True
-    while state[1] < _TOP:
-        state[1] = (state[1] << 8) & 0xFFFFFFFF
-        ok = ok and _shift_low(state, out)
-    return ok
+    while range_ < _TOP and written >= 0:
+        range_ = (range_ << 8) & 0xFFFFFFFF
+        low, cache, cache_size, written = _shift_low(low, cache, cache_size, written, out)
+    return low, range_, cache, cache_size, written
 
 
 @numba.njit(**_JIT)
@@ -92,37 +93,45 @@ def range_encode(planes, nbits, out):
     (uint8). Returns the bytes written, or -1 when they would not fit ``out`` (the caller
     then stores the block in another mode)."""
     nbytes, size = planes.shape
-    state = np.zeros(5, np.int64)  # low, range, cache, cache size, bytes written
-    state[1] = 0xFFFFFFFF
-    state[3] = 1
+    low, range_ = np.int64(0), np.int64(0xFFFFFFFF)
+    cache, cache_size, written = np.int64(0), np.int64(1), np.int64(0)
     probabilities = np.full(CONTEXTS, _HALF, np.int64)
-    previous = 0
+    previous = np.int64(0)
     for n in range(size):
         z = np.int64(planes[0, n])
         for k in range(1, nbytes):
             z |= np.int64(planes[k, n]) << (8 * k)
         near = min(previous, 2)
-        if not _encode_bit(state, out, probabilities, near, 1 if z else 0):
-            return -1
+        low, range_, cache, cache_size, written = _encode_bit(
+            low, range_, cache, cache_size, written, out, probabilities, near, 1 if z else 0
+        )
         if z:
             k = 0
             while z >> (k + 1):
                 k += 1
+            unary = _UNARY + near * 24
             for u in range(k):
-                if not _encode_bit(state, out, probabilities, _UNARY + near * 24 + u, 1):
-                    return -1
+                low, range_, cache, cache_size, written = _encode_bit(
+                    low, range_, cache, cache_size, written, out, probabilities, unary + u, 1
+                )
             if k < nbits - 1:
-                if not _encode_bit(state, out, probabilities, _UNARY + near * 24 + k, 0):
-                    return -1
+                low, range_, cache, cache_size, written = _encode_bit(
+                    low, range_, cache, cache_size, written, out, probabilities, unary + k, 0
+                )
             for t in range(k):
                 bit = (z >> (k - 1 - t)) & 1
-                if not _encode_bit(state, out, probabilities, _SUFFIX + k * 3 + min(t, 2), bit):
-                    return -1
+                context = _SUFFIX + k * 3 + min(t, 2)
+                low, range_, cache, cache_size, written = _encode_bit(
+                    low, range_, cache, cache_size, written, out, probabilities, context, bit
+                )
+        if written < 0:
+            return -1
         previous = z
     for _ in range(MIN_BYTES):
-        if not _shift_low(state, out):
+        low, cache, cache_size, written = _shift_low(low, cache, cache_size, written, out)
+        if written < 0:
             return -1
-    return state[4]
+    return written
 
 
 @numba.njit(**_JIT)

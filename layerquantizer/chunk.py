@@ -191,9 +191,12 @@ def encode(
                 candidates = ~snapped
             wide = np.ones_like(snapped) if candidates is None else candidates
             nbits = max(nbits, _levels_bits(maxs[wide], mins[wide], plain_steps[wide]))
+        # With a tolerance (and range coding, which readers of version 3 have), interpolated
+        # layers narrow the bins of their coarse strides (predictor 4, format version 4).
+        narrow = tolerance is not None and range_coding
         predicted = _encode_predicted(
             layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level,
-            predictor, range_coding, candidates,
+            predictor, range_coding, candidates, narrow,
         )  # fmt: skip
         # A chunk of Lorenzo layers whose blocks all kept bit planes is written in version
         # 1 (byte for byte as before version 3): only range coding made it worth version 3.
@@ -209,7 +212,7 @@ def encode(
         if chosen.any():
             predicted = _encode_predicted(
                 layers, grid_offsets, grids, on_grid, mins, plain_steps, allowed, nbits, coder,
-                level, "linear", range_coding, None, fitted, chosen,
+                level, "linear", range_coding, coefficients=fitted, linear=chosen,
             )  # fmt: skip
             residuals, residual_bytes, bitmap, counts, predictors, offsets, steps = predicted[:7]
             range_coded = predicted[7]
@@ -487,6 +490,13 @@ TRIAL_SIDE = 128
 # bits (temperature at 12 bits: 1.025 on tiles, 0.945 on the layer). Tiles' sizes are
 # compared after this correction; a whole layer's as they are.
 TRIAL_TILE_BIAS = 1.07
+# Tiles favour predictor 3 over 4: they miss where the whole layer's coarse strides gain
+# (synthetic geopotential at the tolerance of 8 bits: 11 layers whose tiles range-coded to
+# their floor, 72 bytes with predictor 3 and 74-86 with 4, took 3, and the chunk grew from
+# 9.7 to 12.9 KB). Predictor 4 is kept unless 3 codes the tiles smaller by these bytes a
+# tile. (Also by 3 %, a share: the synthetic temperature and wind at the tolerance of 12 bits
+# lost 1 % to predictor 4.)
+NARROW_TILE_SLACK = 8
 #: "auto" tries the interpolation predictor up to this many bits only: above, Lorenzo on the
 #: integers won on every field measured (bench_codec.py), and the trial would cost encode
 #: time for nothing.
@@ -499,7 +509,10 @@ RANGE_CODING_MAX_NBITS = 8
 #: With a tolerance, "auto" tries the interpolation predictor, and range coding, up to this
 #: many bits: a chunk's nbits are those of its widest layer, and at 13 and 14 bits SZ3 (and
 #: interpolation) coded eraint_z and the synthetic geopotential 20-35 % smaller than Lorenzo.
-TOLERANCE_INTERPOLATION_MAX_NBITS = 16
+#: Up to 24 bits since predictor 4: the synthetic specific humidity at 1e-7 (19 bits) went
+#: from 7.60 (Lorenzo; SZ3 8.14) to 8.78, for an encoder about 7 times slower there (196 ->
+#: 29 MiB/s, one core: the range coder, some 20 decisions a code at 19 bits).
+TOLERANCE_INTERPOLATION_MAX_NBITS = 24
 
 
 def _on_levels(values: np.ndarray, offset: float, step: float) -> bool:
@@ -521,8 +534,8 @@ def _interpolation_order(ny: int, nx: int) -> np.ndarray:
 
 
 def _prefers_interpolation(
-    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None
-) -> bool:
+    layer, offset, step, snapped, low, plain_step, nbits, compressor, whole=None, narrow=False,
+) -> int:  # fmt: skip
     """Whether the interpolation predictor codes the trial tiles of ``layer`` in fewer
     bytes than Lorenzo (zstd at its fastest level on the stored form, exceptions at 5
     bytes each), unless the tiles' values all sit on Lorenzo's levels: Lorenzo then keeps
@@ -530,7 +543,12 @@ def _prefers_interpolation(
     on the grid it is quantized on, a coarse grid found or a tolerance of half its step, is
     returned losslessly). When the trial codes the whole layer, its interpolation codes (in
     coding order), exception bitmap, exception count and tolerance are put in the list
-    ``whole``, for the encoder to use instead of coding the layer again."""
+    ``whole``, for the encoder to use instead of coding the layer again.
+
+    Returns the predictor: Lorenzo (0) or the interpolation (3); with ``narrow``, 4 where
+    the narrow coarse bins range-code the tiles smaller (they gain much at coarse
+    tolerances, and lose a little at fine ones and on small layers: era5ens_z at the
+    tolerance of 12 bits, 8.18 with predictor 3, 7.67 with 4)."""
     ny, nx = layer.shape
     half = TRIAL_SIDE // 2
     if ny < 4 * TRIAL_SIDE or nx < 4 * TRIAL_SIDE:
@@ -542,7 +560,7 @@ def _prefers_interpolation(
             for j in (nx // 4, 3 * nx // 4)
         ]
     if step > 0 and all(_on_levels(band, offset, step) for band in bands):
-        return False
+        return _format.PREDICTOR_LORENZO
     rows, nx = bands[0].shape
     plane_count = (nbits + 7) // 8
     planes = np.empty((plane_count, rows * nx), np.uint8)
@@ -556,6 +574,10 @@ def _prefers_interpolation(
     tolerance = plain_step / 2.0
     unit = plain_step / (1 << _kernels.FINE_BITS)
     lorenzo = interpolation = 0
+    if narrow:
+        narrowed, narrow_bits = np.empty_like(planes), np.zeros_like(bits)
+        range_out = np.empty(2 * planes.size + 64, np.uint8)
+        wide_size = narrow_size = lorenzo_size = 0
     for band in bands:
         band = np.ascontiguousarray(band)
         counts = np.zeros(1, np.int64)
@@ -576,23 +598,60 @@ def _prefers_interpolation(
             np.zeros(nx + 1, np.uint32),
             counts,
         )
+        if narrow:
+            lorenzo_size += _range_coded_size(planes, nbits, range_out) + 5 * int(counts[0])
         lorenzo += _coded_size(planes, scratch, positions, upper, compressor)
         lorenzo += 5 * int(counts[0])
         bits[:] = 0
+        transposed = np.ascontiguousarray(band.T)
         exceptions = _kernels.interpolation_encode(
-            np.ascontiguousarray(band.T), low, unit, tolerance, nbits, fine, planes, bits, 0
+            transposed, low, unit, tolerance, nbits, fine, planes, bits, 0
         )
         _kernels.gather_codes(planes, order, ordered)
         interpolation += _coded_size(ordered, scratch, positions, upper, compressor)
         interpolation += 5 * exceptions
+        if narrow:
+            wide_size += _range_coded_size(ordered, nbits, range_out) + 5 * exceptions
+            narrow_bits[:] = 0
+            narrow_exceptions = _kernels.interpolation_encode(
+                transposed, low, unit, tolerance, nbits, fine, planes, narrow_bits, 0,
+                _kernels.NARROW_BINS,
+            )  # fmt: skip
+            _kernels.gather_codes(planes, order, narrowed)
+            narrow_size += _range_coded_size(narrowed, nbits, range_out) + 5 * narrow_exceptions
+    bias = 1.0 if len(bands) == 1 else TRIAL_TILE_BIAS
+    pick_narrow = narrow and (
+        narrow_size < wide_size
+        if len(bands) == 1
+        else narrow_size < wide_size + NARROW_TILE_SLACK * len(bands)
+    )
+    if pick_narrow:
+        # Against Lorenzo through the same range coder: zstd's estimate misjudged layers
+        # of a few levels (synthetic geopotential at the tolerance of 8 bits, 4 layers that
+        # Lorenzo range-codes in 3 KB less).
+        if narrow_size >= bias * lorenzo_size:
+            return _format.PREDICTOR_LORENZO
+    elif interpolation >= bias * lorenzo:
+        return _format.PREDICTOR_LORENZO
+    if pick_narrow:
+        if whole is not None and len(bands) == 1:
+            whole += [narrowed, narrow_bits, narrow_exceptions, tolerance]
+        return _format.PREDICTOR_INTERPOLATION_NARROW
     if whole is not None and len(bands) == 1:
         whole += [ordered, bits, exceptions, tolerance]
-    return interpolation < (lorenzo if len(bands) == 1 else TRIAL_TILE_BIAS * lorenzo)
+    return _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+
+
+def _range_coded_size(planes: np.ndarray, nbits: int, out: np.ndarray) -> float:
+    """Bytes of ``planes`` through the range coder of block mode 3 (infinite when they do
+    not fit ``out``)."""
+    size = _range_kernels.range_encode(planes, nbits, out)
+    return float(size) if size >= 0 else np.inf
 
 
 def _encode_predicted(
     layers, offsets, steps, snapped, mins, plain_steps, allowed, nbits, coder, level, how,
-    range_coding=False, candidates=None, coefficients=None, linear=None,
+    range_coding=False, candidates=None, narrow=False, coefficients=None, linear=None,
 ):  # fmt: skip
     """Code each layer with the Lorenzo or the interpolation predictor (``how``: "auto"
     picks per layer by a trial on a band of rows, see :func:`_prefers_interpolation`), into
@@ -603,14 +662,16 @@ def _encode_predicted(
     before a value is stored exactly. With ``range_coding``, a chunk of Lorenzo layers
     only is coded here too: range-coded Lorenzo codes often beat version 1's blocks.
     ``candidates`` (bool per layer; None: all) are the layers "auto" may interpolate.
-    ``how="linear"`` interpolates none: the layers ``linear`` (bool per layer) use the
-    linear predictor with their ``coefficients`` (int64[L, 6]), the others Lorenzo."""
+    ``narrow``: interpolated layers may use predictor 4 (format version 4; "auto" picks it
+    per layer), else they use 3. ``how="linear"`` interpolates none: the layers ``linear``
+    (bool per layer) use the linear predictor with their ``coefficients`` (int64[L, 6]),
+    the others Lorenzo."""
     nlayers, ny, nx = layers.shape
     if how == "auto":
         # One per call: a zstandard compressor must not be shared between threads.
         compressor = zstandard.ZstdCompressor(level=1)
         trials = [[] for _ in range(nlayers)]
-        choices = np.array(
+        predictors = np.array(
             [
                 _prefers_interpolation(
                     layers[layer],
@@ -622,17 +683,26 @@ def _encode_predicted(
                     nbits,
                     compressor,
                     trials[layer],
+                    narrow,
                 )
                 if candidates is None or candidates[layer]
-                else False
+                else _format.PREDICTOR_LORENZO
                 for layer in range(nlayers)
-            ]
+            ],
+            np.uint8,
         )
+        choices = predictors != _format.PREDICTOR_LORENZO
         if not choices.any() and not range_coding:
             return None
     else:
         choices = np.full(nlayers, how != "linear")
         trials = [[] for _ in range(nlayers)]
+        interpolated = (
+            _format.PREDICTOR_INTERPOLATION_NARROW
+            if narrow
+            else _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+        )
+        predictors = np.where(choices, interpolated, _format.PREDICTOR_LORENZO).astype(np.uint8)
     if linear is None:
         linear = np.zeros(nlayers, bool)
     rows = layers.reshape(nlayers * ny, nx)
@@ -678,6 +748,11 @@ def _encode_predicted(
                 planes,
                 layer_bits,
                 0,
+                (
+                    _kernels.NARROW_BINS
+                    if predictors[layer] == _format.PREDICTOR_INTERPOLATION_NARROW
+                    else _kernels.WIDE_BINS
+                ),
             )
             if counts[layer]:
                 _kernels.transpose_bits(layer_bits, nx, ny, bitmap, layer * size)
@@ -714,9 +789,6 @@ def _encode_predicted(
                 counts,
             )
             stream.write(planes)
-    predictors = np.where(
-        choices, _format.PREDICTOR_INTERPOLATION_TRANSPOSED, _format.PREDICTOR_LORENZO
-    ).astype(np.uint8)
     predictors[linear] = _format.PREDICTOR_LINEAR
     return (
         writer.finish(), writer.size, bitmap, counts, predictors, offsets, steps,
@@ -878,7 +950,9 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
     blocks = _BlockReader(chunk, len(rows), nx)
     layer_planes = np.empty((header.plane_count, size), np.uint8)
     ordered = header.predictors == _format.PREDICTOR_INTERPOLATION_ORDERED
-    transposed = header.predictors == _format.PREDICTOR_INTERPOLATION_TRANSPOSED
+    # Predictor 4 is predictor 3 with narrower bins at the coarse strides.
+    narrow = header.predictors == _format.PREDICTOR_INTERPOLATION_NARROW
+    transposed = narrow | (header.predictors == _format.PREDICTOR_INTERPOLATION_TRANSPOSED)
     if ordered.any() or transposed.any():
         row_planes = np.empty_like(layer_planes)
     if ordered.any():
@@ -914,6 +988,7 @@ def _decode_predicted(chunk: _format.Chunk, layers: np.ndarray) -> None:
                         header.steps[layer],
                         transposed_fine,
                         layers[layer].T,
+                        _kernels.NARROW_BINS if narrow[layer] else _kernels.WIDE_BINS,
                     )
                 elif ordered[layer]:
                     _kernels.scatter_codes(layer_planes, order, row_planes)

@@ -186,6 +186,14 @@ FINE_BITS = 8
 BIN_UNITS = 2**FINE_BITS - 1
 
 
+def bin_width(s: int, narrow: bool) -> int:
+    """The width of the bins at stride ``s`` (0: the first point): BIN_UNITS, or for
+    predictor 4 (``narrow``) 191 at stride 4, 159 at 8 and 127 from 16 on."""
+    if not narrow or s < 4:
+        return BIN_UNITS
+    return {4: 191, 8: 159}.get(s, 127)
+
+
 def interpolation_order(ny: int, nx: int) -> list[tuple[int, int, int, int]]:
     """``(i, j, stride, axis)`` in coding order: (0, 0) first, then for strides from the
     largest power of two below max(ny, nx) down to 1, the points halfway along rows
@@ -223,8 +231,9 @@ def interpolation_prediction(fine, i, j, s, axis, nbits):
     return min(max(pred, 0), top)
 
 
-def interpolation_encode(layer, offset, unit, tolerance, nbits):
-    """Zigzag-coded residual bins (int64[ny, nx]) and the exception mask of one layer."""
+def interpolation_encode(layer, offset, unit, tolerance, nbits, narrow=False):
+    """Zigzag-coded residual bins (int64[ny, nx]) and the exception mask of one layer
+    (``narrow``: predictor 4's bins, :func:`bin_width`)."""
     ny, nx = layer.shape
     fine = np.zeros((ny, nx), np.int64)
     codes = np.zeros((ny, nx), np.int64)
@@ -233,30 +242,32 @@ def interpolation_encode(layer, offset, unit, tolerance, nbits):
     half = 2 ** (nbits - 1)
     for i, j, s, axis in interpolation_order(ny, nx) if layer.size else []:
         pred = interpolation_prediction(fine, i, j, s, axis, nbits)
+        width = bin_width(s, narrow)
         x = float(layer[i, j])
         if not np.isfinite(x):
             b, bad[i, j] = 0, True
         else:
             level = np.floor((x - offset) * (1.0 / unit) + 0.5) if unit > 0 else 0.0
             level = int(min(max(level, 0), top))
-            b = min(max(np.floor((level - pred) / BIN_UNITS + 0.5), -half), half - 1)
+            b = min(max(np.floor((level - pred) / width + 0.5), -half), half - 1)
             b = int(b)
-            rebuilt = float(np.float32(offset + (pred + b * BIN_UNITS) * unit))
+            rebuilt = float(np.float32(offset + (pred + b * width) * unit))
             ulp = float(np.spacing(np.float32(abs(x))))
             bad[i, j] = abs(x - rebuilt) > tolerance + ulp
-        fine[i, j] = pred + b * BIN_UNITS
+        fine[i, j] = pred + b * width
         codes[i, j] = 2 * b if b >= 0 else -2 * b - 1
     return codes, bad
 
 
-def interpolation_decode(codes, nbits, offset, unit):
+def interpolation_decode(codes, nbits, offset, unit, narrow=False):
     """The layer back from its codes (exceptions not yet overwritten)."""
     ny, nx = codes.shape
     fine = np.zeros((ny, nx), np.int64)
     for i, j, s, axis in interpolation_order(ny, nx) if codes.size else []:
         code = int(codes[i, j])
         b = code // 2 if code % 2 == 0 else -(code + 1) // 2
-        fine[i, j] = interpolation_prediction(fine, i, j, s, axis, nbits) + b * BIN_UNITS
+        width = bin_width(s, narrow)
+        fine[i, j] = interpolation_prediction(fine, i, j, s, axis, nbits) + b * width
     return (offset + fine * unit).astype(np.float32)
 
 

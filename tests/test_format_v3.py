@@ -167,7 +167,7 @@ def test_mode_3_outside_version_3_is_refused():
 @pytest.mark.parametrize("nbits", [13, 16, 24])
 def test_range_coded_blocks_above_12_bits(nbits):
     # Above 12 bits mode 3 replaces modes 0 and 1 where smaller; at most their size. (The
-    # encoder tries it there with a tolerance only, up to 16 bits, or when told to.)
+    # encoder tries it there with a tolerance only, or when told to.)
     data, _ = smooth(with_exceptions=True)
     encoded = chunk.encode(
         data, nbits, level=1, coder=0, predictor="interpolation", range_coding=True
@@ -183,7 +183,8 @@ def test_range_coded_blocks_above_12_bits(nbits):
 
 def test_tolerance_up_to_16_bits_interpolates_and_range_codes(real_fields):
     # eraint_z at a tolerance of 1 needs 14 bits: before, Lorenzo in version 1 (12.35,
-    # SZ3 16.6); now interpolation, range-coded.
+    # SZ3 16.6); now interpolation, range-coded (predictor 3: at so fine a tolerance the
+    # narrow coarse bins of predictor 4, version 4, do not pay).
     field = real_fields["eraint_z"]
     encoded = chunk.encode(field, None, level=1, tolerance=1.0)
     parsed = _format.parse(memoryview(encoded))

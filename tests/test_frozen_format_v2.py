@@ -1,7 +1,8 @@
-"""Format versions 2 (the predictor table), 3 (range-coded blocks, stored chunks) and 4 (the
-linear predictor) are frozen too: chunks written when they were published decode to the
-same values forever (tests/fixtures/make_layerquantizer1_v2.py wrote them once; an index
-entry without a "version" is version 2). Version 1 has its own fixtures, in
+"""Format versions 2 (the predictor table), 3 (range-coded blocks, stored chunks) and 4
+(predictor 4, the "narrow_" cases, written with a tolerance; the linear predictor, the
+"linear_" cases) are frozen too: chunks written when they were published decode to the same
+values forever (tests/fixtures/make_layerquantizer1_v2.py wrote them once; an index entry
+without a "version" is version 2). Version 1 has its own fixtures, in
 tests/test_frozen_format.py."""
 
 import json
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 from test_codec import assert_within_bound
+from test_tolerance import assert_within_tolerance
 
 from layerquantizer import LayerQuantizer
 
@@ -36,6 +38,9 @@ def test_fixture_decodes_to_the_recorded_values(name):
 def test_fixture_is_within_its_bound(name):
     original = np.load(FIXTURES / f"{name}.input.npy")
     decoded = np.load(FIXTURES / f"{name}.decoded.npy")
+    if "tolerance" in INDEX[name]:
+        assert_within_tolerance(original, decoded, INDEX[name]["tolerance"])
+        return
     # (as native float32: a stored fixture holds big-endian values)
     assert_within_bound(original, decoded.astype(np.float32), INDEX[name]["nbits"])
     assert_array_equal(np.isnan(decoded), np.isnan(original))
@@ -60,6 +65,12 @@ def test_fixtures_hold_every_form_of_the_interpolation_predictor():
     assert predictors("transposed_specials_nb12") == {transposed}
     mixed = predictors("transposed_eraint_z_nb8_auto_mixed")
     assert mixed == {_format.PREDICTOR_LORENZO, transposed}
+    # Predictor 4 (version 4) from the "narrow_" ones, beside Lorenzo in the mixed one.
+    narrow = _format.PREDICTOR_INTERPOLATION_NARROW
+    for name in INDEX:
+        if name.startswith("narrow_") and name != "narrow_mixed_tol_auto":
+            assert predictors(name) == {narrow}, name
+    assert predictors("narrow_mixed_tol_auto") == {_format.PREDICTOR_LORENZO, narrow}
 
 
 @pytest.mark.parametrize(

@@ -262,7 +262,10 @@ INTERPOLATION_SHAPES = [(1, 1), (1, 7), (5, 1), (9, 13), (16, 33), (3, 40)]
 @pytest.mark.parametrize("nbits", [1, 2, 7, 8, 9, 12, 16, 17, 24])
 @pytest.mark.parametrize("shape", INTERPOLATION_SHAPES)
 @pytest.mark.parametrize("specials", [0.0, 0.1])
-def test_interpolation_encode_matches_reference(nbits, shape, specials):
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
+def test_interpolation_encode_matches_reference(nbits, shape, specials, narrow):
+    # narrow: predictor 4 (format version 4), the coarse strides' bins narrowed.
+    bins = _kernels.NARROW_BINS if narrow else _kernels.WIDE_BINS
     rng = np.random.default_rng(nbits)
     layer = random_layers((1, *shape), rng)[0]
     layer[:, : shape[1] // 2] = np.cumsum(layer[:, : shape[1] // 2], axis=1)  # smooth too
@@ -276,14 +279,16 @@ def test_interpolation_encode_matches_reference(nbits, shape, specials):
     planes = np.full(((nbits + 7) // 8, ny * nx), 99, np.uint8)
     bits = np.zeros((2 + ny * nx + 7) // 8 + 1, np.uint8)
     fine = np.empty(shape, np.int64)
-    count = _kernels.interpolation_encode(layer, low, unit, step / 2, nbits, fine, planes, bits, 2)
-    codes, bad = reference.interpolation_encode(layer, low, unit, step / 2, nbits)
+    count = _kernels.interpolation_encode(
+        layer, low, unit, step / 2, nbits, fine, planes, bits, 2, bins
+    )
+    codes, bad = reference.interpolation_encode(layer, low, unit, step / 2, nbits, narrow)
     assert_array_equal(planes, reference.byte_planes(codes, nbits))
     assert_array_equal(np.unpackbits(bits, bitorder="little")[2 : 2 + ny * nx], bad.reshape(-1))
     assert count == bad.sum()
     out = np.empty(shape, np.float32)
-    _kernels.interpolation_decode(planes, nbits, low, unit, fine, out)
-    want = reference.interpolation_decode(codes, nbits, low, unit)
+    _kernels.interpolation_decode(planes, nbits, low, unit, fine, out, bins)
+    want = reference.interpolation_decode(codes, nbits, low, unit, narrow)
     assert_array_equal(out, want)
     # The bound, wherever the value was not an exception.
     x = layer.astype(np.float64)
@@ -292,7 +297,9 @@ def test_interpolation_encode_matches_reference(nbits, shape, specials):
 
 
 @pytest.mark.parametrize("nbits", [1, 9, 16, 24])
-def test_interpolation_decode_of_any_codes_matches_reference(nbits):
+@pytest.mark.parametrize("narrow", [False, True], ids=["wide", "narrow"])
+def test_interpolation_decode_of_any_codes_matches_reference(nbits, narrow):
+    bins = _kernels.NARROW_BINS if narrow else _kernels.WIDE_BINS
     # Codes a crafted chunk may hold, up to the full width of the planes.
     rng = np.random.default_rng(nbits)
     nbytes = (nbits + 7) // 8
@@ -301,8 +308,9 @@ def test_interpolation_decode_of_any_codes_matches_reference(nbits):
         planes = reference.byte_planes(codes, 8 * nbytes)
         out = np.empty(shape, np.float32)
         fine = np.empty(shape, np.int64)
-        _kernels.interpolation_decode(planes, nbits, -3.0, 0.001, fine, out)
-        assert_array_equal(out, reference.interpolation_decode(codes, nbits, -3.0, 0.001))
+        _kernels.interpolation_decode(planes, nbits, -3.0, 0.001, fine, out, bins)
+        want = reference.interpolation_decode(codes, nbits, -3.0, 0.001, narrow)
+        assert_array_equal(out, want)
 
 
 @pytest.mark.parametrize("shape", [(0, 5), *INTERPOLATION_SHAPES, (721, 1440)])

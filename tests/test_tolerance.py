@@ -123,6 +123,9 @@ def test_tolerance_bound_holds_with_each_predictor(case, predictor):
     assert_within_tolerance(data, decoded, tolerance)
     if predictor == "lorenzo":
         assert encoded[4] == 1 or encoded[5] & 4  # version 1, or stored where smaller
+    elif data.size:
+        # Predictor 4 (version 4, the narrow coarse bins) on every layer, or stored.
+        assert encoded[4] == 4 or encoded[5] & 4
 
 
 @pytest.mark.parametrize("name", ["eraint_z", "eraint_u", "era5ens_t"])
@@ -395,7 +398,7 @@ def test_packed_data_on_the_tolerance_step_stays_exact(real_fields):
     # ERA5 ensemble geopotential sits on a packing grid of 0.125: at a tolerance of 0.0625
     # the step 2X is that grid (no coarser grid), and Lorenzo's levels from each layer's
     # minimum are the grid's. "auto" keeps Lorenzo there (interpolation, which a tolerance
-    # tries up to 16 bits, would move values by up to X), so they come back exactly, as
+    # tries at any nbits, would move values by up to X), so they come back exactly, as
     # lq advise promises.
     data = real_fields["era5ens_z"][:2, :2]
     encoded, decoded = round_trip(data, 0.0625)
