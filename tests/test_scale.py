@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow  # processes: lq subprocesses, clusters, the emula
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "era5.yaml"
+#: dask's connect timeout in the environment: how long lq waits for a scheduler to answer.
+CONNECT_TIMEOUT_ENV = "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"
 
 
 def lq_command() -> list[str]:
@@ -37,10 +39,13 @@ def lq_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
 
 
-def lq(*args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def lq(
+    *args, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [*lq_command(), *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
+        [*lq_command(), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        env=env,
+    )  # fmt: skip
     if check and result.returncode != 0:
         raise AssertionError(f"lq {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
@@ -352,14 +357,40 @@ def test_scheduler_errors_are_one_line(sample_v2, tmp_path):
                 check=False)  # fmt: skip
     assert result.returncode == 2 and "unknown scheduler 'fast'" in result.stderr
     address = f"tcp://127.0.0.1:{free_port()}"
+    # dask's own connect timeout, set as a user would, replaces lq's 10 s wait for an answer.
+    env = {**os.environ, CONNECT_TIMEOUT_ENV: "1s"}
     result = lq("compress", sample_v2, tmp_path / "p.zarr", "--vars", "temperature",
-                "--scheduler", address, check=False, timeout=120)  # fmt: skip
+                "--scheduler", address, check=False, timeout=120, env=env)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("lq: error: cannot reach the dask scheduler at tcp://")
+    assert f"wait longer than 1 s with {CONNECT_TIMEOUT_ENV}=" in result.stderr
     assert result.stderr.count("\n") == 1
     with pytest.raises(dataset.RequestError, match="memory:// stores live in one process"):
         dataset.compress(sample_v2, "memory://lq-scale/x.zarr", variables=["temperature"],
                          workers=2)  # fmt: skip
+
+
+def test_connect_timeout_is_dasks_setting_where_set(sample_v2, tmp_path):
+    """lq waits 10 s for a scheduler to answer, or dask's ``distributed.comm.timeouts.connect``
+    where the user set it (dask's shipped 30 s counts as not set); the refusal says which."""
+    import dask
+    from servers import free_port
+
+    from layerquantizer.dataset._parallel import DEFAULT_CONNECT_TIMEOUT, connect_timeout
+
+    key = "distributed.comm.timeouts.connect"
+    assert connect_timeout() == DEFAULT_CONNECT_TIMEOUT == 10.0
+    with dask.config.set({key: "30s"}):  # dask's default, not a choice
+        assert connect_timeout() == DEFAULT_CONNECT_TIMEOUT
+    with dask.config.set({key: 45}):
+        assert connect_timeout() == 45.0
+    dst = tmp_path / "o.zarr"
+    with dask.config.set({key: "500ms"}):
+        assert connect_timeout() == 0.5
+        with pytest.raises(dataset.RequestError, match=r"wait longer than 0\.5 s with DASK_"):
+            dataset.compress(sample_v2, str(dst), variables=["temperature"],
+                             scheduler=f"tcp://127.0.0.1:{free_port()}")  # fmt: skip
+    assert not dst.exists()
 
 
 # --------------------------------------------------------------------------------------

@@ -205,9 +205,9 @@ def test_sample_finds_missing_chunks_outside_it_but_not_corrupt_ones(small, tmp_
 @pytest.mark.slow
 def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
     """Each message as ``lq verify`` prints it. The unreachable scheduler is waited for
-    (the client's 10 s connect timeout) while the other spellings are checked: lq as a
-    subprocess for it and for an unknown scheduler, in process (Typer's runner, the same
-    app) for the other messages and for the schedulers that run here."""
+    (dask's connect timeout, set to 1 s as a user may) while the other spellings are
+    checked: lq as a subprocess for it and for an unknown scheduler, in process (Typer's
+    runner, the same app) for the other messages and for the schedulers that run here."""
     from servers import free_port
     from typer.testing import CliRunner
 
@@ -220,6 +220,7 @@ def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"},
     )
     try:
         result = lq("verify", src, dst, "--scheduler", "fast")
@@ -247,6 +248,7 @@ def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
             unreachable.communicate()
     assert unreachable.returncode == 2, stderr
     assert stderr.startswith("lq: error: cannot reach the dask scheduler at tcp://")
+    assert "wait longer than 1 s with DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=" in stderr
     assert stderr.count("\n") == 1
 
 
