@@ -171,12 +171,12 @@ def test_dst_spelled_as_the_gs_source_is_refused(gs_victim):
 
 def test_a_source_that_cannot_be_opened_removes_nothing(victim, tmp_path):
     out = tmp_path / "out.zarr"
-    assert lq("compress", victim, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", victim, out, "--vars", "temperature").returncode == 0
     before = tree(out)
     result = lq("compress", tmp_path / "missing.zarr", out, "--vars", "temperature",
                 "--overwrite")  # fmt: skip
     assert_one_line(result, 1, "cannot open")
-    result = lq("compress", victim, out, "--vars", "no_such_variable", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "no_such_variable", "--overwrite")
     assert result.returncode == 2
     assert tree(out) == before
 
@@ -194,12 +194,14 @@ def test_overwrite_refuses_what_lq_did_not_write(victim, tmp_path):
     (progress / PROGRESS_DIR).mkdir(parents=True)
     (progress / PROGRESS_DIR / "manifest.json").write_text("")
     (progress / "results.csv").write_text("keep me too")
+    run = lq  # the first as a user meets it, the others in this process
     for dst in (zgroup, progress):
         before = tree(dst)
-        result = lq("compress", victim, dst, "--vars", "temperature", "--overwrite")
+        result = run("compress", victim, dst, "--vars", "temperature", "--overwrite")
         assert_one_line(result, 1, str(dst), "not written by lq compress",
                         "remove it yourself or choose another DST")  # fmt: skip
-        result = lq("compress", victim, dst, "--vars", "temperature", "--resume")
+        run = lq_here
+        result = run("compress", victim, dst, "--vars", "temperature", "--resume")
         assert_one_line(result, 1, str(dst))
         assert tree(dst) == before
     # The progress folder makes it look like a run to resume, but its manifest is empty.
@@ -208,7 +210,7 @@ def test_overwrite_refuses_what_lq_did_not_write(victim, tmp_path):
 
 def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     out = tmp_path / "out.zarr"
-    assert lq("compress", victim, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", victim, out, "--vars", "temperature").returncode == 0
     assert json.loads((out / MARKER).read_text())["written_by"] == "lq compress"
     xr.open_zarr(out).load()  # the marker is no Zarr node: consolidated readers never see it
     result = lq("compress", victim, out, "--vars", "geopotential", "--overwrite")
@@ -217,7 +219,7 @@ def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     # A store finished by the previous version has no marker: consolidated, with
     # layerquantizer attributes and nothing else inside, it may still be replaced...
     (out / MARKER).unlink()
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite")
     assert result.returncode == 0, result.stderr
     # ... but not with a stranger's file inside.
     (out / MARKER).unlink()
@@ -228,7 +230,7 @@ def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     # Nor a file among the chunks of an array.
     (out / "notes.txt").unlink()
     (out / "temperature" / "notes.txt").write_text("mine")
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite")
     assert_one_line(result, 1, "holds temperature/notes.txt")
 
 
@@ -329,12 +331,14 @@ def test_symlink_out_of_a_local_source_is_refused(victim, tmp_path):
 
 def test_a_second_run_into_a_destination_being_written_is_refused(victim, tmp_path):
     out = tmp_path / "out.zarr"
-    assert lq("compress", victim, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", victim, out, "--vars", "temperature").returncode == 0
     assert not Path(f"{out}{LOCK_SUFFIX}").exists()  # released at the end
     before = tree(out)
+    run = lq  # the first as a user meets it, the others in this process
     with DestinationLock(str(out)) as held:  # this process is "the other run"
         for spelling in (out, f"file://{out}/", out.parent / "." / out.name):
-            result = lq("compress", victim, spelling, "--vars", "temperature", "--overwrite")
+            result = run("compress", victim, spelling, "--vars", "temperature", "--overwrite")
+            run = lq_here
             assert_one_line(result, 1, "is being written by another lq compress",
                             f"pid {os.getpid()}", held.info["host"], held.info["started"],
                             "--break-lock", f"{out}{LOCK_SUFFIX}")  # fmt: skip
@@ -351,9 +355,10 @@ def test_a_second_run_into_a_destination_being_written_is_refused(victim, tmp_pa
     assert result.returncode == 0, result.stderr
     # Another host's lock cannot be judged: --break-lock takes it.
     Path(f"{out}{LOCK_SUFFIX}").write_text(json.dumps({**held.info, "host": "elsewhere"}))
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite")
     assert_one_line(result, 1, "host elsewhere")
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite", "--break-lock")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite",
+                     "--break-lock")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not Path(f"{out}{LOCK_SUFFIX}").exists()
 
@@ -385,7 +390,7 @@ def test_gs_lock_refuses_a_second_run(gs_victim):
     from servers import emulator_filesystem
 
     src, out = f"gs://{gs_victim}/x.zarr", f"gs://{gs_victim}/out.zarr"
-    assert lq("compress", src, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", src, out, "--vars", "temperature").returncode == 0
     fs = emulator_filesystem()
     assert not fs.exists(f"{gs_victim}/out.zarr{LOCK_SUFFIX}")
     with DestinationLock(out) as held:
@@ -402,5 +407,5 @@ def test_gs_lock_refuses_a_second_run(gs_victim):
     assert result.returncode == 0, result.stderr
     assert not fs.exists(f"{gs_victim}/out.zarr{LOCK_SUFFIX}")
     # A missing destination bucket is named as such, before any lock is written.
-    result = lq("compress", src, "gs://lq-no-such-bucket/o.zarr", "--vars", "temperature")
+    result = lq_here("compress", src, "gs://lq-no-such-bucket/o.zarr", "--vars", "temperature")
     assert_one_line(result, 1, "bucket 'lq-no-such-bucket' does not exist")
