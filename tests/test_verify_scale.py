@@ -383,7 +383,10 @@ def _kill_after_first_chunk(src: str, dst: str) -> None:
 def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
     """compress --dry-run --json, compress killed with SIGKILL then --resume, verify in full
     and with --sample, all through lq, on the store of the 62 WB2 variables (NaN over
-    land, categorical fields) with configs/era5.yaml."""
+    land, categorical fields) with configs/era5.yaml. The kill and the resume are lq
+    subprocesses in both places, the dry run and the sampled text locally, the full verify
+    on the emulator (locally, tests/test_full_scale.py runs it on this store); the other
+    runs go through the same app in this process."""
     if where == "gcs":
         from servers import emulator_filesystem
 
@@ -394,7 +397,8 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
         src, dst = wb2_local, str(tmp_path / "wb2-lq.zarr")
     names = set(wb2_schema())
 
-    planned = lq("compress", src, dst, "--config", CONFIG, "--dry-run", "--json")
+    run = lq if where == "local" else here
+    planned = run("compress", src, dst, "--config", CONFIG, "--dry-run", "--json")
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)
     # Every variable of the store has a treatment (the config names a few more: skipped).
@@ -410,14 +414,15 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["resume"]["units_resumed"] >= 0
 
-    full = lq("verify", src, dst, "--json")
+    run = here if where == "local" else lq
+    full = run("verify", src, dst, "--json")
     assert full.returncode == 0, full.stdout[-3000:] + full.stderr
     report = json.loads(full.stdout)
     assert report["ok"] and report["sample"] is None
     assert set(report["variables"]) | set(report["skipped"]) == names
     assert report["chunks_checked"] == report["chunks"]
 
-    sampled = lq("verify", src, dst, "--sample", "1", "--seed", "3", "--json")
+    sampled = here("verify", src, dst, "--sample", "1", "--seed", "3", "--json")
     assert sampled.returncode == 0, sampled.stderr
     sample_report = json.loads(sampled.stdout)
     assert sample_report["sample"] == {"chunks_per_variable": 1, "seed": 3}
@@ -428,6 +433,12 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
         assert f"sampled 1 of 3 chunks per variable, seed 0 ({len(report['variables'])} of" in (
             text.stdout
         )
+
+
+def here(*args) -> subprocess.CompletedProcess:
+    """:func:`lq_here` as a finished process (``returncode``, ``stdout``, ``stderr``)."""
+    result = lq_here(*args)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def _stderr_on_a_terminal(*args) -> tuple[int, str]:
