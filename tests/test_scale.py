@@ -51,6 +51,20 @@ def lq(
     return result
 
 
+def lq_here(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """The same ``lq`` app run in this process (Typer's runner), as a finished process: for
+    runs whose command or message a subprocess of this file already shows as users meet it."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    invoked = CliRunner().invoke(app, [*map(str, args)])
+    result = subprocess.CompletedProcess(args, invoked.exit_code, invoked.stdout, invoked.stderr)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lq {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
 def tree(path: str | Path) -> dict[str, bytes]:
     """Every object of a local store with its bytes."""
     root = Path(path)
@@ -129,7 +143,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_store(
     assert report["resume"]["units_written"] == 160 - completed
     assert not (dst / PROGRESS_DIR).exists()
     assert_same_store(dst, medium_reference)
-    assert lq("verify", medium_store, dst).returncode == 0
+    assert lq_here("verify", medium_store, dst).returncode == 0
 
 
 class _Interrupted(Exception):
@@ -411,7 +425,7 @@ def test_gs_to_gs_end_to_end(gcs_bucket):
     from servers import emulator_filesystem
 
     assert not emulator_filesystem().find(f"{gcs_bucket}/dst.zarr/{PROGRESS_DIR}")
-    refused = lq("compress", src, dst, "--vars", "temperature", check=False)
+    refused = lq_here("compress", src, dst, "--vars", "temperature", check=False)
     assert refused.returncode == 1 and "already exists" in refused.stderr
 
 
@@ -426,7 +440,7 @@ def test_gs_resume_keeps_the_units_done_and_redoes_the_changed(gcs_bucket):
     from layerquantizer.storage import open_store
 
     src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
-    lq("sample", src, "--levels", "3", "--grid", "48x24", "--times", "6")
+    lq_here("sample", src, "--levels", "3", "--grid", "48x24", "--times", "6")
     with pytest.raises(_Interrupted):
         dataset.compress(
             src, dst, variables=["temperature"], scheduler="synchronous",
@@ -453,12 +467,12 @@ def test_gs_missing_bucket_or_source_is_one_line(gcs_bucket):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "bucket 'lq-no-such-bucket' does not exist" in result.stderr
-    result = lq("compress", f"gs://{gcs_bucket}/nothing.zarr", f"gs://{gcs_bucket}/o.zarr",
-                "--vars", "t", check=False)  # fmt: skip
+    result = lq_here("compress", f"gs://{gcs_bucket}/nothing.zarr", f"gs://{gcs_bucket}/o.zarr",
+                     "--vars", "t", check=False)  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith(f"lq: error: cannot open gs://{gcs_bucket}/nothing.zarr")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    result = lq("inspect", "gs://lq-no-such-bucket/x.zarr", check=False)
+    result = lq_here("inspect", "gs://lq-no-such-bucket/x.zarr", check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
 
 
