@@ -257,10 +257,18 @@ def test_an_interrupt_says_what_was_written_and_how_to_finish(many_units, tmp_pa
 
     dst = tmp_path / "out dir" / "out.zarr"  # a space: the printed command must quote it
     dst.parent.mkdir()
-    process = subprocess.Popen(
-        [*lq_command(), "compress", many_units, str(dst), "--vars", "temperature,geopotential"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    # As from a terminal: a suite started in the background (`pytest &`, nohup) would hand
+    # lq SIGINT ignored, and lq, like any program, leaves it ignored. A handler here is
+    # SIG_DFL in the child.
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [*lq_command(), "compress", many_units, str(dst), "--vars",
+             "temperature,geopotential"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
