@@ -54,7 +54,8 @@ SchedulerOption = Annotated[
         metavar="tcp://HOST:PORT",
         help="Send the work to the workers of a running dask scheduler (`dask scheduler`, "
         "dask-jobqueue, dask-kubernetes); they need layerquantizer installed and access "
-        "to SRC and DST.",
+        "to SRC and DST. A scheduler that does not answer within 10 s is refused (set "
+        "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT to wait otherwise).",
         show_default=False,
     ),
 ]

@@ -187,9 +187,20 @@ def _emulator_answers(url: str) -> bool | None:
 #: It also answers a suffix range (``Range: bytes=-N``, the last N bytes) as GCS does; the
 #: emulator ignores one and sends the whole object. Zarr reads a shard's index that way
 #: (at its end), so a sharded array read back from the emulator failed its checksum.
+#:
+#: And in memory it no longer serialises the metadata of every object it holds (of every
+#: test so far, and soft-deleted ones) to JSON at each write or delete, for a restart from
+#: disk it never makes: over a session of thousands of objects each write cost more than
+#: the last (0.1-0.2 s late in the suite, the server answering one request at a time).
 _EMULATOR_MAIN = """
 import re, sys, http.server
 http.server.HTTPServer.request_queue_size = 256
+from gcp_storage_emulator import storage
+_write_config = storage.Storage._write_config_to_file
+def write_config(self):
+    if not self._use_memory_fs:
+        _write_config(self)
+storage.Storage._write_config_to_file = write_config
 from gcp_storage_emulator.handlers import objects
 _download = objects.download
 def download(request, response, storage, *args, **kwargs):

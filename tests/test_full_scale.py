@@ -44,6 +44,17 @@ def lq(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
+def lq_here(*args) -> subprocess.CompletedProcess:
+    """The same ``lq`` app run in this process (Typer's runner), as a finished process: for
+    a run whose command a subprocess of this file already shows as users meet it."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, [*map(str, args)])
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
 @pytest.fixture(scope="module")
 def full_store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("wb2") / "wb2.zarr"
@@ -118,6 +129,16 @@ def wb2_sample(request, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def wb2_compressed(wb2_sample, tmp_path_factory) -> Path:
+    """``wb2_sample`` compressed by ``lq compress --config configs/era5.yaml`` (once per
+    Zarr format, for the tests that only read it)."""
+    dst = tmp_path_factory.mktemp("wb2-lq") / "out.zarr"
+    result = lq("compress", wb2_sample, dst, "--config", CONFIG)
+    assert result.returncode == 0, result.stderr
+    return dst
+
+
 def _compressors(store: Path, name: str) -> list[dict]:
     """The compressors of array ``name`` as its Zarr metadata records them."""
     v3 = store / name / "zarr.json"
@@ -128,13 +149,11 @@ def _compressors(store: Path, name: str) -> list[dict]:
     return [compressor] if compressor else []
 
 
-def test_copies_use_blosc_zstd_3_shuffle_and_keep_values(wb2_sample, tmp_path):
+def test_copies_use_blosc_zstd_3_shuffle_and_keep_values(wb2_sample, wb2_compressed):
     """Before: copies got zarr's default (Zstd level 0, no shuffle). Now Blosc zstd
     clevel 3 with byte shuffle (bench_lossless: +26% ratio on real fields, 2.7x on
     categorical ones), the values and dtype exact."""
-    dst = tmp_path / "out.zarr"
-    result = lq("compress", wb2_sample, dst, "--config", CONFIG)
-    assert result.returncode == 0, result.stderr
+    dst = wb2_compressed
     source, written = xr.open_zarr(wb2_sample), xr.open_zarr(dst)
     for name in ("land_sea_mask", "soil_type", "type_of_high_vegetation"):
         (codec,) = _compressors(dst, name)
@@ -165,13 +184,11 @@ def test_era5_config_gives_every_wb2_variable_a_treatment():
     assert "land_sea_mask" in lists["copy"]
 
 
-def test_wb2_sample_compressed_with_era5_config_verifies(wb2_sample, tmp_path):
+def test_wb2_sample_compressed_with_era5_config_verifies(wb2_sample, wb2_compressed):
     """Before: 11 of the 62 variables were quantized, the rest copied. Now every variable
     is treated as the config says, NaN fields (sea_surface_temperature, sea_ice_cover) and
     heavy tails (precipitation, fluxes) quantized within their bound: lq verify exits 0."""
-    dst = tmp_path / "out.zarr"
-    result = lq("compress", wb2_sample, dst, "--config", CONFIG, "--json")
-    assert result.returncode == 0, result.stderr
+    dst = wb2_compressed
     config = load_config(CONFIG)
     written = xr.open_zarr(dst)
     for name in wb2_schema():
@@ -224,7 +241,7 @@ def test_one_dimensional_and_transposed_variables(tmp_path):
     assert "layerquantizer_nbits" in written["flipped"].attrs
     assert "layerquantizer_nbits" in written["per_level"].attrs
     assert json.loads((dst / "per_level" / ".zarray").read_text())["chunks"] == [2, 7, 12]
-    assert lq("verify", src, dst).returncode == 0
+    assert lq_here("verify", src, dst).returncode == 0
 
     config.write_text("variables:\n  sideways:\n")
     refused = lq("compress", src, tmp_path / "refused.zarr", "--config", config)
@@ -264,7 +281,7 @@ def test_dry_run_on_full_size_store_prints_the_plan_and_writes_nothing(full_stor
     assert total["estimated_stored_bytes"] == sum(e["estimated_stored_bytes"] for e in written)
     assert total["estimated_seconds"] > 0
 
-    table = lq("compress", full_store, dst, "--config", CONFIG, "--dry-run")
+    table = lq_here("compress", full_store, dst, "--config", CONFIG, "--dry-run")
     assert table.returncode == 0, table.stderr
     assert "nothing written" in table.stdout and "estimated" in table.stdout
     assert list(tmp_path.iterdir()) == []
@@ -278,7 +295,7 @@ def test_dry_run_without_data_has_no_estimate_and_refuses_overwrite(tmp_path):
     report = json.loads(result.stdout)
     assert report["variables"]["temperature"]["estimated_stored_bytes"] is None
     assert report["total"]["estimated_stored_bytes"] is None
-    refused = lq("compress", src, tmp_path / "out.zarr", "--dry-run", "--overwrite")
+    refused = lq_here("compress", src, tmp_path / "out.zarr", "--dry-run", "--overwrite")
     assert refused.returncode == 2
     assert "--dry-run writes nothing" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.zarr"]
@@ -292,7 +309,8 @@ def test_dry_run_plans_with_the_tolerance_asked_for(tmp_path, zarr_format):
     common = ("compress", src, tmp_path / "out.zarr", "--vars", "temperature", "--dry-run",
               "--json", "--zarr-format", zarr_format)  # fmt: skip
     fine = json.loads(lq(*common, "--tolerance", "1.0e-6").stdout)["variables"]["temperature"]
-    coarse = json.loads(lq(*common, "--tolerance", "10.0").stdout)["variables"]["temperature"]
+    coarse = json.loads(lq_here(*common, "--tolerance", "10.0").stdout)
+    coarse = coarse["variables"]["temperature"]
     assert fine["treatment"] == coarse["treatment"] == "quantize"
     assert coarse["estimated_stored_bytes"] < fine["estimated_stored_bytes"]
 

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow  # processes: lq subprocesses, clusters, the emula
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "era5.yaml"
+#: dask's connect timeout in the environment: how long lq waits for a scheduler to answer.
+CONNECT_TIMEOUT_ENV = "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"
 
 
 def lq_command() -> list[str]:
@@ -37,10 +39,27 @@ def lq_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
 
 
-def lq(*args, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+def lq(
+    *args, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [*lq_command(), *map(str, args)], capture_output=True, text=True, timeout=timeout
-    )
+        [*lq_command(), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+        env=env,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"lq {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def lq_here(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """The same ``lq`` app run in this process (Typer's runner), as a finished process: for
+    runs whose command or message a subprocess of this file already shows as users meet it."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    invoked = CliRunner().invoke(app, [*map(str, args)])
+    result = subprocess.CompletedProcess(args, invoked.exit_code, invoked.stdout, invoked.stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"lq {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
@@ -124,7 +143,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_store(
     assert report["resume"]["units_written"] == 160 - completed
     assert not (dst / PROGRESS_DIR).exists()
     assert_same_store(dst, medium_reference)
-    assert lq("verify", medium_store, dst).returncode == 0
+    assert lq_here("verify", medium_store, dst).returncode == 0
 
 
 class _Interrupted(Exception):
@@ -352,14 +371,40 @@ def test_scheduler_errors_are_one_line(sample_v2, tmp_path):
                 check=False)  # fmt: skip
     assert result.returncode == 2 and "unknown scheduler 'fast'" in result.stderr
     address = f"tcp://127.0.0.1:{free_port()}"
+    # dask's own connect timeout, set as a user would, replaces lq's 10 s wait for an answer.
+    env = {**os.environ, CONNECT_TIMEOUT_ENV: "1s"}
     result = lq("compress", sample_v2, tmp_path / "p.zarr", "--vars", "temperature",
-                "--scheduler", address, check=False, timeout=120)  # fmt: skip
+                "--scheduler", address, check=False, timeout=120, env=env)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("lq: error: cannot reach the dask scheduler at tcp://")
+    assert f"wait longer than 1 s with {CONNECT_TIMEOUT_ENV}=" in result.stderr
     assert result.stderr.count("\n") == 1
     with pytest.raises(dataset.RequestError, match="memory:// stores live in one process"):
         dataset.compress(sample_v2, "memory://lq-scale/x.zarr", variables=["temperature"],
                          workers=2)  # fmt: skip
+
+
+def test_connect_timeout_is_dasks_setting_where_set(sample_v2, tmp_path):
+    """lq waits 10 s for a scheduler to answer, or dask's ``distributed.comm.timeouts.connect``
+    where the user set it (dask's shipped 30 s counts as not set); the refusal says which."""
+    import dask
+    from servers import free_port
+
+    from layerquantizer.dataset._parallel import DEFAULT_CONNECT_TIMEOUT, connect_timeout
+
+    key = "distributed.comm.timeouts.connect"
+    assert connect_timeout() == DEFAULT_CONNECT_TIMEOUT == 10.0
+    with dask.config.set({key: "30s"}):  # dask's default, not a choice
+        assert connect_timeout() == DEFAULT_CONNECT_TIMEOUT
+    with dask.config.set({key: 45}):
+        assert connect_timeout() == 45.0
+    dst = tmp_path / "o.zarr"
+    with dask.config.set({key: "500ms"}):
+        assert connect_timeout() == 0.5
+        with pytest.raises(dataset.RequestError, match=r"wait longer than 0\.5 s with DASK_"):
+            dataset.compress(sample_v2, str(dst), variables=["temperature"],
+                             scheduler=f"tcp://127.0.0.1:{free_port()}")  # fmt: skip
+    assert not dst.exists()
 
 
 # --------------------------------------------------------------------------------------
@@ -380,7 +425,7 @@ def test_gs_to_gs_end_to_end(gcs_bucket):
     from servers import emulator_filesystem
 
     assert not emulator_filesystem().find(f"{gcs_bucket}/dst.zarr/{PROGRESS_DIR}")
-    refused = lq("compress", src, dst, "--vars", "temperature", check=False)
+    refused = lq_here("compress", src, dst, "--vars", "temperature", check=False)
     assert refused.returncode == 1 and "already exists" in refused.stderr
 
 
@@ -395,7 +440,7 @@ def test_gs_resume_keeps_the_units_done_and_redoes_the_changed(gcs_bucket):
     from layerquantizer.storage import open_store
 
     src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
-    lq("sample", src, "--levels", "3", "--grid", "48x24", "--times", "6")
+    lq_here("sample", src, "--levels", "3", "--grid", "48x24", "--times", "6")
     with pytest.raises(_Interrupted):
         dataset.compress(
             src, dst, variables=["temperature"], scheduler="synchronous",
@@ -422,12 +467,12 @@ def test_gs_missing_bucket_or_source_is_one_line(gcs_bucket):
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "bucket 'lq-no-such-bucket' does not exist" in result.stderr
-    result = lq("compress", f"gs://{gcs_bucket}/nothing.zarr", f"gs://{gcs_bucket}/o.zarr",
-                "--vars", "t", check=False)  # fmt: skip
+    result = lq_here("compress", f"gs://{gcs_bucket}/nothing.zarr", f"gs://{gcs_bucket}/o.zarr",
+                     "--vars", "t", check=False)  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.startswith(f"lq: error: cannot open gs://{gcs_bucket}/nothing.zarr")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
-    result = lq("inspect", "gs://lq-no-such-bucket/x.zarr", check=False)
+    result = lq_here("inspect", "gs://lq-no-such-bucket/x.zarr", check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
 
 

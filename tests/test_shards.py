@@ -1,6 +1,8 @@
 """``lq compress --shards``: Zarr v3 shards holding the layerquantizer chunks, read by plain
 zarr and xarray, resumed shard by shard, inspected and verified, locally and on the GCS
-emulator. ``lq`` runs as a subprocess, as users run it."""
+emulator. ``lq`` runs as a subprocess, as users run it, for each command a test checks;
+the runs it compares with, and repeated refusals, go through the same app in this process
+(:func:`lq_here`)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,20 @@ def lq(*args, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [*lq_command(), *map(str, args)], capture_output=True, text=True, timeout=300
     )
+    if check and result.returncode != 0:
+        raise AssertionError(f"lq {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
+
+
+def lq_here(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """The same ``lq`` app run in this process (Typer's runner), as a finished process: no
+    interpreter to start."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    invoked = CliRunner().invoke(app, [*map(str, args)])
+    result = subprocess.CompletedProcess(args, invoked.exit_code, invoked.stdout, invoked.stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"lq {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
@@ -99,7 +115,7 @@ def sample(tmp_path_factory) -> Path:
 def test_shards_hold_n_time_steps_and_read_back_with_plain_xarray(sample, tmp_path):
     plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
     common = ("--vars", VARS, "--zarr-format", "3", "--json")
-    before = json.loads(lq("compress", sample, plain, *common).stdout)
+    before = json.loads(lq_here("compress", sample, plain, *common).stdout)
     after = json.loads(lq("compress", sample, sharded, *common, "--shards", "time=4").stdout)
 
     temperature = after["variables"]["temperature"]
@@ -120,8 +136,8 @@ def test_shards_hold_n_time_steps_and_read_back_with_plain_xarray(sample, tmp_pa
         xr.testing.assert_identical(xr.open_zarr(sharded)[name], xr.open_zarr(plain)[name])
     sums = read_with_plain_xarray(str(sharded), ["temperature", "geopotential"])
     assert sums["temperature"] == pytest.approx(float(xr.open_zarr(plain)["temperature"].sum()))
-    assert lq("verify", sample, sharded).returncode == 0
-    inspected = json.loads(lq("inspect", sharded, "--json").stdout)
+    assert lq_here("verify", sample, sharded).returncode == 0
+    inspected = json.loads(lq_here("inspect", sharded, "--json").stdout)
     assert inspected["variables"]["temperature"]["shards"] == [4, 5, 37, 72]
     assert inspected["variables"]["temperature"]["mode"] == "nbits"
     assert inspected["variables"]["temperature"]["error_bound"] == pytest.approx(0.5 / 65535)
@@ -141,14 +157,14 @@ def test_shards_with_a_tolerance_and_the_whole_time_dimension(sample, tmp_path):
     assert report["variables"]["temperature"]["shards"] == [6, 5, 37, 72]
     assert report["variables"]["temperature"]["objects"] == 1 + 1
     assert report["variables"]["temperature"]["tolerance"] == 0.01
-    verified = json.loads(lq("verify", sample, dst, "--json").stdout)
+    verified = json.loads(lq_here("verify", sample, dst, "--json").stdout)
     assert verified["ok"] is True
     assert verified["variables"]["temperature"]["abs_bound"] < 0.011
     # --resume of the finished store: nothing to do with the same shards, refused with others.
     common = ("compress", sample, dst, "--vars", VARS, "--zarr-format", "3", "--tolerance",
               "0.01", "--resume")  # fmt: skip
-    assert "already complete" in lq(*common, "--shards", "time=-1").stdout
-    refused = lq(*common, "--shards", "time=2", check=False)
+    assert "already complete" in lq_here(*common, "--shards", "time=-1").stdout
+    refused = lq_here(*common, "--shards", "time=2", check=False)
     assert refused.returncode == 2
     assert "written with other options (temperature shards (6, 5, 37, 72)" in refused.stderr
 
@@ -160,7 +176,7 @@ def test_wb2_schema_store_sharded_with_the_config(tmp_path):
     write_wb2_sample_store(str(src), times=8, grid=(31, 60))
     plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
     common = ("--config", CONFIG, "--zarr-format", "3", "--json")
-    before = json.loads(lq("compress", src, plain, *common).stdout)
+    before = json.loads(lq_here("compress", src, plain, *common).stdout)
     after = json.loads(lq("compress", src, sharded, *common, "--shards", "time=4").stdout)
     for name, entry in after["variables"].items():
         has_time = "time" in entry["dims"]
@@ -172,7 +188,7 @@ def test_wb2_schema_store_sharded_with_the_config(tmp_path):
     # Sharding changes where the chunks are, not their bytes: the ratio stays, but for
     # each shard's index (16 bytes per chunk and a checksum; 1% of these 31 x 60 chunks).
     assert after["total"]["ratio"] == pytest.approx(before["total"]["ratio"], rel=0.03)
-    verified = json.loads(lq("verify", src, sharded, "--json").stdout)
+    verified = json.loads(lq_here("verify", src, sharded, "--json").stdout)
     assert verified["ok"] is True, [
         p for v in verified["variables"].values() for p in v["problems"]
     ]
@@ -197,7 +213,7 @@ def test_float64_and_packed_sources_are_encoded_in_shards_as_without(tmp_path):
     ds.to_zarr(src, zarr_format=3, consolidated=False, encoding=encoding)
     plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
     common = ("--vars", "t64,packed", "--zarr-format", "3", "--nbits", "12")
-    lq("compress", src, plain, *common)
+    lq_here("compress", src, plain, *common)
     lq("compress", src, sharded, *common, "--shards", "time=2")
     for name in ("t64", "packed"):
         back = xr.open_zarr(sharded)[name]
@@ -207,7 +223,7 @@ def test_float64_and_packed_sources_are_encoded_in_shards_as_without(tmp_path):
     for name, coords in (("t64", (0, 0, 0, 0)), ("t64", (4, 0, 0, 0)), ("packed", (1, 0, 0))):
         per_shard = (2,) + (1,) * (len(coords) - 1)
         assert chunk_bytes(sharded, name, coords, per_shard) == chunk_bytes(plain, name, coords)
-    verified = json.loads(lq("verify", src, sharded, "--json").stdout)
+    verified = json.loads(lq_here("verify", src, sharded, "--json").stdout)
     assert verified["ok"] is True
     # A float64 value beyond the float32 range is refused in a shard as in a chunk (zarr
     # would cast it to infinity and store that).
@@ -224,7 +240,7 @@ def test_float64_and_packed_sources_are_encoded_in_shards_as_without(tmp_path):
 def test_dry_run_counts_shards_as_the_objects_written(sample, tmp_path):
     common = ("compress", sample, tmp_path / "out.zarr", "--vars", VARS, "--zarr-format", "3",
               "--dry-run", "--json")  # fmt: skip
-    before = json.loads(lq(*common).stdout)
+    before = json.loads(lq_here(*common).stdout)
     after = json.loads(lq(*common, "--shards", "time=4").stdout)
     assert before["variables"]["temperature"]["chunks"] == 6
     assert after["variables"]["temperature"]["chunks"] == 2
@@ -241,11 +257,12 @@ def test_config_shards_key(sample, tmp_path):
     # The command line overrides the config.
     other = tmp_path / "other.zarr"
     report = json.loads(
-        lq("compress", sample, other, "--config", config, "--shards", "time=6", "--json").stdout
-    )
+        lq_here("compress", sample, other, "--config", config, "--shards", "time=6",
+                "--json").stdout
+    )  # fmt: skip
     assert report["variables"]["temperature"]["shards"] == [6, 5, 37, 72]
     config.write_text("zarr_format: 3\nshards: {time: 0}\n")
-    refused = lq("compress", sample, tmp_path / "x.zarr", "--config", config, check=False)
+    refused = lq_here("compress", sample, tmp_path / "x.zarr", "--config", config, check=False)
     assert refused.returncode == 2 and "'shards.time'" in refused.stderr
 
 
@@ -313,7 +330,7 @@ def test_a_unit_covers_whole_shards_and_whole_source_chunks(tmp_path):
            "time=2", "--workers", "2", "--json").stdout
     )  # fmt: skip
     assert report["variables"]["temperature"]["objects"] == 3 + 1
-    assert lq("verify", src, dst).returncode == 0
+    assert lq_here("verify", src, dst).returncode == 0
 
 
 def test_a_shard_that_cannot_fit_in_memory_is_refused(tmp_path):
@@ -330,7 +347,7 @@ def test_a_shard_that_cannot_fit_in_memory_is_refused(tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
     assert "cannot write 'temperature': one shard (time=93544" in refused.stderr
     assert "pass smaller --shards" in refused.stderr
-    planned = json.loads(lq(*common, "--shards", "time=4", "--dry-run", "--json").stdout)
+    planned = json.loads(lq_here(*common, "--shards", "time=4", "--dry-run", "--json").stdout)
     assert planned["variables"]["temperature"]["chunks"] == 93544 // 4
     assert not (tmp_path / "out.zarr").exists()
 
@@ -424,7 +441,7 @@ def medium(tmp_path_factory) -> Path:
 def test_resume_after_sigkill_works_shard_by_shard(medium, tmp_path):
     shards = ("--config", CONFIG, "--zarr-format", "3", "--shards", "time=4")
     reference = tmp_path / "reference.zarr"
-    lq("compress", medium, reference, *shards)
+    lq_here("compress", medium, reference, *shards)
     dst = tmp_path / "killed.zarr"
     process = subprocess.Popen(
         [*lq_command(), "compress", str(medium), str(dst), *map(str, shards)],
@@ -450,7 +467,7 @@ def test_resume_after_sigkill_works_shard_by_shard(medium, tmp_path):
     assert resumed["resume"]["units_resumed"] == completed
     assert resumed["resume"]["units_written"] == units - completed
     assert tree(dst) == tree(reference)
-    assert lq("verify", medium, dst).returncode == 0
+    assert lq_here("verify", medium, dst).returncode == 0
 
 
 def test_resume_with_other_shards_is_refused(sample, tmp_path):
@@ -483,7 +500,7 @@ def sharded(sample, tmp_path_factory) -> Path:
     """``sample``'s VARS compressed in shards of 2 steps (16 bits, the default), once for
     the tests below; each breaks a copy of it."""
     dst = tmp_path_factory.mktemp("sharded") / "out.zarr"
-    lq("compress", sample, dst, "--vars", VARS, "--zarr-format", "3", "--shards", "time=2")
+    lq_here("compress", sample, dst, "--vars", VARS, "--zarr-format", "3", "--shards", "time=2")
     return dst
 
 
@@ -522,7 +539,7 @@ def test_verify_reads_the_headers_of_the_chunks_inside_shards(sample, sharded, t
     as they are in chunk objects: their headers are found through the shard's index."""
     claimed, loose = _copy(sharded, tmp_path), tmp_path / "loose.zarr"  # claimed: 16 bits
     common = ("--vars", "temperature", "--zarr-format", "3", "--shards", "time=2")
-    lq("compress", sample, loose, *common, "--nbits", "8")
+    lq_here("compress", sample, loose, *common, "--nbits", "8")
     shard = Path("temperature", "c", "1", "0", "0", "0")
     (claimed / shard).write_bytes((loose / shard).read_bytes())
     result = lq("verify", sample, claimed, "--json", check=False)
@@ -558,14 +575,14 @@ def test_shards_on_gcs_end_to_end(gcs_bucket):
     from servers import emulator_filesystem
 
     src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
-    lq("sample", src, "--levels", "3", "--grid", "48x24", "--times", "4")
+    lq_here("sample", src, "--levels", "3", "--grid", "48x24", "--times", "4")
     report = json.loads(
         lq("compress", src, dst, "--vars", VARS, "--zarr-format", "3", "--shards", "time=2",
            "--json").stdout
     )  # fmt: skip
     assert report["variables"]["temperature"]["shards"] == [2, 3, 24, 48]
     assert report["variables"]["temperature"]["objects"] == 2 + 1
-    verified = lq("verify", src, dst, "--json", check=False)
+    verified = lq_here("verify", src, dst, "--json", check=False)
     assert verified.returncode == 0, verified.stdout
     fs = emulator_filesystem()
     fs.rm_file(f"{gcs_bucket}/dst.zarr/temperature/c/1/0/0/0")
@@ -580,7 +597,7 @@ def test_resume_after_sigkill_on_gcs(gcs_bucket):
     from servers import emulator_filesystem
 
     src, dst = f"gs://{gcs_bucket}/src.zarr", f"gs://{gcs_bucket}/dst.zarr"
-    lq("sample", src, "--levels", "13", "--grid", "144x73", "--times", "8")
+    lq_here("sample", src, "--levels", "13", "--grid", "144x73", "--times", "8")
     shards = ("--vars", VARS, "--zarr-format", "3", "--shards", "time=2")
     process = subprocess.Popen(
         [*lq_command(), "compress", src, dst, *shards],
@@ -606,4 +623,4 @@ def test_resume_after_sigkill_on_gcs(gcs_bucket):
     assert resumed["resume"]["units_written"] == units - completed
     assert resumed["variables"]["temperature"]["objects"] == 4 + 1
     assert not fs.find(f"{gcs_bucket}/dst.zarr/{PROGRESS_DIR}")
-    assert json.loads(lq("verify", src, dst, "--json").stdout)["ok"] is True
+    assert json.loads(lq_here("verify", src, dst, "--json").stdout)["ok"] is True

@@ -1,9 +1,11 @@
 """``lq compress`` never touches its source, removes only what it wrote, and two runs never
 write one destination at once (issue 8).
 
-Each spelling of "DST is SRC" runs ``lq`` as a subprocess, as a user would, with
-``--overwrite``, and checks the source byte for byte afterwards. gs:// spellings run on the
-GCS emulator of tests/servers.py.
+Each spelling of "DST is SRC" runs ``lq`` with ``--overwrite`` and checks the source byte
+for byte afterwards: one spelling of each kind (relative to the working directory, under
+``~``, through a symlink, on gs://) as a subprocess, as a user would, the others through the
+same app in this process (no interpreter to start; the refusal is the same code). gs://
+spellings run on the GCS emulator of tests/servers.py.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ def lq(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
         [*command, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
+
+
+def lq_here(*args) -> subprocess.CompletedProcess:
+    """The same ``lq`` app run in this process (Typer's runner), as a finished process."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, [*map(str, args)])
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -79,20 +91,28 @@ LOCAL_SPELLINGS = {
 
 
 @pytest.mark.parametrize("spelling", LOCAL_SPELLINGS)
-def test_dst_spelled_as_the_local_source_is_refused(victim, spelling):
+def test_dst_spelled_as_the_local_source_is_refused(victim, spelling, monkeypatch):
     before = tree(victim)
     dst = LOCAL_SPELLINGS[spelling](victim)
-    result = lq("compress", victim, dst, "--vars", "temperature", "--overwrite", cwd=victim.parent)
+    args = ("compress", victim, dst, "--vars", "temperature", "--overwrite")
+    if spelling == "relative":  # as typed in a shell, from the source's folder
+        result = lq(*args, cwd=victim.parent)
+    else:
+        monkeypatch.chdir(victim.parent)
+        result = lq_here(*args)
     assert_one_line(result, 2, "is the source or inside it")
     assert tree(victim) == before
 
 
-def test_dst_spelled_with_home_is_refused(victim):
+def test_dst_spelled_with_home_is_refused(victim, monkeypatch):
     before = tree(victim)
     env = {**os.environ, "HOME": str(victim.parent)}
-    for src, dst in ((victim, "~/victim.zarr"), ("~/victim.zarr", victim)):
-        result = lq("compress", src, dst, "--vars", "temperature", "--overwrite", env=env)
-        assert_one_line(result, 2, "is the source or inside it")
+    result = lq("compress", victim, "~/victim.zarr", "--vars", "temperature", "--overwrite",
+                env=env)  # fmt: skip
+    assert_one_line(result, 2, "is the source or inside it")
+    monkeypatch.setenv("HOME", str(victim.parent))
+    result = lq_here("compress", "~/victim.zarr", victim, "--vars", "temperature", "--overwrite")
+    assert_one_line(result, 2, "is the source or inside it")
     assert tree(victim) == before
 
 
@@ -100,10 +120,12 @@ def test_dst_through_a_symlinked_directory_is_refused(victim, tmp_path):
     before = tree(victim)
     (tmp_path / "link.zarr").symlink_to(victim, target_is_directory=True)
     (tmp_path / "folder-link").symlink_to(tmp_path, target_is_directory=True)
+    run = lq  # the first as a user meets it, the others in this process
     for dst in (tmp_path / "link.zarr", tmp_path / "folder-link" / "victim.zarr"):
-        result = lq("compress", victim, dst, "--vars", "temperature", "--overwrite")
+        result = run("compress", victim, dst, "--vars", "temperature", "--overwrite")
         assert_one_line(result, 2, "is the source or inside it")
-        result = lq("compress", dst, victim, "--vars", "temperature", "--overwrite")
+        run = lq_here
+        result = run("compress", dst, victim, "--vars", "temperature", "--overwrite")
         assert_one_line(result, 2, "is the source or inside it")
     assert tree(victim) == before
 
@@ -133,25 +155,28 @@ def gs_victim(gcs_bucket, small_source) -> str:
     return gcs_bucket
 
 
-@pytest.mark.parametrize("spelling", GS_SPELLINGS)
-def test_dst_spelled_as_the_gs_source_is_refused(gs_victim, spelling):
+def test_dst_spelled_as_the_gs_source_is_refused(gs_victim):
+    """Every spelling on one source (one bucket to fill): the first as a subprocess."""
     before = gs_tree(gs_victim)
     assert before
-    dst = GS_SPELLINGS[spelling].format(bucket=gs_victim)
-    result = lq("compress", f"gs://{gs_victim}/x.zarr", dst, "--vars", "temperature",
-                "--overwrite")  # fmt: skip
-    assert_one_line(result, 2, "is the source or inside it")
-    assert gs_tree(gs_victim) == before
+    run = lq
+    for spelling, template in GS_SPELLINGS.items():
+        dst = template.format(bucket=gs_victim)
+        result = run("compress", f"gs://{gs_victim}/x.zarr", dst, "--vars", "temperature",
+                     "--overwrite")  # fmt: skip
+        assert_one_line(result, 2, "is the source or inside it")
+        assert gs_tree(gs_victim) == before, spelling
+        run = lq_here
 
 
 def test_a_source_that_cannot_be_opened_removes_nothing(victim, tmp_path):
     out = tmp_path / "out.zarr"
-    assert lq("compress", victim, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", victim, out, "--vars", "temperature").returncode == 0
     before = tree(out)
     result = lq("compress", tmp_path / "missing.zarr", out, "--vars", "temperature",
                 "--overwrite")  # fmt: skip
     assert_one_line(result, 1, "cannot open")
-    result = lq("compress", victim, out, "--vars", "no_such_variable", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "no_such_variable", "--overwrite")
     assert result.returncode == 2
     assert tree(out) == before
 
@@ -169,12 +194,14 @@ def test_overwrite_refuses_what_lq_did_not_write(victim, tmp_path):
     (progress / PROGRESS_DIR).mkdir(parents=True)
     (progress / PROGRESS_DIR / "manifest.json").write_text("")
     (progress / "results.csv").write_text("keep me too")
+    run = lq  # the first as a user meets it, the others in this process
     for dst in (zgroup, progress):
         before = tree(dst)
-        result = lq("compress", victim, dst, "--vars", "temperature", "--overwrite")
+        result = run("compress", victim, dst, "--vars", "temperature", "--overwrite")
         assert_one_line(result, 1, str(dst), "not written by lq compress",
                         "remove it yourself or choose another DST")  # fmt: skip
-        result = lq("compress", victim, dst, "--vars", "temperature", "--resume")
+        run = lq_here
+        result = run("compress", victim, dst, "--vars", "temperature", "--resume")
         assert_one_line(result, 1, str(dst))
         assert tree(dst) == before
     # The progress folder makes it look like a run to resume, but its manifest is empty.
@@ -183,7 +210,7 @@ def test_overwrite_refuses_what_lq_did_not_write(victim, tmp_path):
 
 def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     out = tmp_path / "out.zarr"
-    assert lq("compress", victim, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", victim, out, "--vars", "temperature").returncode == 0
     assert json.loads((out / MARKER).read_text())["written_by"] == "lq compress"
     xr.open_zarr(out).load()  # the marker is no Zarr node: consolidated readers never see it
     result = lq("compress", victim, out, "--vars", "geopotential", "--overwrite")
@@ -192,7 +219,7 @@ def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     # A store finished by the previous version has no marker: consolidated, with
     # layerquantizer attributes and nothing else inside, it may still be replaced...
     (out / MARKER).unlink()
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite")
     assert result.returncode == 0, result.stderr
     # ... but not with a stranger's file inside.
     (out / MARKER).unlink()
@@ -203,7 +230,7 @@ def test_overwrite_replaces_lq_outputs_old_and_new(victim, tmp_path):
     # Nor a file among the chunks of an array.
     (out / "notes.txt").unlink()
     (out / "temperature" / "notes.txt").write_text("mine")
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite")
     assert_one_line(result, 1, "holds temperature/notes.txt")
 
 
@@ -304,12 +331,14 @@ def test_symlink_out_of_a_local_source_is_refused(victim, tmp_path):
 
 def test_a_second_run_into_a_destination_being_written_is_refused(victim, tmp_path):
     out = tmp_path / "out.zarr"
-    assert lq("compress", victim, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", victim, out, "--vars", "temperature").returncode == 0
     assert not Path(f"{out}{LOCK_SUFFIX}").exists()  # released at the end
     before = tree(out)
+    run = lq  # the first as a user meets it, the others in this process
     with DestinationLock(str(out)) as held:  # this process is "the other run"
         for spelling in (out, f"file://{out}/", out.parent / "." / out.name):
-            result = lq("compress", victim, spelling, "--vars", "temperature", "--overwrite")
+            result = run("compress", victim, spelling, "--vars", "temperature", "--overwrite")
+            run = lq_here
             assert_one_line(result, 1, "is being written by another lq compress",
                             f"pid {os.getpid()}", held.info["host"], held.info["started"],
                             "--break-lock", f"{out}{LOCK_SUFFIX}")  # fmt: skip
@@ -326,9 +355,10 @@ def test_a_second_run_into_a_destination_being_written_is_refused(victim, tmp_pa
     assert result.returncode == 0, result.stderr
     # Another host's lock cannot be judged: --break-lock takes it.
     Path(f"{out}{LOCK_SUFFIX}").write_text(json.dumps({**held.info, "host": "elsewhere"}))
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite")
     assert_one_line(result, 1, "host elsewhere")
-    result = lq("compress", victim, out, "--vars", "temperature", "--overwrite", "--break-lock")
+    result = lq_here("compress", victim, out, "--vars", "temperature", "--overwrite",
+                     "--break-lock")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not Path(f"{out}{LOCK_SUFFIX}").exists()
 
@@ -384,7 +414,7 @@ def test_gs_lock_refuses_a_second_run(gs_victim):
     from servers import emulator_filesystem
 
     src, out = f"gs://{gs_victim}/x.zarr", f"gs://{gs_victim}/out.zarr"
-    assert lq("compress", src, out, "--vars", "temperature").returncode == 0
+    assert lq_here("compress", src, out, "--vars", "temperature").returncode == 0
     fs = emulator_filesystem()
     assert not fs.exists(f"{gs_victim}/out.zarr{LOCK_SUFFIX}")
     with DestinationLock(out) as held:
@@ -401,5 +431,5 @@ def test_gs_lock_refuses_a_second_run(gs_victim):
     assert result.returncode == 0, result.stderr
     assert not fs.exists(f"{gs_victim}/out.zarr{LOCK_SUFFIX}")
     # A missing destination bucket is named as such, before any lock is written.
-    result = lq("compress", src, "gs://lq-no-such-bucket/o.zarr", "--vars", "temperature")
+    result = lq_here("compress", src, "gs://lq-no-such-bucket/o.zarr", "--vars", "temperature")
     assert_one_line(result, 1, "bucket 'lq-no-such-bucket' does not exist")

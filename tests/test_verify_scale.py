@@ -243,9 +243,9 @@ def test_sample_finds_missing_chunks_outside_it_but_not_corrupt_ones(small, tmp_
 @pytest.mark.slow
 def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
     """Each message as ``lq verify`` prints it. The unreachable scheduler is waited for
-    (the client's 10 s connect timeout) while the other spellings are checked: lq as a
-    subprocess for it and for an unknown scheduler, in process (Typer's runner, the same
-    app) for the other messages and for the schedulers that run here."""
+    (dask's connect timeout, set to 1 s as a user may) while the other spellings are
+    checked: lq as a subprocess for it and for an unknown scheduler, in process (Typer's
+    runner, the same app) for the other messages and for the schedulers that run here."""
     from servers import free_port
     from typer.testing import CliRunner
 
@@ -258,6 +258,7 @@ def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"},
     )
     try:
         result = lq("verify", src, dst, "--scheduler", "fast")
@@ -285,6 +286,7 @@ def test_scheduler_spellings_and_errors_are_those_of_compress(small, tmp_path):
             unreachable.communicate()
     assert unreachable.returncode == 2, stderr
     assert stderr.startswith("lq: error: cannot reach the dask scheduler at tcp://")
+    assert "wait longer than 1 s with DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=" in stderr
     assert stderr.count("\n") == 1
 
 
@@ -419,7 +421,10 @@ def _kill_after_first_chunk(src: str, dst: str) -> None:
 def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
     """compress --dry-run --json, compress killed with SIGKILL then --resume, verify in full
     and with --sample, all through lq, on the store of the 62 WB2 variables (NaN over
-    land, categorical fields) with configs/era5.yaml."""
+    land, categorical fields) with configs/era5.yaml. The kill and the resume are lq
+    subprocesses in both places, the dry run and the sampled text locally, the full verify
+    on the emulator (locally, tests/test_full_scale.py runs it on this store); the other
+    runs go through the same app in this process."""
     if where == "gcs":
         from servers import emulator_filesystem
 
@@ -430,7 +435,8 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
         src, dst = wb2_local, str(tmp_path / "wb2-lq.zarr")
     names = set(wb2_schema())
 
-    planned = lq("compress", src, dst, "--config", CONFIG, "--dry-run", "--json")
+    run = lq if where == "local" else here
+    planned = run("compress", src, dst, "--config", CONFIG, "--dry-run", "--json")
     assert planned.returncode == 0, planned.stderr
     plan = json.loads(planned.stdout)
     # Every variable of the store has a treatment (the config names a few more: skipped).
@@ -446,14 +452,15 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["resume"]["units_resumed"] >= 0
 
-    full = lq("verify", src, dst, "--json")
+    run = here if where == "local" else lq
+    full = run("verify", src, dst, "--json")
     assert full.returncode == 0, full.stdout[-3000:] + full.stderr
     report = json.loads(full.stdout)
     assert report["ok"] and report["sample"] is None
     assert set(report["variables"]) | set(report["skipped"]) == names
     assert report["chunks_checked"] == report["chunks"]
 
-    sampled = lq("verify", src, dst, "--sample", "1", "--seed", "3", "--json")
+    sampled = here("verify", src, dst, "--sample", "1", "--seed", "3", "--json")
     assert sampled.returncode == 0, sampled.stderr
     sample_report = json.loads(sampled.stdout)
     assert sample_report["sample"] == {"chunks_per_variable": 1, "seed": 3}
@@ -464,6 +471,12 @@ def test_wb2_sample_store_whole_flow(where, wb2_local, request, tmp_path):
         assert f"sampled 1 of 3 chunks per variable, seed 0 ({len(report['variables'])} of" in (
             text.stdout
         )
+
+
+def here(*args) -> subprocess.CompletedProcess:
+    """:func:`lq_here` as a finished process (``returncode``, ``stdout``, ``stderr``)."""
+    result = lq_here(*args)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def _stderr_on_a_terminal(*args) -> tuple[int, str]:

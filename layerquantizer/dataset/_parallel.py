@@ -49,6 +49,13 @@ IN_FLIGHT_PER_THREAD = 2
 #: before the run gives up (``--worker-timeout``).
 DEFAULT_WORKER_TIMEOUT = 180.0
 
+#: Seconds to wait for a dask scheduler to answer (it may still be starting) unless dask's own
+#: ``distributed.comm.timeouts.connect`` is set (see :func:`connect_timeout`).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: The environment variable of dask's connect timeout, named in the refusal as the way out.
+CONNECT_TIMEOUT_ENV = "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"
+
 #: Environment of the worker processes of a local cluster: one thread per library.
 WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
@@ -264,16 +271,41 @@ def _local_cluster(workers: int, description: str) -> Iterator[Runner]:
         cluster.close()
 
 
+def connect_timeout() -> float:
+    """Seconds to wait for a dask scheduler to answer: dask's
+    ``distributed.comm.timeouts.connect`` where the user set it (a dask config file, the
+    ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT`` environment variable, ``dask.config.set``),
+    else :data:`DEFAULT_CONNECT_TIMEOUT`.
+
+    dask's own default (30 s) is not taken: a mistyped address would wait that long, and
+    dask retries a refused connection until the timeout, since a scheduler may be starting.
+    ``dask.config.set`` to exactly that default counts as not set.
+    """
+    import dask.config
+    import distributed  # noqa: F401 - registers dask's distributed defaults
+    from dask.utils import parse_timedelta
+
+    key = "distributed.comm.timeouts.connect"
+    value = parse_timedelta(dask.config.get(key), default="seconds")
+    shipped = dask.config.get(key, None, config=dask.config.merge(*dask.config.defaults))
+    from_files_or_env = dask.config.get(key, None, config=dask.config.collect())
+    if from_files_or_env is None and value == parse_timedelta(shipped, default="seconds"):
+        return DEFAULT_CONNECT_TIMEOUT
+    return float(value)
+
+
 @contextlib.contextmanager
 def _client(address: str, worker_timeout: float) -> Iterator[Runner]:
     from distributed import Client
 
+    timeout = connect_timeout()
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout=timeout)
     except OSError as exc:
         raise SchedulerError(
             f"cannot reach the dask scheduler at {address} ({type(exc).__name__}: {exc}); "
-            "check the address and that `dask scheduler` runs there"
+            "check the address and that `dask scheduler` runs there, or wait longer than "
+            f"{timeout:g} s with {CONNECT_TIMEOUT_ENV}={2 * timeout:g}s"
         ) from exc
     try:
         threads = sum(client.nthreads().values())
