@@ -41,6 +41,35 @@ def patched(chunk: bytes, offset: int, fmt: str, value) -> bytes:
     return reseal(bytes(body))
 
 
+def assert_every_truncation_and_bit_flip_refused(encoded: bytes) -> None:
+    """Every prefix of ``encoded``, and ``encoded`` with any one bit flipped (every third
+    bit), raise CorruptChunkError: the checksum or a length catches each."""
+    for length in range(len(encoded)):
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(encoded[:length])
+    for bit in range(0, len(encoded) * 8, 3):
+        damaged = bytearray(encoded)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(CorruptChunkError):
+            CODEC.decode(bytes(damaged))
+
+
+def decode_damaged(encoded: bytes, damage, truncate: bool) -> None:
+    """``encoded`` with bytes overwritten (``damage``: position, value pairs), cut short
+    where ``truncate``, and resealed, as a crafted chunk would be: refused with
+    CorruptChunkError or decoded to some float32 array, never a crash."""
+    body = bytearray(encoded[:-4])
+    for position, value in damage:
+        body[position % len(body)] = value
+    if truncate:
+        body = body[: damage[0][0] % len(body)]
+    try:
+        out = CODEC.decode(reseal(bytes(body)))
+    except CorruptChunkError:
+        return
+    assert out.dtype == np.float32
+
+
 def test_header_layout():
     chunk = sample_chunk()
     magic, version, flags, dtype, nbits, coder, ndim, reserved, block_rows = struct.unpack_from(
@@ -208,16 +237,7 @@ def test_random_bytes_are_refused(data):
 def test_random_damage_with_a_resealed_checksum(damage, truncate):
     # Damage that keeps the checksum valid reaches the field checks: the decoder must
     # refuse it or decode it to a float32 array of the declared shape, never crash.
-    body = bytearray(sample_chunk()[:-4])
-    for position, value in damage:
-        body[position % len(body)] = value
-    if truncate:
-        body = body[: damage[0][0] % len(body)]
-    try:
-        out = CODEC.decode(reseal(bytes(body)))
-    except CorruptChunkError:
-        return
-    assert out.dtype == np.float32
+    decode_damaged(sample_chunk(), damage, truncate)
 
 
 # --- Version 2: the predictor table ------------------------------------------------------
@@ -347,14 +367,7 @@ def rebuild_uncoded(parsed, blocks):
 
 def test_every_truncation_and_bit_flip_of_bit_planes_is_refused():
     chunk = sample_chunk_bit_planes(nbits=3)
-    for length in range(len(chunk)):
-        with pytest.raises(CorruptChunkError):
-            CODEC.decode(chunk[:length])
-    for bit in range(0, len(chunk) * 8, 3):
-        damaged = bytearray(chunk)
-        damaged[bit // 8] ^= 1 << (bit % 8)
-        with pytest.raises(CorruptChunkError):
-            CODEC.decode(bytes(damaged))
+    assert_every_truncation_and_bit_flip_refused(chunk)
 
 
 @settings(max_examples=500, deadline=None)
@@ -368,15 +381,7 @@ def test_random_damage_of_version_2_with_a_resealed_checksum(
     damage, truncate, predictor, with_exceptions
 ):
     if predictor == "bit planes":
-        body = bytearray(sample_chunk_bit_planes(coder=int(with_exceptions))[:-4])
+        encoded = sample_chunk_bit_planes(coder=int(with_exceptions))
     else:
-        body = bytearray(sample_chunk_v2(with_exceptions, predictor)[:-4])
-    for position, value in damage:
-        body[position % len(body)] = value
-    if truncate:
-        body = body[: damage[0][0] % len(body)]
-    try:
-        out = CODEC.decode(reseal(bytes(body)))
-    except CorruptChunkError:
-        return
-    assert out.dtype == np.float32
+        encoded = sample_chunk_v2(with_exceptions, predictor)
+    decode_damaged(encoded, damage, truncate)
