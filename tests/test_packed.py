@@ -225,6 +225,32 @@ def test_float64_chunk_refuses_values_beyond_float32():
         chunk.encode(np.ones((3, 4), np.float32), nbits=16, level=1, tolerances=np.zeros(2))
 
 
+def test_planning_reads_no_values_of_a_float64_variable(tmp_path):
+    """The plan's template holds float32 for a float64 (or decoded packed) variable without
+    reading its values: the source is read unit by unit, never whole at planning."""
+    import tracemalloc
+
+    from layerquantizer.dataset._plan import plan_compress
+    from layerquantizer.dataset._stores import open_dataset
+
+    dims = ("time", "latitude", "longitude")
+    values = np.ones((24, 361, 720))  # 50 MB of float64, a few KB stored
+    path = tmp_path / "src.zarr"
+    xr.Dataset({"t64": (dims, values)}).to_zarr(
+        path, zarr_format=2, consolidated=True, encoding={"t64": {"chunks": (1, 361, 720)}}
+    )
+    del values
+    ds = open_dataset(str(path))
+    tracemalloc.start()
+    try:
+        plan = plan_compress(ds, variables=["t64"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert plan.template["t64"].dtype == np.float32
+    assert peak < 10 * 2**20, f"planning held {peak / 2**20:.0f} MiB"
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_time_variables_are_copied_as_stored(tmp_path, zarr_format):
     """Datetimes and timedeltas: int64 with their units (and a timedelta's dtype attribute)."""

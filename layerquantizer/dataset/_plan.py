@@ -797,6 +797,7 @@ def plan_compress(
                 encoding[name]["fill_value"] = zarr_fill
             data_vars[name] = var
             continue
+        dtype = var.dtype
         if name in quantized:
             bits, tol = quantized[name], tolerances.get(name)
             encoding[name].update(_build_codec(bits, zarr_format, tol))
@@ -814,9 +815,10 @@ def plan_compress(
             if var.dtype != np.float32:
                 # Decoded (packed int16 is float64 once decoded) values, quantized through
                 # float32 within the bound of the float64 values (see _unit.float64_chunk).
+                # Only the template's dtype: a cast of the variable would read it whole.
                 var.attrs[ATTR_SOURCE_DTYPE] = str(var.dtype)
-                var = var.astype(np.float32)
-        data_vars[name] = _lazy_variable(var, var.dtype, var.attrs)
+                dtype = np.dtype(np.float32)
+        data_vars[name] = _lazy_variable(var, dtype, var.attrs)
     # lq verify tells a variable dropped on purpose from one lost (see ATTR_DROPPED).
     attrs = {k: v for k, v in ds.attrs.items() if k != ATTR_DROPPED}
     if dropped:
