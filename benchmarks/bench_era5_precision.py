@@ -11,7 +11,9 @@ product, grid, date), its GRIB bits per value and packing step in the variable's
 (``2**E * 10**-D``: the values are ``reference + k * step``), the range of its layers, the
 setting, the measured max ``|decoded - original|`` (float64) and the bound it must keep,
 that error in packing half-steps, the compression ratio, and whether every value kept the
-bound (and every NaN, where the field has missing values, stayed NaN).
+bound (and every NaN, where the field has missing values, stayed NaN; every zero stayed
+zero and no value turned to zero). The fields of ../shared/data/real_fields.npz, which the
+tests use, come first when that file is there (their step read off the values).
 
 Sources (all ECMWF): ERA5 from ``ecmwf_models`` (0.25 degree global, 2010-01-01),
 ``cfgrib`` (ensemble of data assimilation, 3 degree; a regional 2 m temperature; a 6x6
