@@ -400,9 +400,10 @@ def test_the_memory_figure_is_the_control_groups_limit_where_lower(tmp_path):
     assert memory_bytes() <= physical
 
 
-def test_a_run_starts_fewer_threads_where_their_shards_do_not_fit(sample, tmp_path, monkeypatch):
+def test_a_run_says_how_many_shards_fit_at_once(sample, tmp_path, monkeypatch):
     """The memory of this machine cannot be set for a test: the check reads a small
-    figure instead, through the command a user runs (in process)."""
+    figure instead, through the command a user runs (in process). All the threads asked
+    run; the report says how many of the largest units fit at once."""
     from typer.testing import CliRunner
 
     import layerquantizer.dataset._plan as _plan
@@ -418,14 +419,66 @@ def test_a_run_starts_fewer_threads_where_their_shards_do_not_fit(sample, tmp_pa
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["runner"] == (
-        "2 threads, not 3: 3 write units of up to 0.3 MiB at once would not fit in this "
-        "machine's 0.6 MiB of memory"
+        "3 threads (write units of up to 0.3 MiB: 2 at a time, as 3 would not fit in this "
+        "machine's 0.6 MiB of memory)"
     )
     assert dataset.verify(str(sample), str(dst)).ok
     # Where they fit, as many as asked.
     monkeypatch.setattr(_plan, "memory_bytes", lambda: 3 * unit)
     result = CliRunner().invoke(app, [*args, "--overwrite"])
     assert json.loads(result.stdout)["runner"] == "3 threads", result.output
+
+
+def test_small_units_use_every_thread_beside_shards_that_fit_once(sample, tmp_path, monkeypatch):
+    """Before: the thread count was cut for the whole run by the largest unit of any
+    variable, so the 2-D variables (units 5 times smaller) ran one unit at a time on a
+    machine whose memory holds one 3-D shard: 1 thread of 2. Now every thread runs, and
+    units are started only while those running fit in memory together."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    import layerquantizer.dataset._parallel as _parallel
+    import layerquantizer.dataset._plan as _plan
+    from cli.main import app
+
+    step3, step2 = 5 * 37 * 72 * 4, 37 * 72 * 4
+    big = 2 * 2 * step3 + step3  # a shard of 2 steps of a 3-D variable, decoded, encoded, read
+    monkeypatch.setattr(_plan, "memory_bytes", lambda: big + big // 2)
+    # Two 2-D units must run at once to pass; never two 3-D ones.
+    meet = threading.Barrier(2, timeout=30)
+    lock, running, peak, small = threading.Lock(), {2: 0, 3: 0}, {2: 0, 3: 0}, []
+    run_job = _parallel.run_job
+
+    def watched(job, *args):
+        rank = 3 if job.nbytes > 2 * step2 else 2
+        with lock:
+            running[rank] += 1
+            peak[rank] = max(peak[rank], running[rank])
+            if rank == 2:
+                small.append(job)
+            first_two = rank == 2 and len(small) <= 2
+        try:
+            if first_two:
+                meet.wait()
+            return run_job(job, *args)
+        finally:
+            with lock:
+                running[rank] -= 1
+
+    monkeypatch.setattr(_parallel, "run_job", watched)
+    dst = tmp_path / "out.zarr"
+    result = CliRunner().invoke(app, [
+        "compress", str(sample), str(dst), "--vars", "temperature", "--zarr-format", "3",
+        "--shards", "time=2", "--scheduler", "threads", "--workers", "2", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert peak == {2: 2, 3: 1}
+    assert json.loads(result.stdout)["runner"] == (
+        "2 threads (write units of up to 0.3 MiB: 1 at a time, as 2 would not fit in this "
+        "machine's 0.4 MiB of memory)"
+    )
+    assert dataset.verify(str(sample), str(dst)).ok
 
 
 # --------------------------------------------------------------------------------------

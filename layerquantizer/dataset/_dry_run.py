@@ -74,6 +74,8 @@ class DryRunReport:
     sample_seconds: float
     threads: int
     plan_seconds: float
+    #: Units of each variable that fit in memory at once, where fewer than ``threads``.
+    units_at_once: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def total_chunks(self) -> int:
@@ -99,11 +101,16 @@ class DryRunReport:
 
     @property
     def estimated_seconds(self) -> float | None:
-        """The time to write everything at the measured speed on :attr:`threads` threads."""
+        """The time to write everything at the measured speed on :attr:`threads` threads
+        (fewer for a variable whose units do not fit in memory on every thread at once)."""
         speed = self.mib_per_s
         if speed is None:
             return None
-        return self.total_logical_bytes / 2**20 / speed / max(self.threads, 1)
+        return sum(
+            v.logical_bytes / 2**20 / speed / max(self.units_at_once.get(name, self.threads), 1)
+            for name, v in self.variables.items()
+            if v.chunks
+        )
 
     def to_dict(self) -> dict[str, Any]:
         ratio = None
@@ -224,12 +231,17 @@ def dry_run(
     for name in plan.skipped:
         estimates[name] = VariableEstimate("skip", 0, 0, None)
     threads = workers if workers is not None else _parallel.default_threads()
-    # As the run will: no more threads than can each hold a unit at once.
-    threads = _parallel.threads_that_fit(threads, plan.largest_unit_memory(), memory_bytes())
+    # As the run will: each variable's units no more at once than fit in memory together.
+    memory, along, at_once = memory_bytes(), {}, {}
+    for name in plan.source.data_vars:
+        fit = _parallel.threads_that_fit(threads, plan.unit_memory(str(name), along), memory)
+        if fit < threads:
+            at_once[str(name)] = fit
     return DryRunReport(
         src=src, dst=dst, zarr_format=plan.zarr_format,
         variables=dict(sorted(estimates.items())), sampled_bytes=sampled_bytes,
         sample_seconds=sample_seconds, threads=threads, plan_seconds=plan_seconds,
+        units_at_once=at_once,
     )  # fmt: skip
 
 
