@@ -250,6 +250,28 @@ def test_dry_run_counts_shards_as_the_objects_written(sample, tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_dry_run_with_shards_samples_chunks_inside_them_and_says_so(sample, tmp_path):
+    """A shard of 28 steps at 0.25 degree is 1.5 GB: the dry run reads a few chunks of
+    one step inside the shards, not whole shards, scales the estimate per chunk to the
+    shards, and says so (per variable the chunks and bytes it read)."""
+    common = ("compress", sample, tmp_path / "out.zarr", "--vars", VARS, "--zarr-format", "3",
+              "--dry-run", "--shards", "time=4")  # fmt: skip
+    report = json.loads(lq(*common, "--json").stdout)
+    step = 5 * 37 * 72 * 4  # one chunk of temperature: one step
+    temperature = report["variables"]["temperature"]
+    assert (temperature["chunks"], temperature["sampled_chunks"]) == (2, 3)
+    assert temperature["sampled_bytes"] == 3 * step  # 3 chunks, not 3 shards of 4 steps
+    assert report["variables"]["2m_temperature"]["sampled_bytes"] == 3 * step // 5
+    assert report["total"]["sampled_bytes"] == sum(
+        v["sampled_bytes"] for v in report["variables"].values()
+    )
+    # The estimate per chunk, scaled to the variable: its ratio is the samples'.
+    assert 0 < temperature["estimated_stored_bytes"] < temperature["logical_bytes"]
+    table = lq_here(*common).stdout
+    assert "estimated from 3 sampled chunks per variable (chunks inside the shards" in table
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_config_shards_key(sample, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("zarr_format: 3\nshards: {time: 2}\nvariables: {temperature: }\n")
