@@ -445,6 +445,17 @@ def test_a_run_says_how_many_shards_fit_at_once(sample, tmp_path, monkeypatch):
         "machine's 0.6 MiB of memory)"
     )
     assert dataset.verify(str(sample), str(dst)).ok
+    # The dry run estimates the time with the units that fit at once, per variable.
+    import layerquantizer.dataset._dry_run as _dry_run
+
+    monkeypatch.setattr(_dry_run, "memory_bytes", lambda: 2 * unit + unit // 2)
+    estimate = dataset.dry_run(str(sample), str(tmp_path / "dry.zarr"), variables=["temperature"],
+                               zarr_format=3, shards={"time": 2}, workers=3)  # fmt: skip
+    assert estimate.threads == 3
+    assert estimate.units_at_once == {
+        name: 2 for name, v in estimate.variables.items() if v.chunks and "level" in
+        xr.open_zarr(sample)[name].dims
+    }  # fmt: skip
     # Where they fit, as many as asked.
     monkeypatch.setattr(_plan, "memory_bytes", lambda: 3 * unit)
     result = CliRunner().invoke(app, [*args, "--overwrite"])
