@@ -274,6 +274,24 @@ def test_unit_jobs_are_made_from_tables_per_dimension(tmp_path, monkeypatch, blo
                 assert (at.region, at.label, at.recorded) == (job.region, job.label, b"")
 
 
+def test_variables_chunked_alike_share_their_source_chunk_ids(tmp_path):
+    """A plan keeps one array of source chunk ids per dimension and chunk size, not one
+    per variable (46 MB for the 62 variables of the 93,544-step WB2 store)."""
+    ds = sample_dataset(
+        levels=2, grid=(8, 16), times=5, variables=["temperature", "2m_temperature"]
+    )
+    src = str(tmp_path / "src.zarr")
+    encoding = {"temperature": {"chunks": (2, 2, 8, 16)}, "2m_temperature": {"chunks": (2, 4, 8)}}
+    ds.to_zarr(src, encoding=encoding, zarr_format=2, consolidated=True)
+    plan = plan_compress(
+        dataset.open_dataset(src), variables=["temperature", "2m_temperature"], nbits=12
+    )
+    ids = plan.source_chunk_ids
+    assert ids["temperature"]["time"] is ids["2m_temperature"]["time"]
+    assert ids["temperature"]["latitude"] is not ids["2m_temperature"]["latitude"]
+    assert ids["2m_temperature"]["latitude"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
 def test_write_units_follow_the_source_chunks(tmp_path, monkeypatch):
     ds = sample_dataset(levels=2, grid=(8, 16), times=7, variables=["temperature"])
     src = str(tmp_path / "src.zarr")
