@@ -68,6 +68,85 @@ def _source_selection(positions: Mapping[str, np.ndarray], region: Mapping[str, 
 TABLE_BLOCK = 4096
 
 
+class _DimTables:
+    """Per unit along one dimension: its region, source selection (as
+    :func:`_source_selection` makes it), first chunk index, chunks, length and label (as
+    :func:`_describe_part` makes it), worked out with numpy for :data:`TABLE_BLOCK` units
+    at a time, each block once, as the jobs reach it."""
+
+    def __init__(
+        self, dim: str, edges: tuple, chunk: int, positions: np.ndarray, values: Any
+    ) -> None:
+        self.dim, self.edges, self.chunk = dim, edges, chunk
+        self.positions, self.values = positions, values
+        self.blocks = max(1, -(-len(edges) // TABLE_BLOCK))
+        self._blocks: dict[int | None, tuple[list, ...]] = {}
+        self._breaks: np.ndarray | None = None
+
+    def row(self, index: int) -> tuple:
+        """The six entries of unit ``index``."""
+        number, at = divmod(index, TABLE_BLOCK)
+        return tuple(column[at] for column in self.block(number))
+
+    def block(self, number: int | None) -> tuple[list, ...]:
+        """The tables of block ``number`` of the units (``None``: of all of them)."""
+        found = self._blocks.get(number)
+        if found is not None:
+            return found
+        if number is None and self.blocks > 1:
+            found = tuple(
+                list(itertools.chain.from_iterable(column))
+                for column in zip(*(self.block(n) for n in range(self.blocks)), strict=True)
+            )
+            self._blocks[None] = found
+            return found
+        edges = self.edges if number is None else (
+            self.edges[number * TABLE_BLOCK : (number + 1) * TABLE_BLOCK])  # fmt: skip
+        bounds = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+        starts, stops = bounds[:, 0], bounds[:, 1]
+        regions = [slice(a, b) for a, b in edges]
+        found = (
+            regions,
+            self._sources(starts, stops, regions),
+            (starts // self.chunk).tolist(),
+            (-(-(stops - starts) // self.chunk)).tolist(),
+            (stops - starts).tolist(),
+            self._labels(starts, stops, regions),
+        )
+        self._blocks[number] = found
+        return found
+
+    def _sources(self, starts, stops, regions: list[slice]) -> list:
+        positions = self.positions
+        if self._breaks is None:
+            # A unit's kept positions are consecutive unless a break (a step other than
+            # 1) falls inside it: then its selection is the positions themselves.
+            self._breaks = np.concatenate([[0], np.cumsum(np.diff(positions) != 1)])
+        breaks = self._breaks
+        inside = breaks[np.maximum(stops - 1, starts)] - breaks[starts]
+        firsts = positions[starts].tolist() if positions.size else []
+        return [
+            slice(int(first), int(first) + where.stop - where.start)
+            if not broken and where.stop > where.start
+            else positions[where]
+            for first, broken, where in zip(firsts, inside.tolist(), regions, strict=True)
+        ]
+
+    def _labels(self, starts, stops, regions: list[slice]) -> list[str]:
+        dim, values = self.dim, self.values
+        if values is None:
+            return [f"{dim}[{where.start}:{where.stop}]" for where in regions]
+        values = np.asarray(values)
+        # Only the labels of the block's ends: the text of all 93,544 steps took 0.3 s.
+        firsts, lasts = values[starts].astype(str).tolist(), values[stops - 1].astype(str).tolist()
+        return [
+            ""
+            if where.stop - where.start >= values.size
+            else (f"{dim}={first}" if first == last else f"{dim}={first}..{last}")
+            for first, last, where in zip(firsts, lasts, regions, strict=True)
+        ]
+
+
 class _UnitTables:
     """What the jobs of one variable's units are made of, worked out once per dimension
     (and shared by the variables with the same units along it), so that a unit costs a
@@ -153,85 +232,6 @@ class _UnitTables:
             )  # fmt: skip
 
         return make
-
-
-class _DimTables:
-    """Per unit along one dimension: its region, source selection (as
-    :func:`_source_selection` makes it), first chunk index, chunks, length and label (as
-    :func:`_describe_part` makes it), worked out with numpy for :data:`TABLE_BLOCK` units
-    at a time, each block once, as the jobs reach it."""
-
-    def __init__(
-        self, dim: str, edges: tuple, chunk: int, positions: np.ndarray, values: Any
-    ) -> None:
-        self.dim, self.edges, self.chunk = dim, edges, chunk
-        self.positions, self.values = positions, values
-        self.blocks = max(1, -(-len(edges) // TABLE_BLOCK))
-        self._blocks: dict[int | None, tuple[list, ...]] = {}
-        self._breaks: np.ndarray | None = None
-
-    def row(self, index: int) -> tuple:
-        """The six entries of unit ``index``."""
-        number, at = divmod(index, TABLE_BLOCK)
-        return tuple(column[at] for column in self.block(number))
-
-    def block(self, number: int | None) -> tuple[list, ...]:
-        """The tables of block ``number`` of the units (``None``: of all of them)."""
-        found = self._blocks.get(number)
-        if found is not None:
-            return found
-        if number is None and self.blocks > 1:
-            found = tuple(
-                list(itertools.chain.from_iterable(column))
-                for column in zip(*(self.block(n) for n in range(self.blocks)), strict=True)
-            )
-            self._blocks[None] = found
-            return found
-        edges = self.edges if number is None else (
-            self.edges[number * TABLE_BLOCK : (number + 1) * TABLE_BLOCK])  # fmt: skip
-        bounds = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
-        starts, stops = bounds[:, 0], bounds[:, 1]
-        regions = [slice(a, b) for a, b in edges]
-        found = (
-            regions,
-            self._sources(starts, stops, regions),
-            (starts // self.chunk).tolist(),
-            (-(-(stops - starts) // self.chunk)).tolist(),
-            (stops - starts).tolist(),
-            self._labels(starts, stops, regions),
-        )
-        self._blocks[number] = found
-        return found
-
-    def _sources(self, starts, stops, regions: list[slice]) -> list:
-        positions = self.positions
-        if self._breaks is None:
-            # A unit's kept positions are consecutive unless a break (a step other than
-            # 1) falls inside it: then its selection is the positions themselves.
-            self._breaks = np.concatenate([[0], np.cumsum(np.diff(positions) != 1)])
-        breaks = self._breaks
-        inside = breaks[np.maximum(stops - 1, starts)] - breaks[starts]
-        firsts = positions[starts].tolist() if positions.size else []
-        return [
-            slice(int(first), int(first) + where.stop - where.start)
-            if not broken and where.stop > where.start
-            else positions[where]
-            for first, broken, where in zip(firsts, inside.tolist(), regions, strict=True)
-        ]
-
-    def _labels(self, starts, stops, regions: list[slice]) -> list[str]:
-        dim, values = self.dim, self.values
-        if values is None:
-            return [f"{dim}[{where.start}:{where.stop}]" for where in regions]
-        values = np.asarray(values)
-        # Only the labels of the block's ends: the text of all 93,544 steps took 0.3 s.
-        firsts, lasts = values[starts].astype(str).tolist(), values[stops - 1].astype(str).tolist()
-        return [
-            ""
-            if where.stop - where.start >= values.size
-            else (f"{dim}={first}" if first == last else f"{dim}={first}..{last}")
-            for first, last, where in zip(firsts, lasts, regions, strict=True)
-        ]
 
 
 def _label(parts: tuple[str, ...]) -> str:
