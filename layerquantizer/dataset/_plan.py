@@ -712,6 +712,15 @@ def plan_compress(
     location, token = ds.encoding.get("lq_location"), ds.encoding.get("lq_token")
     source_chunk_ids = {}
     source_chunk_sizes = {}
+    # One array of chunk ids per dim and chunk size, shared by the variables chunked
+    # alike: one per variable took 46 MB for the 93,544 steps of the WB2 store's 62.
+    shared_ids: dict[tuple[str, int], np.ndarray] = {}
+
+    def chunk_ids(dim: str, size: int) -> np.ndarray:
+        if (dim, size) not in shared_ids:
+            shared_ids[dim, size] = source_positions[dim] // size
+        return shared_ids[dim, size]
+
     for name in (*quantized, *copied):
         source_chunks = ds[name].encoding.get("chunks")
         if source_chunks is not None and any(int(size) < 1 for size in source_chunks):
@@ -726,7 +735,7 @@ def plan_compress(
                 for dim, size in zip(ds[name].dims, source_chunks, strict=True)
             )
             source_chunk_ids[name] = {
-                str(dim): source_positions[str(dim)] // size
+                str(dim): chunk_ids(str(dim), int(size))
                 for dim, size in zip(ds[name].dims, source_chunks, strict=True)
             }
     # A shallow copy has its own attribute dicts: the caller's dataset stays as it was.

@@ -64,45 +64,65 @@ def _source_selection(positions: Mapping[str, np.ndarray], region: Mapping[str, 
     return tuple(selection)
 
 
-class _UnitTables:
-    """What the jobs of one variable's units are made of, worked out once per dimension
-    (and shared by the variables with the same units along it), so that a unit costs a
-    few tuple products, not a dict, numpy indexing and a label's formatting: the whole
-    WeatherBench2 store has 4.6 million units."""
+#: Units along one dimension whose tables :class:`_DimTables` works out at a time.
+TABLE_BLOCK = 4096
 
-    def __init__(self, plan: Plan, labels: Mapping[str, np.ndarray]) -> None:
-        self.plan = plan
-        self.labels = labels
-        self._per_dim: dict[tuple, tuple[list, ...]] = {}
-        self._last: tuple[str, UnitGrid, list] | None = None  # one variable's grid at a time
 
-    def dim_tables(self, dim: str, edges: tuple, chunk: int) -> tuple[list, ...]:
-        """Per unit along ``dim``: its region, source selection (as
-        :func:`_source_selection` makes it), first chunk index, chunks, length and label
-        (as :func:`_describe_part` makes it), worked out with numpy for all units at once."""
-        key = (dim, chunk, edges)
-        found = self._per_dim.get(key)
+class _DimTables:
+    """Per unit along one dimension: its region, source selection (as
+    :func:`_source_selection` makes it), first chunk index, chunks, length and label (as
+    :func:`_describe_part` makes it), worked out with numpy for :data:`TABLE_BLOCK` units
+    at a time, each block once, as the jobs reach it."""
+
+    def __init__(
+        self, dim: str, edges: tuple, chunk: int, positions: np.ndarray, values: Any
+    ) -> None:
+        self.dim, self.edges, self.chunk = dim, edges, chunk
+        self.positions, self.values = positions, values
+        self.blocks = max(1, -(-len(edges) // TABLE_BLOCK))
+        self._blocks: dict[int | None, tuple[list, ...]] = {}
+        self._breaks: np.ndarray | None = None
+
+    def row(self, index: int) -> tuple:
+        """The six entries of unit ``index``."""
+        number, at = divmod(index, TABLE_BLOCK)
+        return tuple(column[at] for column in self.block(number))
+
+    def block(self, number: int | None) -> tuple[list, ...]:
+        """The tables of block ``number`` of the units (``None``: of all of them)."""
+        found = self._blocks.get(number)
         if found is not None:
             return found
+        if number is None and self.blocks > 1:
+            found = tuple(
+                list(itertools.chain.from_iterable(column))
+                for column in zip(*(self.block(n) for n in range(self.blocks)), strict=True)
+            )
+            self._blocks[None] = found
+            return found
+        edges = self.edges if number is None else (
+            self.edges[number * TABLE_BLOCK : (number + 1) * TABLE_BLOCK])  # fmt: skip
         bounds = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
         starts, stops = bounds[:, 0], bounds[:, 1]
         regions = [slice(a, b) for a, b in edges]
         found = (
             regions,
-            self._sources(dim, starts, stops, regions),
-            (starts // chunk).tolist(),
-            (-(-(stops - starts) // chunk)).tolist(),
+            self._sources(starts, stops, regions),
+            (starts // self.chunk).tolist(),
+            (-(-(stops - starts) // self.chunk)).tolist(),
             (stops - starts).tolist(),
-            self._labels(dim, starts, stops, regions),
+            self._labels(starts, stops, regions),
         )
-        self._per_dim[key] = found
+        self._blocks[number] = found
         return found
 
-    def _sources(self, dim: str, starts, stops, regions: list[slice]) -> list:
-        positions = self.plan.source_positions[dim]
-        # A unit's kept positions are consecutive unless a break (a step other than 1)
-        # falls inside it: then its selection is the positions themselves.
-        breaks = np.concatenate([[0], np.cumsum(np.diff(positions) != 1)])
+    def _sources(self, starts, stops, regions: list[slice]) -> list:
+        positions = self.positions
+        if self._breaks is None:
+            # A unit's kept positions are consecutive unless a break (a step other than
+            # 1) falls inside it: then its selection is the positions themselves.
+            self._breaks = np.concatenate([[0], np.cumsum(np.diff(positions) != 1)])
+        breaks = self._breaks
         inside = breaks[np.maximum(stops - 1, starts)] - breaks[starts]
         firsts = positions[starts].tolist() if positions.size else []
         return [
@@ -112,12 +132,13 @@ class _UnitTables:
             for first, broken, where in zip(firsts, inside.tolist(), regions, strict=True)
         ]
 
-    def _labels(self, dim: str, starts, stops, regions: list[slice]) -> list[str]:
-        values = self.labels.get(dim)
+    def _labels(self, starts, stops, regions: list[slice]) -> list[str]:
+        dim, values = self.dim, self.values
         if values is None:
             return [f"{dim}[{where.start}:{where.stop}]" for where in regions]
-        texts = np.asarray(values).astype(str)
-        firsts, lasts = texts[starts].tolist(), texts[stops - 1].tolist()
+        values = np.asarray(values)
+        # Only the labels of the block's ends: the text of all 93,544 steps took 0.3 s.
+        firsts, lasts = values[starts].astype(str).tolist(), values[stops - 1].astype(str).tolist()
         return [
             ""
             if where.stop - where.start >= values.size
@@ -125,7 +146,30 @@ class _UnitTables:
             for first, last, where in zip(firsts, lasts, regions, strict=True)
         ]
 
-    def variable(self, name: str) -> tuple[UnitGrid, list[tuple[list, ...]]]:
+
+class _UnitTables:
+    """What the jobs of one variable's units are made of, worked out once per dimension
+    (and shared by the variables with the same units along it), so that a unit costs a
+    few tuple products, not a dict, numpy indexing and a label's formatting: the whole
+    WeatherBench2 store has 4.6 million units."""
+
+    def __init__(self, plan: Plan, labels: Mapping[str, np.ndarray]) -> None:
+        self.plan = plan
+        self.labels = labels
+        self._per_dim: dict[tuple, _DimTables] = {}
+        self._last: tuple[str, UnitGrid, list] | None = None  # one variable's grid at a time
+
+    def dim_tables(self, dim: str, edges: tuple, chunk: int) -> _DimTables:
+        """The tables of the units along ``dim`` (see :class:`_DimTables`)."""
+        key = (dim, chunk, edges)
+        found = self._per_dim.get(key)
+        if found is None:
+            positions = self.plan.source_positions[dim]
+            found = _DimTables(dim, edges, chunk, positions, self.labels.get(dim))
+            self._per_dim[key] = found
+        return found
+
+    def variable(self, name: str) -> tuple[UnitGrid, list[_DimTables]]:
         """The unit grid of ``name`` and its tables per dimension (those of the last
         variable asked for are kept: the units come variable by variable)."""
         if self._last is not None and self._last[0] == name:
@@ -148,14 +192,24 @@ class _UnitTables:
         clean: bool = False,
         skip: Container[int] = (),
     ) -> Iterator[UnitJob]:
-        """The job of every unit of ``name`` in ordinal order, but those in ``skip``."""
+        """The job of every unit of ``name`` in ordinal order, but those in ``skip``.
+
+        The first dimension's tables are worked out a block at a time as the jobs reach
+        them: all 93,544 steps of the WB2 store's at once took 0.3-0.4 s and 80 MB before
+        the first unit could start."""
         grid, per_dim = self.variable(name)
+        if not per_dim:
+            return
         make = self._maker(name, grid, run, dst, token, clean)
-        columns = [itertools.product(*column) for column in zip(*per_dim, strict=True)]
-        for ordinal, parts in enumerate(zip(*columns, strict=True)):
-            if skip and ordinal in skip:
-                continue
-            yield make(ordinal, *parts, None)
+        inner = [tables.block(None) for tables in per_dim[1:]]
+        ordinal = 0
+        for number in range(per_dim[0].blocks):
+            block = [per_dim[0].block(number), *inner]
+            columns = [itertools.product(*column) for column in zip(*block, strict=True)]
+            for parts in zip(*columns, strict=True):
+                if not (skip and ordinal in skip):
+                    yield make(ordinal, *parts, None)
+                ordinal += 1
 
     def job_at(
         self, name: str, ordinal: int, run: str, dst: str, token: Any, recorded: bytes | None
@@ -163,10 +217,8 @@ class _UnitTables:
         """The job of unit ``ordinal`` of ``name``."""
         grid, per_dim = self.variable(name)
         at = np.unravel_index(ordinal, grid.shape)
-        parts = [
-            tuple(column[int(i)] for column, i in zip(columns, at, strict=True))
-            for columns in zip(*per_dim, strict=True)
-        ]
+        rows = [tables.row(int(i)) for tables, i in zip(per_dim, at, strict=True)]
+        parts = [tuple(column) for column in zip(*rows, strict=True)]
         return self._maker(name, grid, run, dst, token, True)(ordinal, *parts, recorded)
 
     def _maker(self, name: str, grid: UnitGrid, run: str, dst: str, token: Any, clean: bool):
