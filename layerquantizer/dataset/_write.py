@@ -232,6 +232,8 @@ def write_plan(
 ) -> WriteResult:
     """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
     consolidated metadata; resumable at every step (see :mod:`layerquantizer.dataset._resume`).
+    The units of the first variables start once their metadata is written, while the other
+    variables' is (:func:`_metadata_groups`); no unit is written before its array's metadata.
 
     ``dst`` must be new, or (``resume=True``) hold the progress of a run of the same plan;
     :func:`compress` checks which. ``scheduler`` and ``workers`` choose where the units run
