@@ -248,9 +248,11 @@ def dry_run_table(report) -> Table:
     if seconds is None:
         table.caption = "no sampled chunk held data: no estimate of the size or the time"
     else:
+        inside = " (chunks inside the shards, not whole shards)" if report.sharded else ""
         table.caption = (
-            f"estimated from sampled chunks; at the measured {speed:.1f} MiB/s per thread on "
-            f"{plural(report.threads, 'thread')}: about {_duration(seconds)}"
+            f"estimated from {report.samples} sampled chunks per variable{inside}; at the "
+            f"measured {speed:.1f} MiB/s per thread on {plural(report.threads, 'thread')}: "
+            f"about {_duration(seconds)}"
         )
     table.caption_justify = "left"
     return table

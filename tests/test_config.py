@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from layerquantizer import LayerQuantizer
 from layerquantizer.config import Config, ConfigError, load_config, parse_config
 
 ERA5_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "era5.yaml"
@@ -168,3 +171,46 @@ def test_copy_lists_variables_copied_losslessly(document, match):
     assert parse_config({"copy": ["soil_type"]}).copy == ("soil_type",)
     with pytest.raises(ConfigError, match=match):
         parse_config(document, source="c.yaml")
+
+
+# A comment in configs/era5.yaml stating what the codec measured on real_fields.npz:
+# "measured on real_fields.npz KEY: error E UNIT, bound B UNIT".
+_MEASURED = re.compile(
+    r"measured on real_fields\.npz (\w+): error ([0-9.e+-]+)[^,]*, bound ([0-9.e+-]+)"
+)
+
+
+def _stated_measurement(name: str) -> tuple[str, float, float]:
+    """The real field, error and bound the comment of variable ``name`` states."""
+    for line in ERA5_CONFIG.read_text().splitlines():
+        if line.lstrip().startswith(f"{name}:"):
+            match = _MEASURED.search(line)
+            if match is None:
+                pytest.fail(f"the comment of {name} in {ERA5_CONFIG} states no measurement")
+            return match[1], float(match[2]), float(match[3])
+    pytest.fail(f"{name} is not in {ERA5_CONFIG}")
+
+
+def _two_digits(value: float) -> float:
+    """``value`` as the comments write it: two significant digits."""
+    return float(f"{value:.2g}")
+
+
+@pytest.mark.parametrize("name", ["temperature", "geopotential"])
+def test_era5_config_states_what_the_codec_gives_on_real_fields(name, real_fields):
+    """The error and bound that era5.yaml's comment gives for a variable, measured on the
+    real field it names, are what the codec gives now with the variable's setting: a
+    change of setting or codec that the comment does not follow fails here."""
+    key, stated_error, stated_bound = _stated_measurement(name)
+    nbits, tolerance = load_config(ERA5_CONFIG).setting_for(name)
+    field = real_fields[key]
+    codec = LayerQuantizer(nbits=nbits, tolerance=tolerance)
+    back = codec.decode(codec.encode(field)).reshape(field.shape)
+    error = float(np.abs(back.astype(np.float64) - field).max())
+    if tolerance is None:
+        layers = field.reshape(-1, *field.shape[-2:]).astype(np.float64)
+        spans = layers.max(axis=(1, 2)) - layers.min(axis=(1, 2))
+        bound = float(spans.max()) / ((1 << nbits) - 1) / 2
+    else:
+        bound = tolerance
+    assert (_two_digits(error), _two_digits(bound)) == (stated_error, stated_bound)

@@ -250,6 +250,28 @@ def test_dry_run_counts_shards_as_the_objects_written(sample, tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_dry_run_with_shards_samples_chunks_inside_them_and_says_so(sample, tmp_path):
+    """A shard of 28 steps at 0.25 degree is 1.5 GB: the dry run reads a few chunks of
+    one step inside the shards, not whole shards, scales the estimate per chunk to the
+    shards, and says so (per variable the chunks and bytes it read)."""
+    common = ("compress", sample, tmp_path / "out.zarr", "--vars", VARS, "--zarr-format", "3",
+              "--dry-run", "--shards", "time=4")  # fmt: skip
+    report = json.loads(lq(*common, "--json").stdout)
+    step = 5 * 37 * 72 * 4  # one chunk of temperature: one step
+    temperature = report["variables"]["temperature"]
+    assert (temperature["chunks"], temperature["sampled_chunks"]) == (2, 3)
+    assert temperature["sampled_bytes"] == 3 * step  # 3 chunks, not 3 shards of 4 steps
+    assert report["variables"]["2m_temperature"]["sampled_bytes"] == 3 * step // 5
+    assert report["total"]["sampled_bytes"] == sum(
+        v["sampled_bytes"] for v in report["variables"].values()
+    )
+    # The estimate per chunk, scaled to the variable: its ratio is the samples'.
+    assert 0 < temperature["estimated_stored_bytes"] < temperature["logical_bytes"]
+    table = lq_here(*common).stdout
+    assert "estimated from 3 sampled chunks per variable (chunks inside the shards" in table
+    assert not (tmp_path / "out.zarr").exists()
+
+
 def test_config_shards_key(sample, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("zarr_format: 3\nshards: {time: 2}\nvariables: {temperature: }\n")
@@ -400,9 +422,10 @@ def test_the_memory_figure_is_the_control_groups_limit_where_lower(tmp_path):
     assert memory_bytes() <= physical
 
 
-def test_a_run_starts_fewer_threads_where_their_shards_do_not_fit(sample, tmp_path, monkeypatch):
+def test_a_run_says_how_many_shards_fit_at_once(sample, tmp_path, monkeypatch):
     """The memory of this machine cannot be set for a test: the check reads a small
-    figure instead, through the command a user runs (in process)."""
+    figure instead, through the command a user runs (in process). All the threads asked
+    run; the report says how many of the largest units fit at once."""
     from typer.testing import CliRunner
 
     import layerquantizer.dataset._plan as _plan
@@ -418,14 +441,77 @@ def test_a_run_starts_fewer_threads_where_their_shards_do_not_fit(sample, tmp_pa
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["runner"] == (
-        "2 threads, not 3: 3 write units of up to 0.3 MiB at once would not fit in this "
-        "machine's 0.6 MiB of memory"
+        "3 threads (write units of up to 0.3 MiB: 2 at a time, as 3 would not fit in this "
+        "machine's 0.6 MiB of memory)"
     )
     assert dataset.verify(str(sample), str(dst)).ok
+    # The dry run estimates the time with the units that fit at once, per variable.
+    import layerquantizer.dataset._dry_run as _dry_run
+
+    monkeypatch.setattr(_dry_run, "memory_bytes", lambda: 2 * unit + unit // 2)
+    estimate = dataset.dry_run(str(sample), str(tmp_path / "dry.zarr"), variables=["temperature"],
+                               zarr_format=3, shards={"time": 2}, workers=3)  # fmt: skip
+    assert estimate.threads == 3
+    assert estimate.units_at_once == {
+        name: 2 for name, v in estimate.variables.items() if v.chunks and "level" in
+        xr.open_zarr(sample)[name].dims
+    }  # fmt: skip
     # Where they fit, as many as asked.
     monkeypatch.setattr(_plan, "memory_bytes", lambda: 3 * unit)
     result = CliRunner().invoke(app, [*args, "--overwrite"])
     assert json.loads(result.stdout)["runner"] == "3 threads", result.output
+
+
+def test_small_units_use_every_thread_beside_shards_that_fit_once(sample, tmp_path, monkeypatch):
+    """Before: the thread count was cut for the whole run by the largest unit of any
+    variable, so the 2-D variables (units 5 times smaller) ran one unit at a time on a
+    machine whose memory holds one 3-D shard: 1 thread of 2. Now every thread runs, and
+    units are started only while those running fit in memory together."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    import layerquantizer.dataset._parallel as _parallel
+    import layerquantizer.dataset._plan as _plan
+    from cli.main import app
+
+    step3, step2 = 5 * 37 * 72 * 4, 37 * 72 * 4
+    big = 2 * 2 * step3 + step3  # a shard of 2 steps of a 3-D variable, decoded, encoded, read
+    monkeypatch.setattr(_plan, "memory_bytes", lambda: big + big // 2)
+    # Two 2-D units must run at once to pass; never two 3-D ones.
+    meet = threading.Barrier(2, timeout=30)
+    lock, running, peak, small = threading.Lock(), {2: 0, 3: 0}, {2: 0, 3: 0}, []
+    run_job = _parallel.run_job
+
+    def watched(job, *args):
+        rank = 3 if job.nbytes > 2 * step2 else 2
+        with lock:
+            running[rank] += 1
+            peak[rank] = max(peak[rank], running[rank])
+            if rank == 2:
+                small.append(job)
+            first_two = rank == 2 and len(small) <= 2
+        try:
+            if first_two:
+                meet.wait()
+            return run_job(job, *args)
+        finally:
+            with lock:
+                running[rank] -= 1
+
+    monkeypatch.setattr(_parallel, "run_job", watched)
+    dst = tmp_path / "out.zarr"
+    result = CliRunner().invoke(app, [
+        "compress", str(sample), str(dst), "--vars", "temperature", "--zarr-format", "3",
+        "--shards", "time=2", "--scheduler", "threads", "--workers", "2", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert peak == {2: 2, 3: 1}
+    assert json.loads(result.stdout)["runner"] == (
+        "2 threads (write units of up to 0.3 MiB: 1 at a time, as 2 would not fit in this "
+        "machine's 0.4 MiB of memory)"
+    )
+    assert dataset.verify(str(sample), str(dst)).ok
 
 
 # --------------------------------------------------------------------------------------

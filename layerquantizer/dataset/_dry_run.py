@@ -50,7 +50,9 @@ class VariableEstimate:
     ``logical_bytes`` the values' size; ``estimated_stored_bytes`` None where no sampled
     chunk held data. A quantized variable has ``nbits`` or an absolute ``tolerance``; with
     ``precision: source`` also the ``source_step`` found in its sampled chunks (the
-    tolerance is half of it).
+    tolerance is half of it). ``sampled_chunks`` and ``sampled_bytes``: the chunks that
+    held data among those read for the estimate (chunks inside the shards of a sharded
+    variable, never whole shards) and their logical bytes.
     """
 
     treatment: str
@@ -60,6 +62,8 @@ class VariableEstimate:
     nbits: int | None = None
     tolerance: float | None = None
     source_step: float | None = None
+    sampled_chunks: int = 0
+    sampled_bytes: int = 0
 
 
 @dataclasses.dataclass
@@ -74,6 +78,12 @@ class DryRunReport:
     sample_seconds: float
     threads: int
     plan_seconds: float
+    #: Units of each variable that fit in memory at once, where fewer than ``threads``.
+    units_at_once: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Chunks read per variable for the estimates (:data:`SAMPLES`).
+    samples: int = SAMPLES
+    #: Whether any variable is written in shards (its samples are chunks inside them).
+    sharded: bool = False
 
     @property
     def total_chunks(self) -> int:
@@ -99,11 +109,16 @@ class DryRunReport:
 
     @property
     def estimated_seconds(self) -> float | None:
-        """The time to write everything at the measured speed on :attr:`threads` threads."""
+        """The time to write everything at the measured speed on :attr:`threads` threads
+        (fewer for a variable whose units do not fit in memory on every thread at once)."""
         speed = self.mib_per_s
         if speed is None:
             return None
-        return self.total_logical_bytes / 2**20 / speed / max(self.threads, 1)
+        return sum(
+            v.logical_bytes / 2**20 / speed / max(self.units_at_once.get(name, self.threads), 1)
+            for name, v in self.variables.items()
+            if v.chunks
+        )
 
     def to_dict(self) -> dict[str, Any]:
         ratio = None
@@ -125,6 +140,8 @@ class DryRunReport:
                     "tolerance": v.tolerance,
                     "precision": "source" if v.source_step is not None else None,
                     "source_step": v.source_step,
+                    "sampled_chunks": v.sampled_chunks,
+                    "sampled_bytes": v.sampled_bytes,
                 }
                 for name, v in self.variables.items()
             },
@@ -140,6 +157,8 @@ class DryRunReport:
                     None if self.estimated_seconds is None else round(self.estimated_seconds, 1)
                 ),
                 "plan_seconds": round(self.plan_seconds, 3),
+                "samples_per_variable": self.samples,
+                "sampled_bytes": self.sampled_bytes,
             },
         }
 
@@ -199,7 +218,7 @@ def dry_run(
     for name in plan.source.data_vars:
         name = str(name)
         encode = _sample_encoder(plan, name)
-        stored = logical = 0
+        stored = logical = sampled = 0
         for region in _sample_regions(plan, name, samples):
             tick = _time.perf_counter()
             values = _read(plan, name, region, run)
@@ -207,6 +226,7 @@ def dry_run(
                 continue  # Zarr stores nothing for it: no evidence about the others
             stored += len(encode(values))
             logical += values.nbytes
+            sampled += 1
             sample_seconds += _time.perf_counter() - tick
         sampled_bytes += logical
         total = int(plan.source[name].nbytes)
@@ -218,24 +238,34 @@ def dry_run(
             nbits=plan.quantized.get(name),
             tolerance=plan.tolerances.get(name),
             source_step=plan.source_steps.get(name),
+            sampled_chunks=sampled,
+            sampled_bytes=logical,
         )
     for name in plan.dropped:
         estimates[name] = VariableEstimate("drop", 0, int(ds[name].nbytes), 0)
     for name in plan.skipped:
         estimates[name] = VariableEstimate("skip", 0, 0, None)
     threads = workers if workers is not None else _parallel.default_threads()
-    # As the run will: no more threads than can each hold a unit at once.
-    threads = _parallel.threads_that_fit(threads, plan.largest_unit_memory(), memory_bytes())
+    # As the run will: each variable's units no more at once than fit in memory together.
+    memory, along, at_once = memory_bytes(), {}, {}
+    for name in plan.source.data_vars:
+        fit = _parallel.threads_that_fit(threads, plan.unit_memory(str(name), along), memory)
+        if fit < threads:
+            at_once[str(name)] = fit
     return DryRunReport(
         src=src, dst=dst, zarr_format=plan.zarr_format,
         variables=dict(sorted(estimates.items())), sampled_bytes=sampled_bytes,
         sample_seconds=sample_seconds, threads=threads, plan_seconds=plan_seconds,
+        units_at_once=at_once, samples=samples,
+        sharded=any(plan.variable_shards(str(n)) is not None for n in plan.source.data_vars),
     )  # fmt: skip
 
 
 def _sample_regions(plan: Plan, name: str, samples: int) -> list[dict[str, slice]]:
-    """Up to ``samples`` write units spread over the variable: the first, the last and
-    between, picked without listing every unit (millions on a full-size store)."""
+    """Up to ``samples`` output chunks spread over the variable: the first, the last and
+    between, picked without listing every chunk (millions on a full-size store). Chunks,
+    not write units: a unit of a sharded variable is whole shards (1.5 GB for 28 steps of
+    a 13-level variable at 0.25 degree), and the ratio of a few chunks scales to them."""
     var = plan.source[name]
     out = plan.variable_chunks(name)
     grid = [math.ceil(n / c) for n, c in zip(var.shape, out, strict=True)]

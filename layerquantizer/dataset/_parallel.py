@@ -96,6 +96,9 @@ class Runner:
         The number of workers the cluster has now, for clusters that may lose them all.
     worker_timeout : float
         Seconds without a worker before :func:`run_jobs` gives up.
+    memory : int, optional
+        Bytes the units in flight may hold together (this machine's memory, for threads
+        here and a local cluster); None where unknown or on a scheduler's workers.
     """
 
     executor: cf.Executor
@@ -104,6 +107,7 @@ class Runner:
     distributed: bool
     count_workers: Callable[[], int] | None = None
     worker_timeout: float = DEFAULT_WORKER_TIMEOUT
+    memory: int | None = None
 
     def submit(self, job: UnitJob | CheckJob) -> cf.Future:
         # Worker processes run one unit per thread: zarr's own codec pool gets one thread.
@@ -138,17 +142,15 @@ def threads_that_fit(threads: int, unit_bytes: int, memory: int | None) -> int:
     return max(1, min(threads, memory // unit_bytes))
 
 
-def _fitted(
-    threads: int, unit_bytes: int, memory: int | None, what: str = "threads"
-) -> tuple[int, str]:
-    """The threads (``what``) to start and how to name them: ``"2 threads"``, or with
-    fewer than asked, how many were asked and why they were not started."""
+def _described(threads: int, unit_bytes: int, memory: int | None, what: str = "threads") -> str:
+    """How to name ``threads`` (``what``): ``"2 threads"``, and where that many units of
+    the largest do not fit in memory together, how many run at once and why."""
     fit = threads_that_fit(threads, unit_bytes, memory)
     if fit == threads:
-        return threads, f"{threads} {what}"
-    return fit, (
-        f"{fit} {what}, not {threads}: {threads} write units of up to {_size(unit_bytes)} at "
-        f"once would not fit in this machine's {_size(memory)} of memory"
+        return f"{threads} {what}"
+    return (
+        f"{threads} {what} (write units of up to {_size(unit_bytes)}: {fit} at a time, as "
+        f"{threads} would not fit in this machine's {_size(memory)} of memory)"
     )
 
 
@@ -182,10 +184,12 @@ def open_runner(
     ``worker_timeout`` bounds the wait for a scheduler's first worker, and the time
     :func:`run_jobs` waits when the cluster has lost every worker.
 
-    Each thread here (or process of a local cluster) holds a unit of up to ``unit_bytes``
-    at once: where as many as asked do not fit in ``memory`` (this machine's bytes), fewer
-    are started (:func:`threads_that_fit`) and the description says so. The workers of a
-    scheduler's cluster have memory of their own, unknown here.
+    Each thread here (or process of a local cluster) holds a unit at once, of up to
+    ``unit_bytes``: all the threads asked are started, and :func:`run_jobs` starts a unit
+    only while the units in flight fit in ``memory`` (this machine's bytes) together, so
+    that a variable of large shards runs fewer units at once without starving the small
+    units of the others (the description says how many of the largest fit). The workers
+    of a scheduler's cluster have memory of their own, unknown here.
 
     Raises
     ------
@@ -203,15 +207,15 @@ def open_runner(
         yield Runner(_InlineExecutor(), 1, "synchronous", distributed=False)
         return
     if scheduler == "threads":
-        threads, description = _fitted(workers or default_threads(), unit_bytes, memory)
+        threads = workers or default_threads()
+        description = _described(threads, unit_bytes, memory)
         with cf.ThreadPoolExecutor(threads, thread_name_prefix="lq-unit") as executor:
-            yield Runner(executor, threads, description, distributed=False)
+            yield Runner(executor, threads, description, distributed=False, memory=memory)
             return
     if scheduler == "processes":
-        processes, description = _fitted(
-            workers or default_threads(), unit_bytes, memory, "processes"
-        )
-        with _local_cluster(processes, f"local cluster of {description}") as runner:
+        processes = workers or default_threads()
+        description = _described(processes, unit_bytes, memory, "processes")
+        with _local_cluster(processes, f"local cluster of {description}", memory) as runner:
             yield runner
         return
     if "://" not in scheduler:
@@ -243,7 +247,7 @@ def check_scheduler(
 
 
 @contextlib.contextmanager
-def _local_cluster(workers: int, description: str) -> Iterator[Runner]:
+def _local_cluster(workers: int, description: str, memory: int | None) -> Iterator[Runner]:
     import dask
     from distributed import Client, LocalCluster
 
@@ -266,6 +270,7 @@ def _local_cluster(workers: int, description: str) -> Iterator[Runner]:
                 workers,
                 description,
                 distributed=True,
+                memory=memory,
             )
     finally:
         cluster.close()
@@ -344,12 +349,19 @@ def run_jobs(
     runner: Runner,
     on_done: Callable[[UnitDone | tuple[UnitDone, ...]], Any],
     submit: Callable[[Any], cf.Future] | None = None,
+    memory_of: Callable[[Any], int] | None = None,
 ) -> None:
     """Run every job with at most ``IN_FLIGHT_PER_THREAD`` per worker thread in flight
     (a :class:`CheckJob` reports a tuple, one result per unit).
 
     ``submit(job)`` starts a job (default :meth:`Runner.submit`: a write unit); ``lq
     verify`` submits chunk checks the same way.
+
+    ``memory_of(job)`` (the bytes a job holds while it runs), where given with a
+    ``runner.memory``: a job waits, and those after it, until it fits beside the jobs in
+    flight (one alone always starts). Jobs queued at a worker count as in flight, so a
+    thread may wait for its next unit of the largest; the small units of other variables
+    keep every thread busy.
 
     ``on_done`` is called in this thread as each unit finishes. The first failure (or an
     interrupt) stops the submission, cancels what has not started, and is raised once what
@@ -368,15 +380,29 @@ def run_jobs(
     # How often to look for workers while nothing finishes.
     poll = None if runner.count_workers is None else min(5.0, runner.worker_timeout / 4)
     alone_since: float | None = None
+    budget = None if memory_of is None else runner.memory
+    held: dict[cf.Future, int] = {}  # bytes of each job in flight, with a budget only
+    in_use = 0
+    waiting: list = []  # the next job, when it did not fit beside those in flight
 
     def fill() -> None:
-        nonlocal exhausted
+        nonlocal exhausted, in_use
         while not exhausted and len(pending) < limit:
-            job = next(queue, None)
+            job = waiting.pop() if waiting else next(queue, None)
             if job is None:
                 exhausted = True
                 return
-            pending.add((submit or runner.submit)(job))
+            if budget is None:
+                pending.add((submit or runner.submit)(job))
+                continue
+            need = memory_of(job)
+            if pending and in_use + need > budget:
+                waiting.append(job)
+                return
+            future = (submit or runner.submit)(job)
+            pending.add(future)
+            held[future] = need
+            in_use += need
 
     try:
         fill()
@@ -385,6 +411,8 @@ def run_jobs(
             if not done and runner.count_workers is not None:
                 alone_since = _check_workers(runner, alone_since)
             for future in done:
+                if budget is not None:
+                    in_use -= held.pop(future)
                 on_done(future.result())
             fill()
     except WorkersLostError:

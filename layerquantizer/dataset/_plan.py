@@ -440,8 +440,8 @@ def _check_unit_memory(
     """Refuse a variable whose smallest write unit cannot fit in memory: a unit holds one
     output chunk (shard, ``option`` ``--shards``), the source chunks it is read from
     (decoded whole) and the encoded chunk. One unit: a run holds one per worker thread,
-    and runs with fewer threads where that many do not fit (see
-    :func:`layerquantizer.dataset._parallel.threads_that_fit`)."""
+    and starts fewer at once where that many do not fit (see
+    :func:`layerquantizer.dataset._parallel.run_jobs`)."""
     memory = memory_bytes()
     if memory is None:
         return

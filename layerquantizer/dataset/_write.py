@@ -457,14 +457,26 @@ def _write_plan(
     if progress is not None:
         progress(0, total_chunks, 0, total_bytes)
     try:
-        # Each worker thread holds a unit at once: no more threads than fit in memory.
+        # Each worker thread holds a unit at once: where the largest units do not fit in
+        # memory on every thread together, a unit starts only beside those it fits with.
+        memory, along = _plan.memory_bytes(), {}  # the variables share their dims
+        unit_memory = {name: plan.unit_memory(name, along) for name in names}
+        largest = max(unit_memory.values(), default=0)
         runner_context = _parallel.open_runner(
-            scheduler, workers, worker_timeout, memory=_plan.memory_bytes(),
-            unit_bytes=plan.largest_unit_memory(),
+            scheduler, workers, worker_timeout, memory=memory, unit_bytes=largest,
         )  # fmt: skip
         with _single_threaded_blosc(), _frozen_gc(), runner_context as runner:
+            memory_of = None
+            if runner.memory is not None and largest * runner.threads > runner.memory:
+                # Per variable (its largest unit): a dict look-up per unit, only here.
+                def memory_of(job: UnitJob | CheckJob) -> int:
+                    unit = job.units[0] if isinstance(job, CheckJob) else job
+                    return unit_memory[unit.variable]
+
             try:
-                _parallel.run_jobs(itertools.chain(new_units(), checks()), runner, on_done)
+                _parallel.run_jobs(
+                    itertools.chain(new_units(), checks()), runner, on_done, memory_of=memory_of
+                )
                 metadata_written()
             finally:
                 with store_errors(dst):
