@@ -284,8 +284,6 @@ def write_plan(
 ) -> WriteResult:
     """Write ``plan`` to ``dst``: metadata, then every unit on the chosen scheduler, then the
     consolidated metadata; resumable at every step (see :mod:`layerquantizer.dataset._resume`).
-    The units of the first variables start once their metadata is written, while the other
-    variables' is (:func:`_metadata_groups`); no unit is written before its array's metadata.
 
     ``dst`` must be new, or (``resume=True``) hold the progress of a run of the same plan;
     :func:`compress` checks which. ``scheduler`` and ``workers`` choose where the units run
@@ -370,7 +368,6 @@ def _write_plan(
     description = describe_plan(plan, plan.location)
     state = Progress(dst, token)
     resuming = False
-    metadata: _MetadataWriter | None = None
     with store_errors(dst):
         manifest = state.manifest() if resume else None
         if manifest is not None:
@@ -388,14 +385,16 @@ def _write_plan(
             # The marker first: whatever happens next, DST is known to be lq's to remove.
             write_marker(dst, token)
             state.start(description)
-            early, later = _metadata_groups(plan)
-            _write_template(plan, dst, token, early, later, first=True)
-            if later:
-                # The units of the first variables run while the others' metadata is
-                # written; "metadata" is marked once all of it is (see new_units).
-                metadata = _MetadataWriter(plan, dst, token, early, later)
-            else:
-                state.mark("metadata")
+            with _quiet_consolidated():
+                plan.template.to_zarr(
+                    open_store(dst, "w", token=token),
+                    mode="a",
+                    compute=False,
+                    encoding=plan.encoding,
+                    consolidated=False,
+                    zarr_format=plan.zarr_format,
+                )
+            state.mark("metadata")
         else:
             if state.marked("complete"):
                 skipped = len(state.done_units())
@@ -422,21 +421,9 @@ def _write_plan(
     recorded_whole: dict[str, list[int]] = {}
     recorded_some: dict[str, dict[int, dict[int, bytes]]] = {}
 
-    def metadata_written() -> None:
-        """Wait for the metadata of the later variables (raising what stopped it), then
-        mark it: no unit of an array is written before the array's metadata."""
-        nonlocal metadata
-        if metadata is not None:
-            metadata.wait()
-            metadata = None
-            with store_errors(dst):
-                state.mark("metadata")
-
     def new_units() -> Iterator[UnitJob]:
         """Pass 1: every unit not recorded done, in plan order."""
         for name in names:
-            if metadata is not None and name in metadata.names:
-                metadata_written()
             ledger.unit_counts[name] = tables.variable(name)[0].size
             recorded: set[int] = set()
             if resuming:
@@ -529,7 +516,6 @@ def _write_plan(
                 _parallel.run_jobs(
                     itertools.chain(new_units(), checks()), runner, on_done, memory_of=memory_of
                 )
-                metadata_written()
             finally:
                 with store_errors(dst):
                     ledger.flush()  # what was stored is recorded, whatever stopped the run
@@ -537,9 +523,6 @@ def _write_plan(
         raise RequestError(str(exc)) from exc
     except _parallel.WorkersLostError as exc:
         raise DatasetError(str(exc)) from exc
-    finally:
-        if metadata is not None:
-            metadata.join()  # nothing writes to DST after a failed run returns
     with store_errors(dst), _quiet_consolidated():
         if resuming:
             # After the writes, not before: a walk of a local DST of a million chunks
@@ -557,119 +540,6 @@ def _write_plan(
         runner=runner.description,
         pids=frozenset(pids),
     )
-
-
-#: The first variables' metadata is written before any unit runs, the others' on a thread
-#: meanwhile: the first variables hold at least this share of the plan's bytes ...
-EARLY_SHARE = 8
-#: ... or this many bytes, whichever is less (about a second of work on a few cores, more
-#: than the 0.3-0.5 s that xarray takes for the metadata of the 62 WB2 arrays).
-EARLY_BYTES = 1 << 30
-
-
-def _metadata_groups(plan: Plan) -> tuple[list[str], list[str]]:
-    """The data variables whose metadata is written before the units start, in plan order,
-    and the others (written while the first variables' units run).
-
-    Only a template whose coordinates are all dimension coordinates is split: the later
-    variables are written without the coordinates (the first call wrote them), which would
-    drop the ``coordinates`` attribute xarray gives a variable for a non-dimension one.
-    """
-    names = [str(name) for name in plan.source.data_vars]
-    template = plan.template
-    if not all(name in template.dims for name in template.coords):
-        return names, []
-    wanted = min(EARLY_BYTES, plan.total_bytes // EARLY_SHARE)
-    held = 0
-    for count, name in enumerate(names, start=1):
-        held += int(plan.source[name].nbytes)
-        if held >= wanted:
-            return names[:count], names[count:]
-    return names, []
-
-
-def _write_template(
-    plan: Plan, dst: str, token: Any, early: list[str], later: list[str], *, first: bool
-) -> None:
-    """Write the Zarr metadata of the ``early`` variables, the coordinates and the
-    dataset's attributes (``first``), or of the ``later`` variables: together, what one
-    ``to_zarr(compute=False)`` of the whole template writes.
-
-    xarray writes into memory, and the objects are then stored in ``dst`` (concurrently
-    on an object store): each of zarr's requests to a local store hops to a thread of its
-    pool and back, which took half of the 0.6-0.8 CPU-s of the WB2 store's metadata.
-    """
-    import zarr
-
-    from layerquantizer.storage import open_store
-
-    if first:
-        template = plan.template.drop_vars(later)
-    else:
-        template = plan.template.drop_vars([*early, *plan.template.coords])
-    names = early if first else later
-    objects: dict = {}
-    with _quiet_consolidated():
-        template.to_zarr(
-            zarr.storage.MemoryStore(objects),
-            mode="a",
-            compute=False,
-            encoding={name: plan.encoding[name] for name in names},
-            consolidated=False,
-            zarr_format=plan.zarr_format,
-        )
-    _store_objects(open_store(dst, "w", token=token), objects)
-
-
-def _store_objects(store, objects: Mapping) -> None:
-    """Store each of ``objects`` (key -> zarr Buffer) in ``store``."""
-    set_sync = getattr(store, "set_sync", None)
-    if set_sync is not None:  # a local store: its own file operations, on this thread
-        for key, value in objects.items():
-            set_sync(key, value)
-        return
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def store_all() -> None:
-        await asyncio.gather(*(store.set(key, value) for key, value in objects.items()))
-
-    sync(store_all())
-
-
-class _MetadataWriter:
-    """Writes the metadata of the later variables on a thread (see :func:`_metadata_groups`)
-    while the first variables' units run: xarray takes 0.3-0.5 s for the 62 arrays of the
-    WB2 store, with every unit thread idle until it was done."""
-
-    def __init__(self, plan: Plan, dst: str, token: Any, early: list[str], later: list[str]):
-        import threading
-
-        self.names = frozenset(later)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._run, args=(plan, dst, token, early, later), name="lq-metadata"
-        )
-        self._thread.start()
-
-    def _run(self, plan, dst, token, early, later) -> None:
-        from layerquantizer.storage import store_errors
-
-        try:
-            with store_errors(dst):
-                _write_template(plan, dst, token, early, later, first=False)
-        except BaseException as exc:  # raised in the caller's thread by wait()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def wait(self) -> None:
-        """Wait until the metadata is written; raise what stopped it."""
-        self.join()
-        if self._error is not None:
-            raise self._error
 
 
 def _check_locations(src: str | None, dst: str, overwrite: bool, resume: bool) -> None:
