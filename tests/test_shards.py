@@ -376,10 +376,11 @@ def test_a_shard_that_cannot_fit_in_memory_is_refused(tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_the_threads_are_no_more_than_can_each_hold_a_shard(tmp_path):
+def test_the_units_at_once_are_no_more_than_can_each_hold_a_shard(tmp_path):
     """A unit holds a whole shard, once per worker thread. Before: the memory check counted
     one unit, so 16 threads each holding 3 GB shards of the WB2 store ran on a 16 GiB
-    machine. Now the run starts only the threads whose units fit together, and says so."""
+    machine. Now no more units of a variable run at once than fit together (the run's
+    description says how many)."""
     from layerquantizer.dataset._parallel import threads_that_fit
     from layerquantizer.synthetic import write_wb2_metadata_store
 
@@ -391,11 +392,12 @@ def test_the_threads_are_no_more_than_can_each_hold_a_shard(tmp_path):
     )  # fmt: skip
     step = 13 * 721 * 1440 * 4  # one time step of temperature: a source chunk
     # The shard decoded and encoded, and a source chunk: the largest unit of the plan.
-    assert plan.largest_unit_memory() == plan.unit_memory("temperature") == 2 * 28 * step + step
+    largest = plan.unit_memory("temperature")
+    assert largest == 2 * 28 * step + step > plan.unit_memory("2m_temperature")
     gib = 2**30
-    assert threads_that_fit(16, plan.largest_unit_memory(), 16 * gib) == 5  # 2.9 GiB each
-    assert threads_that_fit(16, plan.largest_unit_memory(), 64 * gib) == 16
-    assert threads_that_fit(2, plan.largest_unit_memory(), None) == 2  # memory unknown
+    assert threads_that_fit(16, largest, 16 * gib) == 5  # 2.9 GiB each
+    assert threads_that_fit(16, largest, 64 * gib) == 16
+    assert threads_that_fit(2, largest, None) == 2  # memory unknown
     assert threads_that_fit(4, 5 * gib, 4 * gib) == 1  # one always (a larger unit is refused)
 
 

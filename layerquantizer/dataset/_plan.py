@@ -189,12 +189,6 @@ class Plan:
             return tuple(grouped)
         return plain
 
-    def largest_unit_memory(self) -> int:
-        """The most bytes a write unit of any variable holds at once (:meth:`unit_memory`)."""
-        along: dict = {}  # the variables share their dims
-        names = self.source.data_vars
-        return max((self.unit_memory(str(name), along) for name in names), default=0)
-
     def variable_chunks(self, name: str) -> tuple[int, ...]:
         own = self.own_chunks.get(name)
         if own is not None:
